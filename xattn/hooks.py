@@ -1,0 +1,79 @@
+"""Named hook points, in the manner of TransformerLens.
+
+Every attention-score stage passes through a `HookPoint`. With nothing attached a hook point
+returns its input untouched and costs one attribute test; a function attached to it may read the
+tensor (return None) or replace it (return a tensor of the same shape).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Union
+
+
+from torch import Tensor, nn
+
+HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
+NameFilter = Union[str, Callable[[str], bool]]
+
+
+class HookPoint(nn.Module):
+    """An identity on a tensor that attached functions can read or replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+        self.fns: list[HookFn] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.fns)
+
+    def __call__(self, tensor: Tensor) -> Tensor:  # bypasses nn.Module's call machinery: zero cost when idle
+        for fn in self.fns:
+            replaced = fn(tensor, self)
+            if replaced is not None:
+                if replaced.shape != tensor.shape:
+                    raise ValueError(f"hook on {self.name} returned shape {tuple(replaced.shape)}, "
+                                     f"expected {tuple(tensor.shape)}")
+                tensor = replaced
+        return tensor
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, attached={len(self.fns)}"
+
+
+def hook_points(module: nn.Module) -> dict[str, HookPoint]:
+    """All hook points below `module`, by name relative to the attention stack (`layers.3.attn.hook_attn`)."""
+    points = {}
+    for name, child in module.named_modules():
+        if isinstance(child, HookPoint):
+            short = name[name.index("layers."):] if "layers." in name else name
+            child.name = short
+            points[short] = child
+    return points
+
+
+def _matches(name_filter: NameFilter, name: str) -> bool:
+    return name_filter(name) if callable(name_filter) else name_filter == name
+
+
+@contextmanager
+def attached(module: nn.Module, hooks: Iterable[tuple[NameFilter, HookFn]]) -> Iterator[None]:
+    """Attach `(name or predicate, fn)` pairs for the duration of a `with` block; always detached on exit."""
+    points = hook_points(module)
+    added: list[tuple[HookPoint, HookFn]] = []
+    try:
+        for name_filter, fn in hooks:
+            chosen = [p for n, p in points.items() if _matches(name_filter, n)]
+            if not chosen:
+                raise KeyError(f"no hook point matches {name_filter!r}; names look like "
+                               f"{next(iter(points), 'layers.0.attn.hook_scores')!r}")
+            for point in chosen:
+                point.fns.append(fn)
+                added.append((point, fn))
+        yield
+    finally:
+        for point, fn in reversed(added):
+            point.fns.remove(fn)
+
+

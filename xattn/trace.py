@@ -1,0 +1,120 @@
+"""A trace: every attention-score stage of every traced layer, with the mask that shaped them.
+
+`trace[stage]` is a float tensor [layers, batch, heads, query, key] holding exactly what the model
+computed (masked cells keep the fill value −finfo.max, so numbers compare with x-transformers);
+`trace.drawable(stage)` is the same with masked cells as NaN, for drawing.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .hooks import HookPoint, attached
+from .stages import MASKED_STAGES, STAGES, check_stages
+
+# Any logit at or below this carries a mask's fill value (possibly plus a finite score).
+FILL_THRESHOLD = -1e30
+
+
+@dataclass
+class Trace:
+    """Recorded stages. `layers[k]` is the model layer that `trace[stage][k]` came from."""
+
+    stages: dict[str, Tensor]
+    visible: Tensor                      # [batch, query, key] bool, True = the key is visible
+    tokens: Tensor                       # [batch, seq]
+    layers: list[int]
+    config: dict[str, Any]
+    labels: list[list[str]] | None = None  # token strings per batch row, for axes
+    _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, stage: str) -> Tensor:
+        if stage not in self.stages:
+            raise KeyError(f"stage {stage!r} was not traced; traced: {list(self.stages)}")
+        return self.stages[stage]
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.stages
+
+    @property
+    def fully_masked(self) -> Tensor:
+        """[batch, query] True for queries with no visible key (their attention output is zeroed)."""
+        return ~self.visible.any(dim=-1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(next(iter(self.stages.values())).shape)
+
+    def layer_index(self, layer: int) -> int:
+        """Position in the trace of model layer `layer`."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not traced; traced layers: {self.layers}")
+        return self.layers.index(layer)
+
+    def drawable(self, stage: str) -> Tensor:
+        """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
+        and anywhere a mask's fill value was carried in (residual attention carries it between layers)."""
+        if stage not in self._drawable:
+            values = self[stage].float()
+            hidden = values <= FILL_THRESHOLD
+            if stage in MASKED_STAGES:
+                hidden = hidden | ~self.visible[None, :, None]
+            self._drawable[stage] = values.masked_fill(hidden, float("nan"))
+        return self._drawable[stage]
+
+    def nbytes(self) -> int:
+        """Bytes held by the stage tensors, counting shared storage once."""
+        seen, total = set(), 0
+        for t in self.stages.values():
+            key = t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+        return total
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Stages and mask as numpy arrays (for `np.savez`), keyed by name."""
+        arrays = {stage: t.detach().cpu().numpy() for stage, t in self.stages.items()}
+        arrays["visible"] = self.visible.cpu().numpy()
+        arrays["tokens"] = self.tokens.cpu().numpy()
+        arrays["layers"] = np.asarray(self.layers)
+        return arrays
+
+
+@contextmanager
+def recording(model: nn.Module, stages: Sequence[str] | None = None,
+              layers: Sequence[int] | None = None) -> Iterator[dict[str, dict[int, Tensor]]]:
+    """Attach hooks that keep (by reference, no copy) each chosen stage of each chosen layer.
+
+    Yields {stage: {layer: tensor [b, h, i, j]}}, filled as the model runs inside the block.
+    """
+    chosen = check_stages(stages)
+    wanted = None if layers is None else set(layers)
+    kept: dict[str, dict[int, Tensor]] = {s: {} for s in chosen}
+
+    def keep(tensor: Tensor, hook: HookPoint) -> None:
+        _, layer, _, stage = hook.name.split(".", 3)
+        kept[stage.removeprefix("hook_")][int(layer)] = tensor.detach()
+
+    def wanted_point(name: str) -> bool:
+        parts = name.split(".")
+        return parts[-1].removeprefix("hook_") in chosen and (wanted is None or int(parts[1]) in wanted)
+
+    with attached(model, [(wanted_point, keep)]):
+        yield kept
+
+
+def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
+                config: dict[str, Any], labels: list[list[str]] | None = None) -> Trace:
+    """Stack per-layer records into [layers, b, h, i, j] tensors."""
+    layers = sorted(next(iter(kept.values())).keys()) if kept else []
+    stages = {s: torch.stack([per_layer[l] for l in layers]) for s, per_layer in kept.items()}
+    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
+
+
+__all__ = ["Trace", "recording", "build_trace", "STAGES"]
