@@ -2,8 +2,9 @@
 from .attention import Attention, selective_penalty
 from .convert import from_x_transformers, from_x_transformers_state_dict
 from .hooks import HookPoint
-from .io import load, save
+from .io import load, load_checkpoint, save
 from .layers import AttentionLayers, Decoder, Encoder
+from . import masks
 from .stages import DESCRIPTIONS, STAGES
 from .trace import Trace
 from .wrapper import TransformerWrapper, build
@@ -11,5 +12,5 @@ from .wrapper import TransformerWrapper, build
 __all__ = [
     "Attention", "AttentionLayers", "Decoder", "Encoder", "TransformerWrapper", "Trace", "HookPoint", "STAGES",
     "DESCRIPTIONS", "build", "load", "save", "from_x_transformers", "from_x_transformers_state_dict",
-    "selective_penalty",
+    "selective_penalty", "load_checkpoint", "masks",
 ]

@@ -127,6 +127,7 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
     need(all(m is None for m in layers.layer_integrators), "integrate_layers / attn_aggregated_residuals")
     rel_pos = layers.rel_pos
     need(rel_pos is None or type(rel_pos) is xt.AlibiPositionalBias, f"{type(rel_pos).__name__}")
+    alibi = rel_pos if type(rel_pos) is xt.AlibiPositionalBias else None
     rotary = layers.rotary_pos_emb
     rotary_dim = None
     if rotary is not None:
@@ -155,8 +156,8 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
 
     layer_config = dict(kind=kind, dim=dim, depth=depth, heads=layers.attn_heads,
                         residual_attn=layers.residual_attn, rotary_pos_emb=rotary is not None,
-                        rotary_emb_dim=rotary_dim, alibi_pos_bias=rel_pos is not None,
-                        alibi_num_heads=rel_pos.heads if rel_pos is not None else None,
+                        rotary_emb_dim=rotary_dim, alibi_pos_bias=alibi is not None,
+                        alibi_num_heads=alibi.heads if alibi is not None else None,
                         norm_add_unit_offset=unit_offsets.pop() if unit_offsets else True,
                         **{f"attn_{k}": v for k, v in attn_cfg.items()}, **{f"ff_{k}": v for k, v in ff_cfg.items()})
     config = dict(num_tokens=model.num_tokens, max_seq_len=model.max_seq_len,

@@ -64,3 +64,34 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     if message:
         raise ValueError(f"the checkpoint does not fit the model — {message}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> TransformerWrapper:
+    """An xattn checkpoint, or an x-transformers state dict plus its JSON constructor config.
+
+    x-transformers weights may be safetensors or a torch file, which is read with
+    `torch.load(weights_only=True)`: tensors only, never arbitrary pickled objects.
+    """
+    from .convert import from_x_transformers_state_dict
+
+    path = Path(path)
+    is_safetensors = path.suffix == ".safetensors"
+    if config_path is None and is_safetensors:
+        return load(path)
+    if config_path is None:
+        raise ValueError(f"{path.name} is an x-transformers checkpoint: give its JSON config too")
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the config {Path(config_path).name} is not readable JSON ({err})") from None
+    if not isinstance(config, dict) or "attn_layers" not in config:
+        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+    try:
+        state = load_file(str(path)) if is_safetensors else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, zip and unpickling errors all mean: not a checkpoint we can read
+        raise ValueError(f"{path.name} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path.name} does not hold a state dict of tensors")
+    return from_x_transformers_state_dict(state, config)

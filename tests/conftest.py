@@ -1,0 +1,24 @@
+"""Shared fixtures: small seeded models, built the same way in xattn and x-transformers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattn
+
+
+def tiny_config(kind: str = "Decoder", **layer_kwargs) -> dict:
+    """A config both libraries accept: 3 layers, 4 heads of 8 features, vocabulary of 23."""
+    layers = {**dict(kind=kind, dim=32, depth=3, heads=4, attn_dim_head=8), **layer_kwargs}
+    return dict(num_tokens=23, max_seq_len=16, attn_layers=layers)
+
+
+@pytest.fixture
+def tiny_decoder() -> xattn.TransformerWrapper:
+    torch.manual_seed(0)
+    return xattn.build(tiny_config("Decoder", residual_attn=True, attn_selective=True)).eval()
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(1))

@@ -1,0 +1,82 @@
+"""Custom attention masks (True = may attend) and a breakdown of what each mask removes."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .attention import causal_visible
+
+
+def no_mask(n: int) -> Tensor:
+    """Every query may see every key."""
+    return torch.ones(n, n, dtype=torch.bool)
+
+
+def sliding_window(n: int, window: int = 4) -> Tensor:
+    """Each query sees keys within `window` positions on either side (causality is added by a Decoder)."""
+    if window < 0:
+        raise ValueError(f"the window must be 0 or more positions, got {window}")
+    pos = torch.arange(n)
+    return (pos[:, None] - pos[None, :]).abs() <= window
+
+
+def prefix_lm(n: int, prefix: int = 4) -> Tensor:
+    """The first `prefix` tokens see each other fully; the rest see the prefix and their own past."""
+    if prefix < 0:
+        raise ValueError(f"the prefix length must be 0 or more, got {prefix}")
+    visible = causal_visible(n)
+    visible[:prefix, :prefix] = True
+    return visible
+
+
+def block_diagonal(n: int, block: int = 4) -> Tensor:
+    """Queries see only keys in their own block of `block` consecutive positions."""
+    if block < 1:
+        raise ValueError(f"blocks must hold at least one position, got {block}")
+    blocks = torch.arange(n) // block
+    return blocks[:, None] == blocks[None, :]
+
+
+PRESETS: dict[str, Callable[..., Tensor]] = {
+    "none": no_mask, "sliding window": sliding_window, "prefix-LM": prefix_lm, "block-diagonal": block_diagonal,
+}
+
+
+def parse_mask(text: str, n: int) -> Tensor:
+    """A mask typed as n rows of n '0'/'1' characters (spaces ignored). Raises ValueError saying what is wrong."""
+    rows = [line.replace(" ", "").replace(",", "") for line in text.strip().splitlines() if line.strip()]
+    if len(rows) != n:
+        raise ValueError(f"the mask needs {n} rows (one per token), it has {len(rows)}")
+    for index, row in enumerate(rows):
+        if len(row) != n or set(row) - {"0", "1"}:
+            raise ValueError(f"mask row {index + 1} must be {n} characters of 0 or 1, got {row[:40]!r}")
+    return torch.tensor([[c == "1" for c in row] for row in rows], dtype=torch.bool)
+
+
+def format_mask(mask: Tensor) -> str:
+    """The inverse of `parse_mask`: rows of 0/1."""
+    return "\n".join("".join("1" if v else "0" for v in row) for row in mask.tolist())
+
+
+def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
+              attn_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Visibility [b, n, n] allowed by each mask alone, and combined ("effective"), for `model`'s layers.
+
+    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only).
+    """
+    causal = getattr(model, "attn_layers", model).causal
+    batch = 1
+    if mask is not None:
+        batch = mask.shape[0]
+    elif attn_mask is not None and attn_mask.ndim == 3:
+        batch = attn_mask.shape[0]
+    full = torch.ones(batch, n, n, dtype=torch.bool)
+    parts = {
+        "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
+        "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
+        "causal": causal_visible(n).expand(batch, n, n) if causal else full,
+    }
+    parts["effective"] = parts["padding"] & parts["custom"] & parts["causal"]
+    return parts

@@ -1,0 +1,100 @@
+"""The bundled models: small decoders trained by `xattn.train` on the tasks in `xattn.tasks`.
+
+    >>> p = pretrained("variables-selective")
+    >>> logits, trace = p.model.run_with_trace(torch.tensor([p.tokenizer.encode(p.example)]))
+
+Each model NAME in `assets/models/` is NAME.safetensors (+ NAME.json config), NAME.card.json (task,
+config, training run, eval accuracy, notable heads, the exact command) and NAME.md for people.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import load
+from .tokenizer import CharTokenizer
+from .wrapper import TransformerWrapper
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEFAULT = "variables-selective"
+
+
+@dataclass
+class Pretrained:
+    """A bundled model in eval mode with the tokenizer it was trained with and its card."""
+
+    name: str
+    model: TransformerWrapper
+    tokenizer: CharTokenizer
+    card: dict[str, Any]
+    example: str
+
+
+def available(directory: str | os.PathLike = MODELS_DIR) -> dict[str, dict[str, Any]]:
+    """Every bundled model's card, by name, in name order."""
+    cards = sorted(Path(directory).glob("*.card.json"))
+    return {path.name.removesuffix(".card.json"): json.loads(path.read_text()) for path in cards}
+
+
+def pretrained(name: str = DEFAULT, directory: str | os.PathLike = MODELS_DIR) -> Pretrained:
+    """The bundled model called `name`; a ValueError lists the names there are."""
+    cards = available(directory)
+    if name not in cards:
+        names = ", ".join(cards) or f"none (no *.card.json in {directory})"
+        raise ValueError(f"no bundled model named {name!r}; available: {names}")
+    card = cards[name]
+    model = load(Path(directory) / f"{name}.safetensors")
+    return Pretrained(name, model, CharTokenizer.from_dict(card["tokenizer"]), card, card["example"])
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """A model card for people, from the card dict."""
+    layers = card["model_config"]["attn_layers"]
+    heads = "\n".join(f"- layer {h['layer']}, head {h['head']}: mean attention {h['attention_on_predicted_key']:.2f} "
+                      f"on the predicted key ({h['pattern']})" for h in card["notable_heads"])
+    train = card["train"]
+    return f"""# {card['name']}
+
+Task: {card['task_description']}.
+
+Variant: **{card['variant']}** ({', '.join(f'`{k}=True`' for k in card['attention_options']) or 'no extra attention options'}).
+Decoder: dim {layers['dim']}, depth {layers['depth']}, {layers['heads']} heads of {layers['attn_dim_head']}; \
+{card['parameters']:,} parameters.
+
+Accuracy: **{card['eval']['accuracy']:.2f}%** — {card['eval']['metric']}, on {card['eval']['size']:,} samples \
+drawn with seed {card['eval']['seed']} (training used seed {train['seed']}).
+
+Trained {train['steps']:,} steps, batch {train['batch_size']}, lr {train['lr']}, in {train['wall_clock_s']} s on \
+{train['threads']} CPU threads; loss {train['loss_first']} → {train['loss_last']}.
+
+Heads whose attention the task predicts:
+{heads}
+
+Example input: `{card['example']}`
+
+Reproduce:
+
+```
+{card['command']}
+```
+"""
+
+
+def index_markdown(directory: str | os.PathLike = MODELS_DIR) -> str:
+    """The README table of every model in `directory`."""
+    rows = [f"| [{name}]({name}.md) | {c['task']} | {c['variant']} | {c['eval']['accuracy']:.2f} | "
+            f"{c['eval']['size']:,} (seed {c['eval']['seed']}) | {c['train']['steps']:,} | {c['train']['wall_clock_s']:.0f} |"
+            for name, c in available(directory).items()]
+    return "\n".join([
+        "# Bundled models",
+        "",
+        "Trained by `xattn.train` on the synthetic tasks in `xattn.tasks`; every card holds the exact command.",
+        "Accuracy: % of answer characters predicted right on freshly generated samples.",
+        "",
+        "| model | task | variant | accuracy % | eval samples | steps | train s |",
+        "|---|---|---|---:|---|---:|---:|",
+        *rows,
+    ]) + "\n"
