@@ -107,6 +107,21 @@ class Attention(nn.Module):
         for stage in STAGES:
             setattr(self, f"hook_{stage}", HookPoint())
 
+    @staticmethod
+    def add_stage(logits: Tensor, term: Tensor | None, hook: HookPoint, subtract: bool = False) -> Tensor:
+        """logits ± term, with `term` passed through its hook point first.
+
+        An absent term is shown to an attached hook as zeros (a broadcast view, no memory) and only
+        applied if the hook replaced it, so reading a switched-off stage costs nothing.
+        """
+        if term is None and not hook.active:
+            return logits
+        shown = logits.new_zeros(()).expand_as(logits) if term is None else term.expand_as(logits)
+        seen = hook(shown)
+        if term is None and seen is shown:
+            return logits
+        return logits - seen if subtract else logits + seen
+
     def split_heads(self, t: Tensor) -> Tensor:
         return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
 
@@ -125,11 +140,7 @@ class Attention(nn.Module):
 
         logits = self.hook_scores(einsum("b h i d, b h j d -> b h i j", q, k) * self.scale)
 
-        if prev_logits is None and self.hook_residual.active:
-            prev_logits = torch.zeros_like(logits)
-        if prev_logits is not None:
-            logits = logits + self.hook_residual(prev_logits)
-        logits = self.hook_scores_residual(logits)
+        logits = self.hook_scores_residual(self.add_stage(logits, prev_logits, self.hook_residual))
 
         if bias is not None:
             logits = logits + bias
@@ -140,11 +151,7 @@ class Attention(nn.Module):
         logits = self.hook_masked(logits)
 
         penalty = selective_penalty(logits) if self.selective else None
-        if penalty is None and self.hook_selection.active:
-            penalty = torch.zeros_like(logits)
-        if penalty is not None:
-            logits = logits - self.hook_selection(penalty.expand_as(logits))
-        logits = self.hook_pre_softmax(logits)
+        logits = self.hook_pre_softmax(self.add_stage(logits, penalty, self.hook_selection, subtract=True))
 
         attn = self.hook_attn(logits.softmax(dim=-1, dtype=torch.float32).type(logits.dtype))
         out = einsum("b h i j, b h j d -> b h i d", self.dropout(attn), v)

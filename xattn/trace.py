@@ -6,6 +6,7 @@ computed (masked cells keep the fill value −finfo.max, so numbers compare with
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -21,11 +22,34 @@ from .stages import MASKED_STAGES, STAGES, check_stages
 FILL_THRESHOLD = -1e30
 
 
+class StackedStages(Mapping):
+    """{stage: [layers, b, h, i, j]}, stacked from the per-layer records on first access.
+
+    Recording keeps references to the tensors the forward pass made anyway, so tracing adds no
+    copies; the one copy into a stacked tensor happens only for stages someone reads.
+    """
+
+    def __init__(self, records: dict[str, list[Tensor]]) -> None:
+        self.records = records
+        self.stacked: dict[str, Tensor] = {}
+
+    def __getitem__(self, stage: str) -> Tensor:
+        if stage not in self.stacked:
+            self.stacked[stage] = torch.stack(self.records[stage])
+        return self.stacked[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
 @dataclass
 class Trace:
     """Recorded stages. `layers[k]` is the model layer that `trace[stage][k]` came from."""
 
-    stages: dict[str, Tensor]
+    stages: StackedStages
     visible: Tensor                      # [batch, query, key] bool, True = the key is visible
     tokens: Tensor                       # [batch, seq]
     layers: list[int]
@@ -48,7 +72,8 @@ class Trace:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(next(iter(self.stages.values())).shape)
+        first = next(iter(self.stages.records.values()))
+        return (len(first),) + tuple(first[0].shape)
 
     def layer_index(self, layer: int) -> int:
         """Position in the trace of model layer `layer`."""
@@ -68,9 +93,9 @@ class Trace:
         return self._drawable[stage]
 
     def nbytes(self) -> int:
-        """Bytes held by the stage tensors, counting shared storage once."""
+        """Bytes the recorded stages hold, counting storage shared between stages once."""
         seen, total = set(), 0
-        for t in self.stages.values():
+        for t in (t for records in self.stages.records.values() for t in records):
             key = t.untyped_storage().data_ptr()
             if key not in seen:
                 seen.add(key)
@@ -111,9 +136,9 @@ def recording(model: nn.Module, stages: Sequence[str] | None = None,
 
 def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
                 config: dict[str, Any], labels: list[list[str]] | None = None) -> Trace:
-    """Stack per-layer records into [layers, b, h, i, j] tensors."""
+    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
-    stages = {s: torch.stack([per_layer[l] for l in layers]) for s, per_layer in kept.items()}
+    stages = StackedStages({s: [per_layer[l] for l in layers] for s, per_layer in kept.items()})
     return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
 
 

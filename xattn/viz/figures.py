@@ -1,0 +1,410 @@
+"""Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
+
+Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
+labelled in real values; focused single-head views also carry the exact float32 values for hover.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import get_colorscale
+from plotly.subplots import make_subplots
+
+from ..stages import DESCRIPTIONS, MASKED_STAGES
+from ..trace import Trace
+from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
+from .style import (DIFF_STYLE, DIVERGENCE_STYLE, FLAG_COLOR, HEAD_COLORS, MASK_COLORS, MASKED_COLOR,
+                    PRUNE_COLORS, STAGE_STYLE, TEMPLATE, StageStyle, stage_style)
+
+FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this many tokens
+MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
+DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
+PRUNED_BELOW = 0.01           # a key is "pruned" when F scales its weight by less than this (F ≥ ln 100)
+TOP_CHANGES = 5               # cells circled in a diff
+
+
+# validation and data access
+
+def _check_index(what: str, value: int, count: int, unit: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+        raise ValueError(f"{what} {value!r} is out of range: the trace has {count} {unit} (0..{count - 1})")
+
+
+def _check_stage(trace: Trace, stage: str) -> StageStyle:
+    style = stage_style(stage)
+    if stage not in trace:
+        raise ValueError(f"stage {stage!r} was not traced (traced: {list(trace.stages)}); "
+                         f"include it in run_with_trace(stages=...)")
+    return style
+
+
+def _layer_position(trace: Trace, layer: int) -> int:
+    if isinstance(layer, bool) or layer not in trace.layers:
+        raise ValueError(f"layer {layer!r} was not traced; traced layers: {trace.layers}")
+    return trace.layers.index(layer)
+
+
+def _heads(trace: Trace, stage: str, layer: int, batch: int) -> np.ndarray:
+    """Drawable values [head, query, key] of one layer and batch row, NaN where masked."""
+    _check_stage(trace, stage)
+    position = _layer_position(trace, layer)
+    _check_index("batch", batch, trace.shape[1], "batch rows")
+    return trace.drawable(stage)[position, batch].cpu().numpy()
+
+
+def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
+    values = _heads(trace, stage, layer, batch)
+    _check_index("head", head, values.shape[0], "heads")
+    return values[head]
+
+
+def token_labels(trace: Trace, batch: int = 0) -> list[str]:
+    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels."""
+    _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
+    tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
+    return [f"{token}·{i}" for i, token in enumerate(tokens)]
+
+
+def _flags(config: dict) -> tuple[bool, bool]:
+    """(residual attention on, selective attention on) from a trace's model config."""
+    layers = config.get("attn_layers", {})
+    return bool(layers.get("residual_attn")), bool(layers.get("attn_selective"))
+
+
+# building blocks
+
+def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | None = None) -> dict:
+    """A colour axis over the codes of `scale`: the stage's colours, grey for the masked code,
+    colour-bar ticks labelled in real values."""
+    top = MASKED_CODE if masked else int(SAFE_CODES[LEVELS - 1])
+    stops = [[int(SAFE_CODES[round(p * (LEVELS - 1))]) / top, color] for p, color in get_colorscale(style.colorscale)]
+    ticks = np.linspace(scale.lo, scale.hi, 5)
+    tickvals, ticktext = [scale.code(t) for t in ticks], [f"{t:.3g}" for t in ticks]
+    if masked:
+        stops.append([1.0, MASKED_COLOR])
+        tickvals.append(MASKED_CODE)
+        ticktext.append("masked")
+    return dict(colorscale=stops, cmin=0, cmax=top,
+                colorbar=dict(title=dict(text=title or style.name), tickvals=tickvals, ticktext=ticktext, thickness=14))
+
+
+def _category_axis(colors: dict[str, str]) -> dict:
+    """A colour axis for codes 0..k-1, one flat colour each, named on the colour bar."""
+    k = len(colors)
+    stops = [[(code + edge) / k, color] for code, color in enumerate(colors.values()) for edge in (0, 1)]
+    return dict(colorscale=stops, cmin=-0.5, cmax=k - 0.5,
+                colorbar=dict(tickvals=list(range(k)), ticktext=list(colors), thickness=14))
+
+
+def _heatmap(codes: np.ndarray, axis: str, *, labels: list[str] | None = None, factor: int = 1,
+             exact: np.ndarray | None = None, name: str = "value", where: str = "") -> go.Heatmap:
+    """A heatmap of uint8 codes. Token labels on the axes at full resolution, positions when pooled;
+    `exact` values (float32) ride along as customdata for hover."""
+    if labels is not None and factor == 1:
+        axes = dict(x=labels, y=labels)
+    else:
+        axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
+    position = "query %{y}<br>key %{x}" if factor == 1 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)"
+    value = "" if exact is None else f"<br>{name}: %{{customdata:.4g}}"
+    return go.Heatmap(z=codes, coloraxis=axis, customdata=None if exact is None else exact.astype(np.float32),
+                      hovertemplate=f"{where}{position}{value}<extra></extra>", **axes)
+
+
+def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str = "y", legend: bool = True) -> None:
+    """Outline every run of fully masked query rows (queries with no visible key) across a panel."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    for k, (start, stop) in enumerate(zip(edges[::2], edges[1::2])):
+        fig.add_shape(type="rect", xref=f"{xref} domain", x0=0, x1=1, yref=yref, y0=start - 0.5, y1=stop - 0.5,
+                      line=dict(color=FLAG_COLOR, width=2), name="fully masked query (no visible key)",
+                      showlegend=legend and k == 0)
+
+
+def _title(main: str, notes: list[str]) -> dict:
+    notes = [n for n in notes if n]
+    return dict(text=main + (f"<br><sup>{' · '.join(notes)}</sup>" if notes else ""), x=0.01, xanchor="left")
+
+
+def _masked_note(values: np.ndarray) -> str:
+    return "grey = masked" if np.isnan(values).any() else ""
+
+
+def _pool_note(factor: int) -> str:
+    return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
+
+
+def _colorbars_below(fig: go.Figure, axes: dict[str, list[int]]) -> None:
+    """Lay each colour axis's bar horizontally under the panels (1-based columns) that use it, stacking
+    bars whose spans overlap."""
+    placed: list[tuple[float, float, int]] = []
+    for axis, columns in axes.items():
+        x0 = fig.layout[f"xaxis{columns[0] if columns[0] > 1 else ''}"].domain[0]
+        x1 = fig.layout[f"xaxis{columns[-1] if columns[-1] > 1 else ''}"].domain[1]
+        row = max((r + 1 for a, b, r in placed if a < x1 and x0 < b), default=0)
+        placed.append((x0, x1, row))
+        fig.layout[axis].colorbar.update(orientation="h", x=(x0 + x1) / 2, len=0.9 * (x1 - x0), xanchor="center",
+                                         y=-0.14 - 0.22 * row, yanchor="top", thickness=12, title=dict(side="top"))
+
+
+def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
+             main: str, notes: list[str]) -> tuple[go.Figure, int]:
+    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
+    Returns the figure and the pooling factor."""
+    factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
+    shown = max_pool(values, factor, signed=style.diverging)
+    scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
+    fig = go.Figure(_heatmap(scale.encode(shown), "coloraxis", labels=labels, factor=factor, exact=shown,
+                             name=style.name))
+    fig.update_layout(template=TEMPLATE, width=760, height=720,
+                      title=_title(main, notes + [_masked_note(shown), _pool_note(factor)]),
+                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
+                      xaxis=dict(title="key", constrain="domain"),
+                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+    _flag_rows(fig, fully_masked)
+    return fig, factor
+
+
+# public figures
+
+def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
+    """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
+    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
+    values = _head(trace, stage, layer, head, batch)
+    style = STAGE_STYLE[stage]
+    fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
+                      f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
+    return fig
+
+
+def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, heads: list[int] | None = None,
+         batch: int = 0, max_cells: int = MAX_CELLS) -> go.Figure:
+    """Layers × heads small multiples of one stage on a shared colour axis. Above `max_cells` cells in
+    all, every panel is max-pooled by the same factor (so a sharp peak stays visible), and the title says so."""
+    style = _check_stage(trace, stage)
+    _check_index("batch", batch, trace.shape[1], "batch rows")
+    layers = list(trace.layers) if layers is None else list(layers)
+    heads = list(range(trace.shape[2])) if heads is None else list(heads)
+    if not layers or not heads:
+        raise ValueError("grid needs at least one layer and one head")
+    positions = [_layer_position(trace, layer) for layer in layers]
+    for head in heads:
+        _check_index("head", head, trace.shape[2], "heads")
+    if max_cells < len(layers) * len(heads):
+        raise ValueError(f"max_cells = {max_cells} leaves less than one cell per panel")
+    values = trace.drawable(stage)[positions, batch][:, heads].cpu().numpy()     # [layer, head, query, key]
+    factor = pool_factor(values.shape[-1], len(layers) * len(heads), max_cells)
+    pooled = max_pool(values, factor, signed=style.diverging)
+    scale = Scale.covering(pooled, diverging=style.diverging, fixed=style.fixed_range)
+    codes = scale.encode(pooled)
+
+    fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
+                        horizontal_spacing=0.01, vertical_spacing=0.01,
+                        row_titles=[f"layer {l}" for l in layers], column_titles=[f"head {h}" for h in heads])
+    cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
+    fig.add_traces([_heatmap(codes[r, c], "coloraxis", factor=factor, where=f"layer {layers[r]} · head {heads[c]}<br>")
+                    for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
+                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
+                      title=_title(f"{style.name} · {len(layers)} layers × {len(heads)} heads",
+                                   [DESCRIPTIONS[stage], _masked_note(pooled), _pool_note(factor)]))
+    return fig
+
+
+def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0) -> go.Figure:
+    """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
+    each titled with what it changes. Stages drawn with the same colour scale share one range."""
+    chosen = [s for s in DEFAULT_STAGES if s in trace] if stages is None else list(stages)
+    if not chosen:
+        raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
+    values = {s: _head(trace, s, layer, head, batch) for s in chosen}
+    residual, selective = _flags(trace.config)
+    caveats = {"scores_residual": "" if residual else " (residual attention off)",
+               "residual": "" if residual else " (residual attention off)",
+               "pre_softmax": "" if selective else " (selective attention off)",
+               "selection": "" if selective else " (selective attention off)"}
+    titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
+    fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
+    labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+
+    groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
+    for column, stage in enumerate(chosen, start=1):
+        groups.setdefault(STAGE_STYLE[stage].colorscale, []).append(column)
+    axes: dict[str, list[int]] = {}
+    for k, columns in enumerate(groups.values()):
+        axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
+        members = [chosen[c - 1] for c in columns]
+        style = STAGE_STYLE[members[0]]
+        stacked = np.stack([values[s] for s in members])
+        scale = Scale.covering(stacked, diverging=style.diverging, fixed=style.fixed_range)
+        fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(stacked).any()),
+                                      title="logits" if style.diverging and len(members) > 1 else None)
+        axes[axis] = columns
+        for column, stage in zip(columns, members):
+            fig.add_trace(_heatmap(scale.encode(values[stage]), axis, labels=labels, exact=values[stage],
+                                   name=STAGE_STYLE[stage].name), row=1, col=column)
+            if stage in MASKED_STAGES:
+                _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="key")
+    fig.update_yaxes(title_text="query", col=1)
+    _colorbars_below(fig, axes)
+    fig.update_layout(template=TEMPLATE, width=260 * len(chosen) + 120, height=330 + 20 * len(axes) + 120,
+                      margin=dict(b=60 + 70 * len(axes), t=120),
+                      title=_title(f"Stages · layer {layer} · head {head}",
+                                   ["what each step changes", _masked_note(np.stack(list(values.values())))]))
+    return fig
+
+
+def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stage_b: str | None = None,
+         batch: int = 0) -> go.Figure:
+    """a's `stage` minus b's `stage_b` (default the same stage) for one head, diverging around 0, with the
+    largest changes circled. b is either a itself (then the stages differ) or a trace of equal length."""
+    stage_b = stage if stage_b is None else stage_b
+    if b is a and stage_b == stage:
+        raise ValueError("this diff would compare a stage with itself: give stage_b, or a second trace as b")
+    va, vb = _head(a, stage, layer, head, batch), _head(b, stage_b, layer, head, batch)
+    if va.shape != vb.shape:
+        raise ValueError(f"the traces differ in length ({va.shape[-1]} vs {vb.shape[-1]} tokens); "
+                         f"diff needs inputs of equal length")
+    delta = va - vb
+    labels = token_labels(a, batch)
+    source = "" if b is a else " (b: other trace)"
+    main = f"Δ = {STAGE_STYLE[stage].name} − {STAGE_STYLE[stage_b].name}{source} · layer {layer} · head {head}"
+    magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
+    top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
+    rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
+    biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {labels[cols[0]]} (circled)"
+               if top else "no difference")
+    fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
+    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest])
+    place = (lambda k: labels[k]) if factor == 1 else (lambda k: k)
+    fig.add_trace(go.Scatter(x=[place(c) for c in cols], y=[place(r) for r in rows], mode="markers",
+                             name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
+                             marker=dict(symbol="circle-open", size=16, color="black", line=dict(width=2)),
+                             hovertemplate="query %{y}<br>key %{x}<br>Δ: %{customdata:.4g}<extra>large change</extra>"))
+    return fig
+
+
+def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
+    """Selective attention in one layer: the gate (head 0's masked logits, whose positive part prunes),
+    the penalty F it accumulates for later queries, and the keys each query has effectively pruned
+    (F ≥ ln(1/PRUNED_BELOW): the key's weight is cut below PRUNED_BELOW of an unpenalised key's)."""
+    gate = _head(trace, "masked", layer, 0, batch)
+    visible = trace.visible[batch].cpu().numpy()
+    penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
+    pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
+    state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
+    _, selective = _flags(trace.config)
+    labels = token_labels(trace, batch)
+    fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
+        "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
+        f"{STAGE_STYLE['selection'].name}<br><sup>summed gate of earlier queries, subtracted from every head</sup>",
+        f"Pruned keys<br><sup>F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}</sup>"])
+    for column, (values, style, axis) in enumerate([(gate, STAGE_STYLE["masked"], "coloraxis"),
+                                                    (penalty, STAGE_STYLE["selection"], "coloraxis2")], start=1):
+        scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
+        fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
+                                      title="gate logits" if column == 1 else None)
+        fig.add_trace(_heatmap(scale.encode(values), axis, labels=labels, exact=values, name=style.name), row=1, col=column)
+    fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
+    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels), row=1, col=3)
+    _colorbars_below(fig, {"coloraxis": [1], "coloraxis2": [2], "coloraxis3": [3]})
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="key")
+    fig.update_yaxes(title_text="query", col=1)
+    per_query = pruned.sum(-1)
+    worst = int(per_query.argmax())
+    fig.update_layout(template=TEMPLATE, width=1100, height=560, margin=dict(b=130, t=120),
+                      title=_title(f"Selective attention · layer {layer}", [
+                          "" if selective else "selective attention is off in this model: F is zero",
+                          f"{int(pruned.sum())} (query, key) pairs pruned",
+                          f"most by query {labels[worst]}: {int(per_query[worst])}" if pruned.any() else ""]))
+    return fig
+
+
+def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0) -> go.Figure:
+    """Where does one token look? Its row of `stage` over the keys, one bar per head."""
+    values = _heads(trace, stage, layer, batch)
+    _check_index("query", query, values.shape[1], "queries")
+    style, labels = STAGE_STYLE[stage], token_labels(trace, batch)
+    row = values[:, query]                                          # [head, key]
+    fig = go.Figure([go.Bar(x=labels, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                            hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                     for h in range(row.shape[0])])
+    masked = int(np.isnan(row[0]).sum())
+    fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
+                      xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
+                      title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
+                          DESCRIPTIONS[stage],
+                          f"{masked} masked keys have no bar" if masked else "",
+                          "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""]))
+    return fig
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon divergence in bits over the last axis: 0 for equal distributions, 1 for disjoint ones."""
+    m = (p + q) / 2
+
+    def kl_to_m(x: np.ndarray) -> np.ndarray:
+        ratio = np.where(x > 0, x, 1) / np.where(m > 0, m, 1)
+        return (x * np.log2(ratio)).sum(-1)
+
+    return (kl_to_m(p) + kl_to_m(q)) / 2
+
+
+def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
+    """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
+    key): each head against the same head in the next traced layer — the RealFormer view — and each
+    head against the other heads of its layer."""
+    _check_stage(trace, "attn")
+    _check_index("batch", batch, trace.shape[1], "batch rows")
+    p = np.nan_to_num(trace.drawable("attn")[:, batch].cpu().numpy())   # [layer, head, query, key]
+    rows = ~trace.fully_masked[batch].cpu().numpy()
+    heads = p.shape[1]
+    across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
+    within = np.stack([[js_divergence(layer[h], layer)[:, rows].mean(-1) for h in range(heads)] for layer in p])
+    others = within.sum(-1) / max(heads - 1, 1)                                 # [layer, head]; self-JS is 0
+    scale_top = float(max(across.max(initial=0), others.max(initial=0))) or 1.0
+    head_names = [f"head {h}" for h in range(heads)]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
+        "Consecutive layers<br><sup>each head vs the same head one layer up</sup>",
+        "Heads within a layer<br><sup>each head vs the layer's other heads (mean)</sup>"])
+    for column, (matrix, names) in enumerate([(across, [f"L{a}→L{b}" for a, b in zip(trace.layers, trace.layers[1:])]),
+                                              (others, [f"layer {l}" for l in trace.layers])], start=1):
+        fig.add_trace(go.Heatmap(z=matrix.astype(np.float32), x=head_names, y=names, coloraxis="coloraxis",
+                                 texttemplate="%{z:.3f}", hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
+                      row=1, col=column)
+    residual, _ = _flags(trace.config)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(template=TEMPLATE, width=1000, height=160 + 45 * len(trace.layers),
+                      coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
+                                     colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
+                      title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [
+                          f"residual attention {'on' if residual else 'off'}",
+                          f"mean across consecutive layers {across.mean():.3f} bits" if across.size
+                          else "one traced layer: no consecutive pairs"]))
+    return fig
+
+
+def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
+    """The effective mask (padding, custom and causal combined): visible, masked, and fully masked query
+    rows (no visible key: the model zeroes their output) in their own colour and outlined."""
+    _check_index("batch", batch, trace.visible.shape[0], "batch rows")
+    visible = trace.visible[batch].cpu().numpy()
+    fully_masked = trace.fully_masked[batch].cpu().numpy()
+    state = np.where(visible, 0, np.where(fully_masked[:, None], 2, 1)).astype(np.uint8)
+    labels = token_labels(trace, batch)
+    n = visible.shape[0]
+    hidden = [labels[i] for i in np.flatnonzero(fully_masked)]
+    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels))
+    fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
+                      xaxis=dict(title="key", constrain="domain"),
+                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
+                      title=_title(f"Effective mask · batch row {batch}", [
+                          f"{int(visible.sum())} of {n * n} (query, key) pairs visible",
+                          f"{len(hidden)} fully masked queries: {', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
+                          if hidden else "every query sees at least one key"]))
+    _flag_rows(fig, fully_masked)
+    return fig

@@ -1,0 +1,63 @@
+"""One name and one colour scale per stage, shared by every figure and by the app.
+
+Logit stages are diverging and centred on 0; `attn` is a probability on a fixed 0–1 scale; the
+selective penalty F is non-negative. Masked cells always take MASKED_COLOR.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from ..stages import DESCRIPTIONS, STAGES
+
+
+@dataclass(frozen=True)
+class StageStyle:
+    """How one quantity is drawn: display name, plotly colour scale, and its value range rule."""
+
+    name: str
+    colorscale: str
+    diverging: bool = False                        # symmetric range ±max|v| centred on 0
+    fixed_range: tuple[float, float] | None = None  # else [0, max] (sequential) or ±max (diverging)
+    adds: str = ""                                  # what this stage changes, for panel subtitles
+
+
+LOGITS = "RdBu_r"
+STAGE_STYLE: dict[str, StageStyle] = {
+    "scores": StageStyle("Scores", LOGITS, diverging=True, adds="q·kᵀ/√d of this layer"),
+    "residual": StageStyle("Residual", LOGITS, diverging=True, adds="previous layer's logits, carried in"),
+    "scores_residual": StageStyle("Scores + residual", LOGITS, diverging=True, adds="+ previous layer's logits"),
+    "biased": StageStyle("Biased", LOGITS, diverging=True, adds="+ position bias (ALiBi)"),
+    "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom and causal masks applied"),
+    "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head"),
+    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="− selective penalty F"),
+    "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+}
+assert set(STAGE_STYLE) == set(STAGES)
+
+DIFF_STYLE = StageStyle("Δ", "PiYG_r", diverging=True, adds="a − b")
+DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples", fixed_range=None)
+MASKED_COLOR = "#c9c9c9"
+MASK_COLORS = {"visible": "#4575b4", "masked": MASKED_COLOR, "fully masked query": "#d73027"}
+PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_COLOR}
+FLAG_COLOR = "#d73027"    # outline of fully masked query rows
+HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
+
+TEMPLATE = go.layout.Template(layout=dict(
+    font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
+    paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=60),
+    hoverlabel=dict(font_size=12), legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+))
+
+
+def stage_style(stage: str) -> StageStyle:
+    """The style of a stage; ValueError for an unknown name."""
+    if stage not in STAGE_STYLE:
+        raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+    return STAGE_STYLE[stage]
+
+
+def stage_title(stage: str) -> str:
+    """'Name' with the stage's one-line meaning underneath, for titles and panels."""
+    return f"{STAGE_STYLE[stage].name}<br><sup>{DESCRIPTIONS[stage]}</sup>"
