@@ -131,3 +131,19 @@ def test_unsupported_config_in_state_dict_route():
     reference = reference_model(config)
     with pytest.raises(ValueError, match="attn_qk_norm"):
         xattn.from_x_transformers_state_dict(reference.state_dict(), config)
+
+
+def test_parity_with_per_batch_attention_mask():
+    """xattn reads a 3-D attn_mask as [batch, query, key]; x-transformers takes that as 4-D [batch, 1, query, key]."""
+    torch.manual_seed(0)
+    reference = reference_model(tiny_config("Encoder", residual_attn=True))
+    model = xattn.from_x_transformers(reference)
+    tokens, _ = inputs(padded=False)
+    per_batch = torch.stack([xattn.masks.sliding_window(12, w) for w in (1, 2, 5)])
+    with torch.no_grad():
+        ref_logits, inter = reference(tokens, attn_mask=per_batch[:, None], return_intermediates=True)
+        logits, trace = model.run_with_trace(tokens, attn_mask=per_batch)
+    assert torch.equal(trace.visible, per_batch)
+    assert (logits - ref_logits).abs().max() <= 1e-5
+    ref = torch.stack([i.post_softmax_attn for i in inter.attn_intermediates])
+    assert max_visible_difference(trace["attn"], ref, trace.visible) <= 1e-5
