@@ -4,7 +4,7 @@ from .convert import from_x_transformers, from_x_transformers_state_dict
 from .hooks import HookPoint
 from .io import load, load_checkpoint, save
 from .layers import AttentionLayers, Decoder, Encoder
-from . import masks
+from . import limits, masks
 from .stages import DESCRIPTIONS, STAGES
 from .trace import Trace
 from .wrapper import TransformerWrapper, build
@@ -12,5 +12,5 @@ from .wrapper import TransformerWrapper, build
 __all__ = [
     "Attention", "AttentionLayers", "Decoder", "Encoder", "TransformerWrapper", "Trace", "HookPoint", "STAGES",
     "DESCRIPTIONS", "build", "load", "save", "from_x_transformers", "from_x_transformers_state_dict",
-    "selective_penalty", "load_checkpoint", "masks",
+    "selective_penalty", "load_checkpoint", "masks", "limits",
 ]
