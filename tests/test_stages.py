@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import xattn
 from xattn.attention import alibi_slopes, selective_penalty
-from xattn.trace import FILL_THRESHOLD
+from xattn.trace import carries_fill
 
 from conftest import tiny_config
 
@@ -157,7 +157,7 @@ def test_alibi_bias_by_hand(tokens):
 
 def test_drawable_hides_fill_carried_by_residual(tiny_decoder, tokens):
     _, trace = tiny_decoder.run_with_trace(tokens)
-    carried = trace["scores_residual"][1] <= FILL_THRESHOLD     # the causal fill of layer 0, carried into layer 1
+    carried = carries_fill(trace["scores_residual"][1])    # the causal fill of layer 0, carried into layer 1
     assert carried.any()
     assert trace.drawable("scores_residual")[1][carried].isnan().all()
     assert not trace.drawable("scores")[1].isnan().any()
@@ -175,3 +175,18 @@ def test_trace_restricted_to_stages_and_layers(tiny_decoder, tokens):
         tiny_decoder.run_with_trace(tokens, stages=["softmax"])
     with pytest.raises(ValueError, match="out of range"):
         tiny_decoder.run_with_trace(tokens, layers=[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_traces_draw_without_stray_values(dtype, tokens):
+    """In half precision the fill value is −finfo(dtype).max; drawable() still hides it, and no visible cell is NaN."""
+    torch.manual_seed(0)
+    model = xattn.build(tiny_config("Decoder", residual_attn=True, attn_selective=True)).to(dtype).eval()
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, :3] = False
+    _, trace = model.run_with_trace(tokens, mask=mask)
+    visible = trace.visible[None, :, None].expand(trace.shape)
+    for stage in xattn.STAGES:
+        drawn = trace.drawable(stage)
+        assert not drawn[visible].isnan().any(), stage
+        assert drawn.nan_to_num(0).abs().max() < 1e4, stage        # no fill value squashing a colour scale

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from .hooks import HookPoint, attached
 from .stages import MASKED_STAGES, STAGES, check_stages
 
-# Any logit at or below this carries a mask's fill value (possibly plus a finite score).
-FILL_THRESHOLD = -1e30
+
+def carries_fill(logits: Tensor) -> Tensor:
+    """True where a logit holds a mask's fill value −finfo.max, possibly plus a finite score (or −inf)."""
+    return logits <= -torch.finfo(logits.dtype).max / 2
 
 
 class StackedStages(Mapping):
@@ -85,8 +87,9 @@ class Trace:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
         and anywhere a mask's fill value was carried in (residual attention carries it between layers)."""
         if stage not in self._drawable:
-            values = self[stage].float()
-            hidden = values <= FILL_THRESHOLD
+            values = self[stage]
+            hidden = carries_fill(values)
+            values = values.float()
             if stage in MASKED_STAGES:
                 hidden = hidden | ~self.visible[None, :, None]
             self._drawable[stage] = values.masked_fill(hidden, float("nan"))
