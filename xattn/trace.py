@@ -107,7 +107,7 @@ class Trace:
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Stages and mask as numpy arrays (for `np.savez`), keyed by name."""
-        arrays = {stage: t.detach().cpu().numpy() for stage, t in self.stages.items()}
+        arrays = {stage: self[stage].cpu().numpy() for stage in self.stages}
         arrays["visible"] = self.visible.cpu().numpy()
         arrays["tokens"] = self.tokens.cpu().numpy()
         arrays["layers"] = np.asarray(self.layers)

@@ -56,8 +56,8 @@ def to_png(fig: go.Figure, path: str | os.PathLike, *, scale: float = 2.0) -> Pa
 
 def trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
     """Every stage plus visible, tokens and layers, contiguous on the CPU."""
-    tensors = {**trace.stages, "visible": trace.visible, "tokens": trace.tokens,
-               "layers": torch.tensor(trace.layers, dtype=torch.long)}
+    tensors = {stage: trace[stage] for stage in trace.stages}
+    tensors.update(visible=trace.visible, tokens=trace.tokens, layers=torch.tensor(trace.layers, dtype=torch.long))
     return {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
 
 

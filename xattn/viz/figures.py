@@ -80,14 +80,12 @@ def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | No
     colour-bar ticks labelled in real values."""
     top = MASKED_CODE if masked else int(SAFE_CODES[LEVELS - 1])
     stops = [[int(SAFE_CODES[round(p * (LEVELS - 1))]) / top, color] for p, color in get_colorscale(style.colorscale)]
-    ticks = np.linspace(scale.lo, scale.hi, 5)
-    tickvals, ticktext = [scale.code(t) for t in ticks], [f"{t:.3g}" for t in ticks]
     if masked:
         stops.append([1.0, MASKED_COLOR])
-        tickvals.append(MASKED_CODE)
-        ticktext.append("masked")
-    return dict(colorscale=stops, cmin=0, cmax=top,
-                colorbar=dict(title=dict(text=title or style.name), tickvals=tickvals, ticktext=ticktext, thickness=14))
+    ticks = np.linspace(scale.lo, scale.hi, 5)
+    return dict(colorscale=stops, cmin=0, cmax=top, colorbar=dict(
+        title=dict(text=title or style.name), tickvals=[scale.code(t) for t in ticks],
+        ticktext=[f"{t:.3g}" for t in ticks], thickness=14))
 
 
 def _category_axis(colors: dict[str, str]) -> dict:
@@ -98,17 +96,20 @@ def _category_axis(colors: dict[str, str]) -> dict:
                 colorbar=dict(tickvals=list(range(k)), ticktext=list(colors), thickness=14))
 
 
-def _heatmap(codes: np.ndarray, axis: str, *, labels: list[str] | None = None, factor: int = 1,
-             exact: np.ndarray | None = None, name: str = "value", where: str = "") -> go.Heatmap:
-    """A heatmap of uint8 codes. Token labels on the axes at full resolution, positions when pooled;
-    `exact` values (float32) ride along as customdata for hover."""
+def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
+             factor: int = 1, exact: bool = False, name: str = "value", where: str = "") -> go.Heatmap:
+    """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
+    category codes when there is no scale. Token labels on the axes at full resolution, positions
+    when pooled; with `exact` the float32 values ride along as customdata for hover."""
     if labels is not None and factor == 1:
         axes = dict(x=labels, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
     position = "query %{y}<br>key %{x}" if factor == 1 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)"
-    value = "" if exact is None else f"<br>{name}: %{{customdata:.4g}}"
-    return go.Heatmap(z=codes, coloraxis=axis, customdata=None if exact is None else exact.astype(np.float32),
+    value = f"<br>{name}: %{{customdata:.4g}}" if exact else ""
+    return go.Heatmap(z=z if scale is None else scale.encode(z), coloraxis=axis,
+                      meta=None if scale is None else dict(lo=scale.lo, hi=scale.hi),
+                      customdata=z.astype(np.float32) if exact else None,
                       hovertemplate=f"{where}{position}{value}<extra></extra>", **axes)
 
 
@@ -121,30 +122,26 @@ def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str =
                       showlegend=legend and k == 0)
 
 
+def _side_colorbars(fig: go.Figure, axes: list[str]) -> None:
+    """Stand the colour bars of several colour axes side by side to the right of the panels."""
+    for k, axis in enumerate(axes):
+        fig.layout[axis].colorbar.update(x=1.01 + 0.075 * k, xanchor="left", title_side="right")
+
+
+def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
+    """A legend swatch for the grey of masked cells, when there are any."""
+    if np.isnan(values).any():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="masked", hoverinfo="skip",
+                                 marker=dict(symbol="square", size=12, color=MASKED_COLOR)))
+
+
 def _title(main: str, notes: list[str]) -> dict:
     notes = [n for n in notes if n]
     return dict(text=main + (f"<br><sup>{' · '.join(notes)}</sup>" if notes else ""), x=0.01, xanchor="left")
 
 
-def _masked_note(values: np.ndarray) -> str:
-    return "grey = masked" if np.isnan(values).any() else ""
-
-
 def _pool_note(factor: int) -> str:
     return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
-
-
-def _colorbars_below(fig: go.Figure, axes: dict[str, list[int]]) -> None:
-    """Lay each colour axis's bar horizontally under the panels (1-based columns) that use it, stacking
-    bars whose spans overlap."""
-    placed: list[tuple[float, float, int]] = []
-    for axis, columns in axes.items():
-        x0 = fig.layout[f"xaxis{columns[0] if columns[0] > 1 else ''}"].domain[0]
-        x1 = fig.layout[f"xaxis{columns[-1] if columns[-1] > 1 else ''}"].domain[1]
-        row = max((r + 1 for a, b, r in placed if a < x1 and x0 < b), default=0)
-        placed.append((x0, x1, row))
-        fig.layout[axis].colorbar.update(orientation="h", x=(x0 + x1) / 2, len=0.9 * (x1 - x0), xanchor="center",
-                                         y=-0.14 - 0.22 * row, yanchor="top", thickness=12, title=dict(side="top"))
 
 
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
@@ -154,13 +151,14 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
     factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
-    fig = go.Figure(_heatmap(scale.encode(shown), "coloraxis", labels=labels, factor=factor, exact=shown,
+    fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
                              name=style.name))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(main, notes + [_masked_note(shown), _pool_note(factor)]),
+                      title=_title(main, notes + [_pool_note(factor)]),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+    _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
 
@@ -196,19 +194,19 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     factor = pool_factor(values.shape[-1], len(layers) * len(heads), max_cells)
     pooled = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(pooled, diverging=style.diverging, fixed=style.fixed_range)
-    codes = scale.encode(pooled)
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.01, vertical_spacing=0.01,
                         row_titles=[f"layer {l}" for l in layers], column_titles=[f"head {h}" for h in heads])
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
-    fig.add_traces([_heatmap(codes[r, c], "coloraxis", factor=factor, where=f"layer {layers[r]} · head {heads[c]}<br>")
+    fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, where=f"layer {layers[r]} · head {heads[c]}<br>")
                     for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
                       title=_title(f"{style.name} · {len(layers)} layers × {len(heads)} heads",
-                                   [DESCRIPTIONS[stage], _masked_note(pooled), _pool_note(factor)]))
+                                   [DESCRIPTIONS[stage], _pool_note(factor)]))
+    _legend_masked(fig, pooled)
     return fig
 
 
@@ -231,7 +229,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
         groups.setdefault(STAGE_STYLE[stage].colorscale, []).append(column)
-    axes: dict[str, list[int]] = {}
+    axes: list[str] = []
     for k, columns in enumerate(groups.values()):
         axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
         members = [chosen[c - 1] for c in columns]
@@ -240,20 +238,19 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         scale = Scale.covering(stacked, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(stacked).any()),
                                       title="logits" if style.diverging and len(members) > 1 else None)
-        axes[axis] = columns
+        axes.append(axis)
         for column, stage in zip(columns, members):
-            fig.add_trace(_heatmap(scale.encode(values[stage]), axis, labels=labels, exact=values[stage],
+            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=True,
                                    name=STAGE_STYLE[stage].name), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key")
     fig.update_yaxes(title_text="query", col=1)
-    _colorbars_below(fig, axes)
-    fig.update_layout(template=TEMPLATE, width=260 * len(chosen) + 120, height=330 + 20 * len(axes) + 120,
-                      margin=dict(b=60 + 70 * len(axes), t=120),
-                      title=_title(f"Stages · layer {layer} · head {head}",
-                                   ["what each step changes", _masked_note(np.stack(list(values.values())))]))
+    _side_colorbars(fig, axes)
+    _legend_masked(fig, np.stack(list(values.values())))
+    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
+                      title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes"]))
     return fig
 
 
@@ -307,16 +304,17 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
                                       title="gate logits" if column == 1 else None)
-        fig.add_trace(_heatmap(scale.encode(values), axis, labels=labels, exact=values, name=style.name), row=1, col=column)
+        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name), row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels), row=1, col=3)
-    _colorbars_below(fig, {"coloraxis": [1], "coloraxis2": [2], "coloraxis3": [3]})
+    _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
+    _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key")
     fig.update_yaxes(title_text="query", col=1)
     per_query = pruned.sum(-1)
     worst = int(per_query.argmax())
-    fig.update_layout(template=TEMPLATE, width=1100, height=560, margin=dict(b=130, t=120),
+    fig.update_layout(template=TEMPLATE, width=1250, height=520, margin=dict(t=130),
                       title=_title(f"Selective attention · layer {layer}", [
                           "" if selective else "selective attention is off in this model: F is zero",
                           f"{int(pruned.sum())} (query, key) pairs pruned",
@@ -348,8 +346,8 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     m = (p + q) / 2
 
     def kl_to_m(x: np.ndarray) -> np.ndarray:
-        ratio = np.where(x > 0, x, 1) / np.where(m > 0, m, 1)
-        return (x * np.log2(ratio)).sum(-1)
+        present = x > 0                   # 0 · log 0 = 0; where x > 0, m ≥ x / 2 > 0
+        return np.where(present, x * np.log2(np.where(present, x, 1) / np.where(present, m, 1)), 0.0).sum(-1)
 
     return (kl_to_m(p) + kl_to_m(q)) / 2
 
@@ -360,7 +358,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     head against the other heads of its layer."""
     _check_stage(trace, "attn")
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    p = np.nan_to_num(trace.drawable("attn")[:, batch].cpu().numpy())   # [layer, head, query, key]
+    p = np.nan_to_num(trace.drawable("attn")[:, batch].double().cpu().numpy())   # [layer, head, query, key]
     rows = ~trace.fully_masked[batch].cpu().numpy()
     heads = p.shape[1]
     across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
@@ -378,7 +376,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
                       row=1, col=column)
     residual, _ = _flags(trace.config)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=1000, height=160 + 45 * len(trace.layers),
+    fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
                                      colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
                       title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [

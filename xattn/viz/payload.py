@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 from einops import rearrange
 
 SAFE_CODES = np.array([c for c in range(256) if c < 224 and c & 15 != 15 and c & 63 < 62], dtype=np.uint8)
@@ -63,6 +64,11 @@ class Scale:
         lo = min(0.0, float(finite.min())) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 1.0
         return cls(lo, hi) if hi > lo else cls(lo, lo + 1.0)
+
+
+def decode(heatmap: go.Heatmap) -> np.ndarray:
+    """The values a quantized heatmap trace shows (NaN where masked), from its codes and `meta` range."""
+    return Scale(heatmap.meta["lo"], heatmap.meta["hi"]).decode(heatmap.z)
 
 
 def pool_factor(n: int, panels: int, max_cells: int) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from ..stages import DESCRIPTIONS, STAGES
+from ..stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ STAGE_STYLE: dict[str, StageStyle] = {
 assert set(STAGE_STYLE) == set(STAGES)
 
 DIFF_STYLE = StageStyle("Δ", "PiYG_r", diverging=True, adds="a − b")
-DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples", fixed_range=None)
+DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples")
 MASKED_COLOR = "#c9c9c9"
 MASK_COLORS = {"visible": "#4575b4", "masked": MASKED_COLOR, "fully masked query": "#d73027"}
 PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_COLOR}
@@ -47,7 +47,7 @@ HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377",
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
     paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=60),
-    hoverlabel=dict(font_size=12), legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    hoverlabel=dict(font_size=12), showlegend=True, legend=dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right"),
 ))
 
 
@@ -57,7 +57,3 @@ def stage_style(stage: str) -> StageStyle:
         raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
     return STAGE_STYLE[stage]
 
-
-def stage_title(stage: str) -> str:
-    """'Name' with the stage's one-line meaning underneath, for titles and panels."""
-    return f"{STAGE_STYLE[stage].name}<br><sup>{DESCRIPTIONS[stage]}</sup>"

@@ -1,0 +1,343 @@
+"""xattn.viz: the figures' data must be the trace's numbers, checked against independent recomputation."""
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import xattn
+from xattn import viz
+from xattn.trace import Trace, build_trace
+from xattn.viz.export import find_chromium
+from xattn.viz.payload import LEVELS, MASKED_CODE, SAFE_CODES, decode
+from xattn.viz.style import MASKED_COLOR
+
+N = 10
+
+
+def make_model(seed: int) -> xattn.TransformerWrapper:
+    torch.manual_seed(seed)
+    return xattn.TransformerWrapper(num_tokens=40, max_seq_len=64, attn_layers=xattn.Decoder(
+        dim=32, depth=3, heads=4, attn_dim_head=8, residual_attn=True, attn_selective=True)).eval()
+
+
+def run(model: xattn.TransformerWrapper, seed: int) -> Trace:
+    """Two rows: row 0 plain (with a repeated token), row 1 with key 0 and the last two keys padded,
+    so that query 0 of row 1 has no visible key."""
+    tokens = torch.randint(0, 40, (2, N), generator=torch.Generator().manual_seed(seed))
+    tokens[0, 7] = tokens[0, 3]
+    mask = torch.ones(2, N, dtype=torch.bool)
+    mask[1, 0] = mask[1, -2:] = False
+    labels = [[f"w{t}" for t in row] for row in tokens.tolist()]
+    return model.run_with_trace(tokens, mask=mask, labels=labels)[1]
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    return run(make_model(0), 0)
+
+
+def head_values(trace: Trace, stage: str, layer: int, head: int, batch: int = 0) -> np.ndarray:
+    return trace.drawable(stage)[trace.layer_index(layer), batch, head].numpy()
+
+
+def heatmaps(fig: go.Figure) -> list[go.Heatmap]:
+    return [t for t in fig.data if t.type == "heatmap"]
+
+
+def assert_decodes_to(heatmap: go.Heatmap, expected: np.ndarray) -> None:
+    """z decodes to `expected` within half a quantization step, with gaps exactly where it is NaN."""
+    step = (heatmap.meta["hi"] - heatmap.meta["lo"]) / (LEVELS - 1)
+    shown = decode(heatmap)
+    np.testing.assert_array_equal(np.isnan(shown), np.isnan(expected))
+    np.testing.assert_allclose(shown, expected, atol=step / 2 + 1e-6, equal_nan=True)
+    assert heatmap.z.dtype == np.uint8
+
+
+# payload
+
+def test_codes_never_produce_escaped_base64_characters():
+    safe = SAFE_CODES
+    triples = np.stack(np.meshgrid(safe, safe, safe, indexing="ij"), -1).reshape(-1)
+    encoded = base64.b64encode(triples.astype(np.uint8).tobytes())
+    assert b"+" not in encoded and b"/" not in encoded
+    assert MASKED_CODE in safe and len(set(safe.tolist())) == len(safe) > LEVELS
+
+
+def test_grid_payload_is_four_thirds_of_a_byte_per_cell(trace):
+    fig = viz.grid(trace, "attn")
+    data = json.loads(fig.to_json())["data"]
+    z = [t["z"] for t in data if t["type"] == "heatmap"]
+    assert all(d["dtype"] == "u1" and len(d["bdata"]) == 4 * math.ceil(N * N / 3) for d in z)
+    assert not any("+" in d["bdata"] or "/" in d["bdata"] for d in z)   # plotly would escape them to 6 bytes
+    assert not any("customdata" in t for t in data)
+
+
+# heatmap
+
+@pytest.mark.parametrize("stage", ["attn", "scores", "pre_softmax", "residual"])
+def test_heatmap_values_labels_and_exact_hover(trace, stage):
+    fig = viz.heatmap(trace, 1, 2, stage)
+    (hm,) = heatmaps(fig)
+    expected = head_values(trace, stage, 1, 2)
+    assert_decodes_to(hm, expected)
+    np.testing.assert_array_equal(hm.customdata, expected)          # exact values for hover
+    assert "customdata" in hm.hovertemplate and "query %{y}" in hm.hovertemplate
+    tokens = [f"w{t}" for t in trace.tokens[0].tolist()]
+    assert list(hm.x) == list(hm.y) == [f"{t}·{i}" for i, t in enumerate(tokens)]
+    assert len(set(hm.x)) == N                                       # the repeated token stays two labels
+    if stage == "attn":
+        assert (hm.meta["lo"], hm.meta["hi"]) == (0.0, 1.0)
+    else:                                                            # diverging, centred on 0
+        assert hm.meta["lo"] == -hm.meta["hi"] == -np.nanmax(np.abs(expected))
+
+
+def test_diverging_zero_sits_on_the_colour_scale_centre(trace):
+    fig = viz.heatmap(trace, 0, 0, "scores")
+    scale = viz.Scale(**heatmaps(fig)[0].meta)
+    assert decode(go.Heatmap(z=[[scale.code(0.0)]], meta=heatmaps(fig)[0].meta))[0, 0] == 0.0
+    centre = [pos for pos, color in fig.layout.coloraxis.colorscale if color == "rgb(247,247,247)"]
+    assert centre == [scale.code(0.0) / fig.layout.coloraxis.cmax]
+
+
+def test_masked_cells_are_grey_gaps_and_fully_masked_row_outlined(trace):
+    fig = viz.heatmap(trace, 2, 1, "attn", batch=1)
+    (hm,) = heatmaps(fig)
+    visible = trace.visible[1].numpy()
+    np.testing.assert_array_equal(hm.z == MASKED_CODE, ~visible)
+    assert np.isnan(hm.customdata[~visible]).all()
+    assert fig.layout.coloraxis.colorscale[-1] == (1.0, MASKED_COLOR)
+    assert fig.layout.coloraxis.cmax == MASKED_CODE
+    assert any(t.name == "masked" and t.marker.color == MASKED_COLOR for t in fig.data if t.type == "scatter")
+    flagged = [(s.y0, s.y1) for s in fig.layout.shapes]
+    rows = np.flatnonzero(trace.fully_masked[1].numpy())
+    assert rows.tolist() == [0] and flagged == [(-0.5, 0.5)]
+    assert fig.layout.shapes[0].showlegend and "fully masked" in fig.layout.shapes[0].name
+
+
+def test_mask_figure_states(trace):
+    fig = viz.mask_figure(trace, batch=1)
+    (hm,) = heatmaps(fig)
+    visible, fully = trace.visible[1].numpy(), trace.fully_masked[1].numpy()
+    expected = np.full((N, N), 1)
+    expected[visible] = 0
+    expected[fully] = 2
+    np.testing.assert_array_equal(hm.z, expected)
+    assert list(fig.layout.coloraxis.colorbar.ticktext) == ["visible", "masked", "fully masked query"]
+    assert "1 fully masked queries" in fig.layout.title.text and len(fig.layout.shapes) == 1
+
+
+# grid and pooling
+
+def test_grid_full_resolution_panels(trace):
+    fig = viz.grid(trace, "pre_softmax", layers=[2, 0], heads=[3, 1], batch=1)
+    panels = heatmaps(fig)
+    assert len(panels) == 4 and "pooled" not in fig.layout.title.text
+    meta = {(p.meta["lo"], p.meta["hi"]) for p in panels}
+    assert len(meta) == 1                                            # one shared colour axis
+    for panel, (layer, head) in zip(panels, [(2, 3), (2, 1), (0, 3), (0, 1)]):
+        assert panel.coloraxis == "coloraxis"
+        assert_decodes_to(panel, head_values(trace, "pre_softmax", layer, head, batch=1))
+
+
+def pool_by_hand(values: np.ndarray, f: int, signed: bool) -> np.ndarray:
+    n = math.ceil(values.shape[0] / f)
+    out = np.full((n, n), np.nan)
+    for i in range(n):
+        for j in range(n):
+            block = values[i * f:(i + 1) * f, j * f:(j + 1) * f].ravel()
+            block = block[~np.isnan(block)]
+            if block.size:
+                out[i, j] = block[np.argmax(np.abs(block) if signed else block)]
+    return out
+
+
+@pytest.mark.parametrize("stage", ["attn", "scores"])
+def test_grid_pooling_keeps_peaks(trace, stage):
+    panels_n = 3 * 4
+    fig = viz.grid(trace, stage, max_cells=panels_n * 16, batch=1)  # 4×4 cells per panel → pool 3×3 (N = 10)
+    assert "max-pooled 3×3" in fig.layout.title.text
+    for panel, (layer, head) in zip(heatmaps(fig), [(l, h) for l in range(3) for h in range(4)]):
+        values = head_values(trace, stage, layer, head, batch=1)
+        assert panel.z.shape == (4, 4)
+        assert_decodes_to(panel, pool_by_hand(values, 3, signed=stage != "attn"))
+        peak = np.nanmax(np.abs(values))
+        assert np.nanmax(np.abs(decode(panel))) == pytest.approx(peak, abs=(panel.meta["hi"] - panel.meta["lo"]) / LEVELS)
+
+
+def test_heatmap_pools_only_beyond_full_resolution(monkeypatch, trace):
+    monkeypatch.setattr(viz.figures, "FULL_RESOLUTION", 4)
+    fig = viz.heatmap(trace, 1, 0, "attn")
+    (hm,) = heatmaps(fig)
+    assert hm.z.shape == (4, 4) and "max-pooled 3×3" in fig.layout.title.text
+    np.testing.assert_array_equal(hm.customdata, pool_by_hand(head_values(trace, "attn", 1, 0), 3, signed=False))
+
+
+# stages, diff, selection
+
+def test_stages_side_by_side(trace):
+    fig = viz.stages(trace, 1, 3, batch=1)
+    names = ["Scores", "Scores + residual", "Masked", "Pre-softmax", "Attention"]
+    assert [a.text.split("<br>")[0] for a in fig.layout.annotations] == names
+    assert all("<sup>" in a.text for a in fig.layout.annotations)  # each panel says what it adds
+    panels = heatmaps(fig)
+    for panel, stage in zip(panels, ["scores", "scores_residual", "masked", "pre_softmax", "attn"]):
+        assert_decodes_to(panel, head_values(trace, stage, 1, 3, batch=1))
+        np.testing.assert_array_equal(panel.customdata, head_values(trace, stage, 1, 3, batch=1))
+    assert len({(p.meta["lo"], p.meta["hi"]) for p in panels[:4]}) == 1  # logits share a range
+    assert panels[4].coloraxis != panels[0].coloraxis
+
+
+def test_diff_of_two_stages_is_the_residual(trace):
+    fig = viz.diff(trace, trace, layer=2, head=1, stage="scores_residual", stage_b="scores")
+    hm = heatmaps(fig)[0]
+    a, b = head_values(trace, "scores_residual", 2, 1), head_values(trace, "scores", 2, 1)
+    np.testing.assert_array_equal(hm.customdata, a - b)
+    np.testing.assert_allclose(hm.customdata, head_values(trace, "residual", 2, 1), atol=1e-5)
+    assert_decodes_to(hm, a - b)
+    assert hm.meta["lo"] == -hm.meta["hi"]
+
+
+def test_diff_of_two_traces_circles_the_largest_changes(trace):
+    other = run(make_model(1), 0)
+    fig = viz.diff(trace, other, layer=0, head=2)
+    hm, circles = heatmaps(fig)[0], [t for t in fig.data if t.type == "scatter" and "largest" in t.name][0]
+    delta = head_values(trace, "attn", 0, 2) - head_values(other, "attn", 0, 2)
+    np.testing.assert_array_equal(hm.customdata, delta)
+    labels = list(hm.x)
+    order = sorted(((abs(v), i, j) for (i, j), v in np.ndenumerate(delta) if not np.isnan(v)), reverse=True)[:5]
+    assert {(labels[i], labels[j]) for _, i, j in order} == set(zip(circles.y, circles.x))
+
+
+def test_diff_rejects_self_and_unequal_lengths(trace):
+    with pytest.raises(ValueError, match="with itself"):
+        viz.diff(trace, trace, layer=0, head=0)
+    short = make_model(0).run_with_trace(torch.zeros(1, 4, dtype=torch.long))[1]
+    with pytest.raises(ValueError, match="equal length"):
+        viz.diff(trace, short, layer=0, head=0)
+
+
+def test_selection_penalty_recomputed_from_gate(trace):
+    fig = viz.selection(trace, 1)
+    gate_panel, penalty_panel, pruned_panel = heatmaps(fig)
+    gate = head_values(trace, "masked", 1, 0)
+    np.testing.assert_array_equal(gate_panel.customdata, gate)
+    relu = np.nan_to_num(np.maximum(gate, 0))
+    expected = np.zeros((N, N))
+    for i in range(N):                                  # F[i, j] = Σ_{q < i} relu(gate[q, j]), j ∉ {0, q}
+        for q in range(i):
+            for j in range(1, N):
+                if j != q:
+                    expected[i, j] += relu[q, j]
+    visible = trace.visible[0].numpy()
+    np.testing.assert_allclose(penalty_panel.customdata, np.where(visible, expected, np.nan), atol=1e-5)
+    np.testing.assert_array_equal(pruned_panel.z, np.where(visible, expected >= math.log(100), 2))
+
+
+def test_selection_marks_pruned_keys():
+    penalty = torch.tensor([[0.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 4.0, 9.0]])
+    visible = torch.ones(3, 3, dtype=torch.bool).tril()
+    per_layer = lambda t: {0: t.expand(1, 2, 3, 3).clone()}           # layer 0: [batch, head, i, j]
+    synthetic = build_trace({"masked": per_layer(torch.randn(3, 3)), "selection": per_layer(penalty)},
+                            visible[None], torch.zeros(1, 3, dtype=torch.long), {"attn_layers": {"attn_selective": True}})
+    fig = viz.selection(synthetic, 0)
+    np.testing.assert_array_equal(heatmaps(fig)[2].z, [[0, 2, 2], [0, 1, 2], [0, 0, 1]])
+    assert "2 (query, key) pairs pruned" in fig.layout.title.text
+
+
+# query row and layer similarity
+
+def test_query_row_bars_per_head(trace):
+    fig = viz.query_row(trace, 2, 6, batch=1)
+    expected = trace.drawable("attn")[2, 1, :, 6].numpy()
+    assert len(fig.data) == 4
+    for head, bar in enumerate(fig.data):
+        np.testing.assert_array_equal(bar.y, expected[head])
+        assert list(bar.x) == viz.token_labels(trace, 1) and bar.name == f"head {head}"
+    hidden = int((~trace.visible[1, 6]).sum())
+    assert viz.token_labels(trace, 1)[6] in fig.layout.title.text and f"{hidden} masked keys" in fig.layout.title.text
+
+
+def js_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """JS divergence as H(m) − (H(p) + H(q)) / 2, in bits (a different formula from the module's)."""
+    entropy = lambda x: -torch.special.xlogy(x, x).sum(-1) / math.log(2)
+    return entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2
+
+
+def test_layer_similarity_is_jensen_shannon(trace):
+    fig = viz.layer_similarity(trace, batch=1)
+    across, within = heatmaps(fig)
+    p = trace.drawable("attn")[:, 1].double().nan_to_num()          # [layer, head, i, j]
+    rows = ~trace.fully_masked[1]
+    expected_across = js_bits(p[:-1], p[1:])[..., rows].mean(-1)
+    np.testing.assert_allclose(across.z, expected_across.numpy(), atol=1e-5)
+    pairs = js_bits(p[:, :, None], p[:, None, :])[..., rows].mean(-1)  # [layer, head, head]
+    np.testing.assert_allclose(within.z, (pairs.sum(-1) / 3).numpy(), atol=1e-5)
+    assert list(across.y) == ["L0→L1", "L1→L2"]
+
+
+# errors
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: viz.heatmap(t, 3, 0), "layer 3"),
+    (lambda t: viz.heatmap(t, 0, 4), "head 4"),
+    (lambda t: viz.heatmap(t, 0, 0, "softmax"), "unknown stage"),
+    (lambda t: viz.heatmap(t, 0, 0, batch=2), "batch 2"),
+    (lambda t: viz.query_row(t, 0, N), f"query {N}"),
+    (lambda t: viz.grid(t, heads=[0, -1]), "head -1"),
+    (lambda t: viz.stages(t, 0, 0, stages=["attn", "nope"]), "unknown stage"),
+    (lambda t: viz.mask_figure(t, batch=-1), "batch -1"),
+])
+def test_bad_indices_raise_clear_errors(trace, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(trace)
+
+
+def test_untraced_stage_is_named(trace):
+    partial = make_model(0).run_with_trace(trace.tokens, stages=["attn"])[1]
+    with pytest.raises(ValueError, match="'scores' was not traced"):
+        viz.heatmap(partial, 0, 0, "scores")
+
+
+def test_every_stage_has_one_style():
+    assert set(viz.STAGE_STYLE) == set(xattn.STAGES)
+    assert len({s.name for s in viz.STAGE_STYLE.values()}) == len(xattn.STAGES)
+
+
+# export
+
+def test_save_trace_npz_and_safetensors(trace, tmp_path):
+    from safetensors.numpy import load_file
+    viz.save_trace(trace, tmp_path / "t.npz")
+    viz.save_trace(trace, tmp_path / "t.safetensors")
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as npz:
+        saved = {k: npz[k] for k in npz.files}
+    tensors = load_file(str(tmp_path / "t.safetensors"))
+    for stage in xattn.STAGES:
+        np.testing.assert_array_equal(saved[stage], trace[stage].numpy())
+        np.testing.assert_array_equal(tensors[stage], trace[stage].numpy())
+    np.testing.assert_array_equal(saved["visible"], trace.visible.numpy())
+    assert json.loads(saved["labels"].item()) == trace.labels and tensors["layers"].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=".npz or .safetensors"):
+        viz.save_trace(trace, tmp_path / "t.pt")
+
+
+def test_to_html_is_standalone(trace, tmp_path):
+    path = viz.to_html(viz.mask_figure(trace), tmp_path / "mask.html")
+    html = path.read_text()
+    assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined: works offline
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium on this machine")
+def test_to_png(trace, tmp_path):
+    fig = viz.mask_figure(trace)
+    path = viz.to_png(fig, tmp_path / "mask.png", scale=1)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (fig.layout.width, fig.layout.height)
