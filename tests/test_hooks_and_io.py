@@ -126,3 +126,31 @@ def test_mask_presets():
     assert xattn.masks.format_mask(xattn.masks.parse_mask(text, 4)) == text
     with pytest.raises(ValueError, match="row 2"):
         xattn.masks.parse_mask("1000\n11x0\n0110\n0011", 4)
+
+
+def test_hooks_of_one_thread_do_not_reach_another(tiny_decoder, tokens):
+    """Concurrent traces on one shared model: each thread records only its own forward pass."""
+    import threading
+
+    other = torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(99))
+    _, expected_other = tiny_decoder.run_with_trace(other)
+    started, release = threading.Event(), threading.Event()
+    seen_in_thread = []
+
+    def slow_reader(tensor, hook):   # holds thread A inside its traced forward while thread B runs
+        started.set()
+        release.wait(5)
+
+    def thread_a():
+        with tiny_decoder.hooks([("layers.0.attn.hook_scores", slow_reader)]):
+            tiny_decoder(tokens)
+
+    a = threading.Thread(target=thread_a)
+    a.start()
+    assert started.wait(5)
+    _, trace_b = tiny_decoder.run_with_trace(other)          # runs while A's hook is attached
+    seen_in_thread.append(tiny_decoder.hook_points()["layers.0.attn.hook_scores"].active)
+    release.set()
+    a.join(5)
+    assert seen_in_thread == [False]
+    assert torch.equal(trace_b["attn"], expected_other["attn"])

@@ -1,11 +1,13 @@
 """Named hook points, in the manner of TransformerLens.
 
 Every attention-score stage passes through a `HookPoint`. With nothing attached a hook point
-returns its input untouched and costs one attribute test; a function attached to it may read the
-tensor (return None) or replace it (return a tensor of the same shape).
+returns its input untouched at the cost of one dictionary look-up; a function attached to it may read
+the tensor (return None) or replace it (return a tensor of the same shape). Functions are attached
+for the calling thread only, so requests served concurrently on one shared model stay apart.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Union
 
@@ -16,19 +18,33 @@ HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
 NameFilter = Union[str, Callable[[str], bool]]
 
 
+# Attached functions live per thread: concurrent requests sharing one model never see each other's hooks.
+_attached = threading.local()
+
+
+def _registry() -> dict[int, list[HookFn]]:
+    if not hasattr(_attached, "fns"):
+        _attached.fns = {}
+    return _attached.fns
+
+
 class HookPoint(nn.Module):
-    """An identity on a tensor that attached functions can read or replace."""
+    """An identity on a tensor that functions attached (in this thread) can read or replace."""
 
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
-        self.fns: list[HookFn] = []
+
+    @property
+    def fns(self) -> list[HookFn]:
+        """The functions attached to this point by the calling thread, in attachment order."""
+        return _registry().get(id(self), [])
 
     @property
     def active(self) -> bool:
         return bool(self.fns)
 
-    def __call__(self, tensor: Tensor) -> Tensor:  # bypasses nn.Module's call machinery: zero cost when idle
+    def __call__(self, tensor: Tensor) -> Tensor:  # bypasses nn.Module's call machinery: near zero cost when idle
         for fn in self.fns:
             replaced = fn(tensor, self)
             if replaced is not None:
@@ -37,6 +53,15 @@ class HookPoint(nn.Module):
                                      f"expected {tuple(tensor.shape)}")
                 tensor = replaced
         return tensor
+
+    def attach(self, fn: HookFn) -> None:
+        _registry().setdefault(id(self), []).append(fn)
+
+    def detach(self, fn: HookFn) -> None:
+        fns = _registry().get(id(self), [])
+        fns.remove(fn)
+        if not fns:
+            _registry().pop(id(self), None)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, attached={len(self.fns)}"
@@ -69,11 +94,11 @@ def attached(module: nn.Module, hooks: Iterable[tuple[NameFilter, HookFn]]) -> I
                 raise KeyError(f"no hook point matches {name_filter!r}; names look like "
                                f"{next(iter(points), 'layers.0.attn.hook_scores')!r}")
             for point in chosen:
-                point.fns.append(fn)
+                point.attach(fn)
                 added.append((point, fn))
         yield
     finally:
         for point, fn in reversed(added):
-            point.fns.remove(fn)
+            point.detach(fn)
 
 
