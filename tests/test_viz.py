@@ -341,3 +341,34 @@ def test_to_png(trace, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (fig.layout.width, fig.layout.height)
+
+
+def test_stage_strip_drops_exact_hover_past_the_limit():
+    torch.manual_seed(0)
+    model = xattn.TransformerWrapper(num_tokens=11, max_seq_len=300,
+                                     attn_layers=xattn.Decoder(dim=16, depth=1, heads=2, attn_dim_head=8))
+    _, short = model.run_with_trace(torch.randint(0, 11, (1, 20)))
+    _, long = model.run_with_trace(torch.randint(0, 11, (1, viz.figures.EXACT_HOVER_TOKENS + 1)))
+    heatmaps = lambda fig: [t for t in fig.data if t.type == "heatmap"]
+    assert all(t.customdata is not None for t in heatmaps(viz.stages(short, 0, 1)))
+    assert all(t.customdata is None and "customdata" not in t.hovertemplate for t in heatmaps(viz.stages(long, 0, 1)))
+    assert all(t.customdata is not None for t in heatmaps(viz.stages(long, 0, 1, exact=True)))
+
+
+def test_mask_breakdown_colours_cells_by_the_first_mask_that_hides_them():
+    model = xattn.TransformerWrapper(num_tokens=11, max_seq_len=8,
+                                     attn_layers=xattn.Decoder(dim=16, depth=1, heads=2, attn_dim_head=8))
+    pad = torch.tensor([[False, True, True, True, True]])
+    parts = xattn.masks.breakdown(model, 5, mask=pad, attn_mask=xattn.masks.sliding_window(5, 1))
+    fig = viz.mask_breakdown(parts)
+    codes = np.asarray(fig.data[0].z)
+    expected = np.zeros((5, 5), dtype=int)
+    for i in range(5):
+        for j in range(5):
+            if not pad[0, j]:
+                expected[i, j] = 1                       # padding hides it first
+            elif abs(i - j) > 1:
+                expected[i, j] = 2                       # then the custom sliding window
+            elif j > i:
+                expected[i, j] = 3                       # then causality
+    assert np.array_equal(codes, expected)

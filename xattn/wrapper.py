@@ -89,6 +89,14 @@ class TransformerWrapper(nn.Module):
             else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
         return logits, build_trace(kept, visible, tokens, self.config, labels)
 
+    def with_config(self, **layer_changes: Any) -> "TransformerWrapper":
+        """A new model with the same weights under changed attention-layer options
+        (e.g. `residual_attn=False` to see what RealFormer contributes). `self` is untouched."""
+        config = dict(self.config, attn_layers={**self.config["attn_layers"], **layer_changes})
+        twin = build(config).to(self.device)
+        twin.load_state_dict(self.state_dict())
+        return twin.train(self.training)
+
     @property
     def device(self) -> torch.device:
         return self.token_emb.weight.device

@@ -4,13 +4,14 @@
     viz.heatmap(trace, layer=1, head=0, stage="attn").show()
 """
 from .export import save_trace, to_html, to_png
-from .figures import (FULL_RESOLUTION, MAX_CELLS, diff, grid, heatmap, js_divergence, layer_similarity, mask_figure,
+from .figures import (FULL_RESOLUTION, MAX_CELLS, diff, grid, heatmap, js_divergence, layer_similarity, mask_breakdown,
+                      mask_figure,
                       query_row, selection, stages, token_labels)
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
 
 __all__ = [
-    "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure",
+    "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS",
 ]

@@ -11,15 +11,17 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
+from torch import Tensor
 
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
 from .style import (DIFF_STYLE, DIVERGENCE_STYLE, FLAG_COLOR, HEAD_COLORS, MASK_COLORS, MASKED_COLOR,
-                    PRUNE_COLORS, STAGE_STYLE, TEMPLATE, StageStyle, stage_style)
+                    PRUNE_COLORS, REMOVER_COLORS, STAGE_STYLE, TEMPLATE, StageStyle, stage_style)
 
 FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this many tokens
 MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
+EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this many tokens
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
 PRUNED_BELOW = 0.01           # a key is "pruned" when F scales its weight by less than this (F ≥ ln 100)
 TOP_CHANGES = 5               # cells circled in a diff
@@ -210,13 +212,18 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     return fig
 
 
-def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0) -> go.Figure:
+def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0,
+           exact: bool | None = None) -> go.Figure:
     """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
-    each titled with what it changes. Stages drawn with the same colour scale share one range."""
+    each titled with what it changes. Stages drawn with the same colour scale share one range.
+
+    `exact` adds float32 values for hover; by default only up to EXACT_HOVER_TOKENS tokens, past which a
+    panel's cells are under a pixel wide and the exact values would be most of the payload."""
     chosen = [s for s in DEFAULT_STAGES if s in trace] if stages is None else list(stages)
     if not chosen:
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
+    exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
     residual, selective = _flags(trace.config)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
@@ -240,7 +247,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                                       title="logits" if style.diverging and len(members) > 1 else None)
         axes.append(axis)
         for column, stage in zip(columns, members):
-            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=True,
+            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
                                    name=STAGE_STYLE[stage].name), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
@@ -405,4 +412,23 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
                           f"{len(hidden)} fully masked queries: {', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))
     _flag_rows(fig, fully_masked)
+    return fig
+
+
+def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *, batch: int = 0) -> go.Figure:
+    """What each mask removes: every hidden (query, key) cell coloured by the first mask that hides it
+    (padding, then custom, then causal). `parts` is `xattn.masks.breakdown(...)`."""
+    _check_index("batch", batch, parts["effective"].shape[0], "batch rows")
+    hidden = np.stack([~parts[name][batch].cpu().numpy() for name in REMOVER_COLORS])
+    code = np.where(hidden.any(0), hidden.argmax(0) + 1, 0).astype(np.uint8)
+    labels = labels or [str(i) for i in range(code.shape[0])]
+    removed = ", ".join(f"{name} {int(hidden[k].sum())}" for k, name in enumerate(REMOVER_COLORS))
+    fig = go.Figure(_heatmap(code, "coloraxis", labels=labels))
+    fig.update_layout(template=TEMPLATE, width=720, height=700,
+                      coloraxis=_category_axis({"visible": MASK_COLORS["visible"], **REMOVER_COLORS}),
+                      xaxis=dict(title="key", constrain="domain"),
+                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
+                      title=_title("What each mask removes", [
+                          "each hidden cell takes the colour of the first mask that hides it",
+                          f"cells hidden by each mask alone: {removed}"]))
     return fig

@@ -40,6 +40,7 @@ DIFF_STYLE = StageStyle("Δ", "PiYG_r", diverging=True, adds="a − b")
 DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples")
 MASKED_COLOR = "#c9c9c9"
 MASK_COLORS = {"visible": "#4575b4", "masked": MASKED_COLOR, "fully masked query": "#d73027"}
+REMOVER_COLORS = {"padding": "#fdae61", "custom": "#9467bd", "causal": MASKED_COLOR}   # in the order they are checked
 PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_COLOR}
 FLAG_COLOR = "#d73027"    # outline of fully masked query rows
 HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")

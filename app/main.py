@@ -1,0 +1,50 @@
+"""Command line: `xattn-app [--host 127.0.0.1] [--port 7860] [--share]`. Never reaches the network unless --share."""
+from __future__ import annotations
+
+import argparse
+import socket
+from typing import Sequence
+
+import gradio as gr
+
+from .ui import build
+
+
+def create_app() -> gr.Blocks:
+    """The app, built but not launched."""
+    return build()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="xattn-app", description="Interactive attention visualizer for xattn models.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    return parser.parse_args(argv)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           block: bool = True) -> tuple[gr.Blocks, str]:
+    """Serve the app on `port` (None: any free one); with block=False return at once with the URL while
+    the server runs in a thread."""
+    demo = create_app().queue()
+    port = free_port(host) if port is None else port
+    _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                            quiet=not block, footer_links=["api", "settings"])
+    return demo, url
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    launch(args.host, args.port, args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Words shown in the app: the explanations written for a student, and the labels of choices."""
+from __future__ import annotations
+
+import xattn
+
+SAME_WEIGHTS = "same weights, residual attention flipped"
+TRAINED_TWIN = "the bundled model trained the other way"
+
+INTRO = """# xattn — see every stage of attention
+Pick a model, type text, and look at what each layer and head computes, from the raw scores
+$QK^\\top/\\sqrt{d}$ to the softmax. Every view is also an API endpoint (see *Use via API* at the bottom)."""
+
+STAGES = "\n".join(f"- **{stage}** — {xattn.DESCRIPTIONS[stage]}" for stage in xattn.STAGES)
+
+REALFORMER = """### Residual attention (RealFormer, He et al. 2020)
+In a plain transformer every layer starts its attention from scratch. With **residual attention** each layer
+adds the previous layer's pre-softmax logits to its own scores before the softmax:
+
+$$S_\\ell = \\frac{Q_\\ell K_\\ell^\\top}{\\sqrt{d}} + S'_{\\ell-1}, \\qquad A_\\ell = \\mathrm{softmax}(S'_\\ell)$$
+
+where $S'_{\\ell-1}$ is what entered the softmax one layer down (after masks and any selective penalty).
+So a pattern found low in the stack is *carried up* and refined rather than rediscovered: the strip shows
+this layer's own **scores**, the **residual** it inherited and their **sum**; move the layer slider to watch
+it accumulate. The difference plot shows how the final attention changes when the residual is switched off,
+and the layer-similarity matrices show how alike the layers' patterns are: residual attention usually makes
+neighbouring layers look more alike."""
+
+SELECTIVE = """### Selective attention (Leviathan et al. 2024)
+A token can decide that an earlier token is **no longer needed** by anyone after it. Head 0 acts as the
+gate: its positive logits are summed down the queries into a penalty $F$,
+
+$$F_{i,j} = \\sum_{k < i} \\mathrm{ReLU}\\big(S^{(0)}_{k,j}\\big) \\;(j \\neq k,\\ j \\neq 0), \\qquad
+\\tilde S_{i,j} = S_{i,j} - F_{i,j}\\ \\text{for every head,}$$
+
+so once query $k$ prunes key $j$, every later query sees $j$ with its logit lowered. The first token and a
+token's own key are never pruned.
+
+**The paper's example — tracking a variable.** In `a=3;b=5;a=7;?a` the answer is the *latest* value of `a`.
+When the model reads the second `a=`, the old assignment `a=3` is stale: selective attention lets that token
+prune it, so `?a` no longer has to tell the two assignments apart — it simply cannot see the old one.
+
+With residual attention on, the pruned logits of one layer are carried into the next, so $F$
+**compounds**: the grid shows each layer's penalty for the gate head."""
+
+MASKING = """### Masks
+A query may look at a key only if **every** mask allows it: **padding** hides pad tokens, the **custom**
+mask is yours (a preset, or type rows of 0/1 — one row per token, row = query, column = key), and
+**causal** hides the future in a decoder. A row left with no visible key has nothing to average: its
+attention output is set to zero, and it is flagged below. The difference plot is attention with your
+custom mask minus attention without it."""

@@ -1,0 +1,235 @@
+"""The Gradio Blocks layout: a model and text shared by five tabs, one per view, each a named API endpoint.
+
+Custom models (uploaded or fresh) live in a per-session `gr.State`; the model dropdowns list the bundled
+models plus this session's own.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import gradio as gr
+
+import xattn
+from xattn import masks, registry
+
+from . import models, texts, views
+from .models import Loaded, Session
+
+# Static slider ceilings: API clients are checked against these (the views check the real range);
+# the page narrows every slider to the chosen model as soon as it loads.
+CEILING = {"layer": 63, "head": 63, "query": 4095}
+PLOT_HEIGHT = 420
+
+
+def model_card(loaded: Loaded) -> str:
+    return registry.card_markdown(loaded.card) if loaded.card else loaded.describe()
+
+
+class Controls:
+    """Every layer, head and query slider on the page, so a model change can re-range them all."""
+
+    def __init__(self) -> None:
+        self.sliders: list[tuple[str, gr.Slider]] = []
+
+    def slider(self, what: str, label: str | None = None) -> gr.Slider:
+        slider = gr.Slider(0, CEILING[what], value=0, step=1, label=label or what)
+        self.sliders.append((what, slider))
+        return slider
+
+    def fit(self, loaded: Loaded) -> list[dict[str, Any]]:
+        """Updates that range each slider to `loaded`, the query slider landing on the example's last token."""
+        last = len(loaded.tokenizer.encode(loaded.example)) - 1
+        top = {"layer": loaded.depth - 1, "head": loaded.heads - 1, "query": loaded.max_seq_len - 1}
+        start = {"layer": loaded.depth - 1, "head": 0, "query": min(last, top["query"])}
+        # A slider needs maximum > minimum: a one-layer (or one-head) model gets a locked 0–1 slider.
+        return [gr.update(maximum=max(top[what], 1), value=start[what], interactive=top[what] > 0)
+                for what, _ in self.sliders]
+
+
+def plot(label: str) -> gr.Plot:
+    """A figure slot, with an element id made from its label (e.g. `focused-head`) for browser tests."""
+    return gr.Plot(label=label, show_label=True, elem_id=re.sub(r"\W+", "-", label).strip("-"))
+
+
+def markdown(text: str) -> gr.Markdown:
+    """Markdown with $inline$ and $$display$$ maths."""
+    return gr.Markdown(text, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
+                                               {"left": "$", "right": "$", "display": False}])
+
+
+def stage_dropdown(value: str = "attn") -> gr.Dropdown:
+    return gr.Dropdown([(f"{s} — {xattn.DESCRIPTIONS[s]}", s) for s in xattn.STAGES], value=value, label="stage")
+
+
+def model_dropdown(label: str, value: str) -> gr.Dropdown:
+    return gr.Dropdown(models.bundled_names(), value=value, label=label, allow_custom_value=True)
+
+
+def partner(loaded: Loaded) -> str | None:
+    """A default model B for comparisons: another bundled model reading the same alphabet, if any."""
+    others = [n for n in models.bundled_names() if n != loaded.name and models.bundled(n).tokenizer == loaded.tokenizer]
+    return others[0] if others else None
+
+
+def build() -> gr.Blocks:
+    """The whole app."""
+    default = models.bundled(models.default_name())
+    controls = Controls()
+    with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False) as demo:
+        session = gr.State({})
+        markdown(texts.INTRO)
+        with gr.Row():
+            model = model_dropdown("model", default.name)
+            text = gr.Textbox(default.example, label="text", scale=3)
+        with gr.Accordion("About this model", open=False):
+            card = gr.Markdown(model_card(default), label="model card")
+        with gr.Accordion("Load another model (kept in this browser session only)", open=False):
+            with gr.Tab("Fresh model"):
+                with gr.Row():
+                    depth = gr.Number(3, label="depth", precision=0, minimum=1)
+                    heads = gr.Number(4, label="heads", precision=0, minimum=1)
+                    dim = gr.Number(64, label="dim", precision=0, minimum=1)
+                    max_len = gr.Number(512, label="max_seq_len", precision=0, minimum=1)
+                    seed = gr.Number(0, label="seed", precision=0)
+                with gr.Row():
+                    residual = gr.Checkbox(True, label="residual_attn (RealFormer)")
+                    selective = gr.Checkbox(True, label="attn_selective")
+                    causal = gr.Checkbox(True, label="causal (decoder)")
+                    position = gr.Radio(list(models.POSITIONS), value="absolute", label="positions")
+                fresh_button = gr.Button("Build fresh model")
+            with gr.Tab("Upload a checkpoint"):
+                with gr.Row():
+                    checkpoint = gr.File(label="xattn or x-transformers checkpoint (.safetensors, .pt, .pth)",
+                                         file_types=[".safetensors", ".pt", ".pth"])
+                    config = gr.File(label="x-transformers JSON config (not needed for xattn files)",
+                                     file_types=[".json"])
+                alphabet = gr.Textbox(label="alphabet: the characters of token ids 2, 3, … (empty = printable ASCII)")
+                upload_button = gr.Button("Load checkpoint")
+
+        with gr.Tabs():
+            with gr.Tab("Explore") as explore_tab:
+                with gr.Row():
+                    stage = stage_dropdown()
+                    e_layer, e_head, e_query = controls.slider("layer"), controls.slider("head"), controls.slider("query")
+                explore_button = gr.Button("Run", variant="primary")
+                explore_info = gr.Markdown(label="summary")
+                with gr.Row():
+                    grid, heatmap = plot("layers × heads"), plot("focused head")
+                strip, query_row = plot("stage strip"), plot("where the query looks")
+                with gr.Accordion("What the stages mean", open=False):
+                    gr.Markdown(texts.STAGES)
+            with gr.Tab("RealFormer") as real_tab:
+                markdown(texts.REALFORMER)
+                with gr.Row():
+                    r_layer, r_head = controls.slider("layer"), controls.slider("head")
+                    other = gr.Radio([texts.SAME_WEIGHTS, texts.TRAINED_TWIN], value=texts.SAME_WEIGHTS,
+                                     label="compare with")
+                real_button = gr.Button("Run", variant="primary")
+                real_info = gr.Markdown(label="summary")
+                real_strip = plot("scores + residual = sum")
+                real_diff = plot("attention: residual on − off")
+                sim_on, sim_off = plot("layer similarity, residual on"), plot("layer similarity, residual off")
+            with gr.Tab("Selective attention") as sel_tab:
+                markdown(texts.SELECTIVE)
+                with gr.Row():
+                    s_layer, s_head = controls.slider("layer"), controls.slider("head")
+                    s_query = controls.slider("query")
+                sel_button = gr.Button("Run", variant="primary")
+                sel_info = gr.Markdown(label="summary")
+                sel_fig = plot("gate head, F and pruned keys")
+                sel_strip = plot("logits before and after F")
+                with gr.Row():
+                    sel_row, sel_grid = plot("F for the chosen query"), plot("F in every layer (gate head)")
+            with gr.Tab("Masking debugger") as mask_tab:
+                gr.Markdown(texts.MASKING)
+                with gr.Row():
+                    preset = gr.Dropdown(list(masks.PRESETS), value="sliding window", label="custom mask preset")
+                    size = gr.Number(4, label="window / prefix / block size", precision=0, minimum=0)
+                    padding = gr.Number(2, label="pad tokens", precision=0, minimum=0)
+                    pad_side = gr.Radio(list(views.PAD_SIDES), value="left", label="padding side")
+                    m_layer, m_head = controls.slider("layer"), controls.slider("head")
+                mask_text = gr.Textbox(label="free edit: one row of 0/1 per token (overrides the preset)", lines=3)
+                mask_button = gr.Button("Run", variant="primary")
+                mask_info = gr.Markdown(label="summary")
+                with gr.Row():
+                    effective, parts = plot("effective mask"), plot("what each mask removes")
+                mask_diff = plot("attention with − without the custom mask")
+            with gr.Tab("Compare") as cmp_tab:
+                gr.Markdown("Model A is the model chosen at the top; pick model B (a bundled model, or one you "
+                            "built or uploaded in this session) to see the same head of both, and A − B.")
+                with gr.Row():
+                    model_b = model_dropdown("model B", partner(default) or default.name)
+                    c_stage = stage_dropdown()
+                    c_layer, c_head = controls.slider("layer"), controls.slider("head")
+                cmp_button = gr.Button("Run", variant="primary")
+                cmp_info = gr.Markdown(label="summary")
+                with gr.Row():
+                    heat_a, heat_b = plot("model A"), plot("model B")
+                cmp_diff = plot("A − B")
+
+        # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
+        def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
+                 live: list[Any]) -> None:
+            triggers = [button.click, tab.select] + [c.release if isinstance(c, gr.Slider) else c.input for c in live]
+            gr.on(triggers, fn, [session, *inputs], outputs, api_name=name)
+
+        explore_inputs = [model, text, stage, e_layer, e_head, e_query]
+        explore_outputs = [grid, heatmap, strip, query_row, explore_info]
+        wire("explore", views.explore, explore_tab, explore_button, explore_inputs, explore_outputs,
+             [stage, e_layer, e_head, e_query])
+        wire("realformer", views.realformer, real_tab, real_button, [model, text, r_layer, r_head, other],
+             [real_strip, real_diff, sim_on, sim_off, real_info], [r_layer, r_head, other])
+        wire("selective", views.selective, sel_tab, sel_button, [model, text, s_layer, s_head, s_query],
+             [sel_fig, sel_strip, sel_row, sel_grid, sel_info], [s_layer, s_head, s_query])
+        wire("masking", views.masking, mask_tab, mask_button,
+             [model, text, preset, size, mask_text, padding, pad_side, m_layer, m_head],
+             [effective, parts, mask_diff, mask_info], [preset, pad_side, m_layer, m_head])
+        wire("compare", views.compare, cmp_tab, cmp_button, [model, model_b, text, c_stage, c_layer, c_head],
+             [heat_a, heat_b, cmp_diff, cmp_info], [model_b, c_stage, c_layer, c_head])
+
+        # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
+        sliders = [s for _, s in controls.sliders]
+
+        def chosen(session: Session, model: str) -> list[Any]:
+            loaded = views.friendly(models.resolve)(model, session)
+            b = partner(loaded)
+            return [model_card(loaded), loaded.example, gr.update(value=b) if b else gr.update(), *controls.fit(loaded)]
+
+        def added(session: Session, loaded: Loaded) -> list[Any]:
+            session = {**(session or {}), loaded.name: loaded}
+            names = models.bundled_names() + list(session)
+            card, example, _, *ranges = chosen(session, loaded.name)
+            return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names), card, example,
+                    *ranges]
+
+        explore_inputs = [session, *explore_inputs]
+        model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(
+            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+        demo.load(chosen, [session, model], [card, text, model_b, *sliders], api_visibility="private").then(
+            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+
+        @views.friendly
+        def fresh(session: Session, depth: float, heads: float, dim: float, residual_attn: bool,
+                  attn_selective: bool, causal: bool, position: str, seed: float, max_seq_len: float,
+                  progress: gr.Progress = gr.Progress()) -> list[Any]:
+            progress(0.1, desc="Building the model")
+            return added(session, models.fresh(depth, heads, dim, residual_attn, attn_selective, causal, position,
+                                               seed, max_seq_len))
+
+        @views.friendly
+        def upload(session: Session, checkpoint: str | None, config: str | None, alphabet: str,
+                   progress: gr.Progress = gr.Progress()) -> list[Any]:
+            if not checkpoint:
+                raise ValueError("Choose a checkpoint file to upload first.")
+            progress(0.1, desc="Loading the checkpoint")
+            return added(session, models.uploaded(checkpoint, config, alphabet))
+
+        load_outputs = [session, model, model_b, card, text, *sliders]
+        fresh_button.click(fresh, [session, depth, heads, dim, residual, selective, causal, position, seed, max_len],
+                           load_outputs, api_name="fresh_model").then(
+            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+        upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
+                            api_name="upload_model").then(
+            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+    return demo

@@ -1,0 +1,262 @@
+"""The five views as plain functions: (session, inputs) → figures and markdown. No Gradio layout here.
+
+Each view tokenises the text (cut to the model's `max_seq_len` with a warning), traces the model with
+`run_with_trace` and composes `xattn.viz` figures. A ValueError anywhere becomes a `gr.Error` carrying its
+sentence (see `friendly`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gradio as gr
+import plotly.graph_objects as go
+import torch
+
+import xattn
+from xattn import masks, viz
+
+from . import models, texts
+from .models import Loaded, Session
+
+Figure = go.Figure
+PAD_SIDES = ("right", "left")
+
+
+@dataclass
+class Run:
+    """One traced input: the model, its tokens and labels, logits, trace and notes for the reader."""
+
+    loaded: Loaded
+    ids: list[int]
+    labels: list[str]
+    logits: torch.Tensor
+    trace: xattn.Trace
+    pad_mask: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def summary(self) -> str:
+        """Markdown: which model read how many tokens, and every note."""
+        lines = [f"{self.loaded.describe()}", f"Read **{self.n} tokens**: `{''.join(self.labels)}`"]
+        return "\n\n".join(lines + [f"**Note:** {note}" for note in self.notes])
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What every handler shares: its ValueErrors and KeyErrors become a `gr.Error` with their sentence,
+    and the figures it returns fill the width of their slot."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(*args, **kwargs)
+        except (ValueError, KeyError) as err:
+            message = str(err.args[0] if err.args else err)
+            raise gr.Error(message[:1].upper() + message[1:]) from None
+        for figure in result if isinstance(result, (tuple, list)) else ():
+            if isinstance(figure, Figure):
+                figure.update_layout(width=None, autosize=True)
+        return result
+    return wrapped
+
+
+def tokens(loaded: Loaded, text: str, reserve: int = 0) -> tuple[list[int], list[str]]:
+    """Token ids and notes for `text`, cut to leave `reserve` positions (for padding) within max_seq_len."""
+    if not text or not text.strip():
+        raise ValueError("The text is empty: type something for the model to read.")
+    try:
+        ids = loaded.tokenizer.encode(text)
+    except ValueError as err:
+        raise ValueError(f"{loaded.name} cannot read this text: {err}.") from None
+    notes = []
+    room = loaded.max_seq_len - reserve
+    if len(ids) > room:
+        notes.append(f"The text is {len(ids)} tokens long (with <bos>) but {loaded.name} reads at most {room} "
+                     f"here, so only the first {room} are shown.")
+        gr.Warning(notes[-1])
+        ids = ids[:room]
+    return ids, notes
+
+
+def trace_text(loaded: Loaded, text: str, *, padding: int = 0, pad_left: bool = False,
+               custom: Callable[[int], torch.Tensor | None] | None = None, progress: gr.Progress | None = None) -> Run:
+    """Tokenise, add `padding` pad tokens (masked out) on the right or left, add the `custom(n)` mask, trace."""
+    ids, notes = tokens(loaded, text, reserve=padding)
+    pads, real = [loaded.tokenizer.pad_id] * padding, [True] * len(ids)
+    ids = pads + ids if pad_left else ids + pads
+    n = len(ids)
+    pad_mask = torch.tensor([[False] * padding + real if pad_left else real + [False] * padding]) if padding else None
+    attn_mask = custom(n) if custom is not None else None
+    if progress is not None:
+        progress(0.3, desc=f"Tracing {n} tokens through {loaded.depth} layers")
+    labels = loaded.tokenizer.labels(ids)
+    logits, trace = loaded.model.run_with_trace(torch.tensor([ids]), mask=pad_mask, attn_mask=attn_mask,
+                                                labels=[labels])
+    if progress is not None:
+        progress(0.7, desc="Drawing")
+    return Run(loaded, ids, labels, logits, trace, pad_mask, attn_mask, notes)
+
+
+def index(value: float | None, count: int, what: str, owner: str) -> int:
+    """A layer, head or query index checked against `count`, with a sentence saying the valid range."""
+    if value is None or int(value) != value or not 0 <= value < count:
+        raise ValueError(f"{what.capitalize()} {value} does not exist: {owner} has {what}s 0 to {count - 1}.")
+    return int(value)
+
+
+def picks(run: Run, layer: float, head: float | None = None, query: float | None = None) -> tuple[int, ...]:
+    """Validated (layer, head?, query?) for `run`."""
+    name = run.loaded.name
+    chosen = [index(layer, run.loaded.depth, "layer", name)]
+    if head is not None:
+        chosen.append(index(head, run.loaded.heads, "head", name))
+    if query is not None:
+        chosen.append(index(query, run.n, "query", "the text"))
+    return tuple(chosen)
+
+
+def check_stage(stage: str) -> str:
+    if stage not in xattn.STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; the stages are {', '.join(xattn.STAGES)}.")
+    return stage
+
+
+def strip_stages(loaded: Loaded) -> list[str]:
+    """The stages worth a panel for this model: a stage its options leave unchanged is skipped."""
+    options = loaded.model.config["attn_layers"]
+    skip = {"residual", "selection", "biased"} | ({"scores_residual"} if not options.get("residual_attn") else set()) \
+        | ({"pre_softmax"} if not options.get("attn_selective") else set())
+    if options.get("alibi_pos_bias"):
+        skip.discard("biased")
+    return [stage for stage in xattn.STAGES if stage not in skip]
+
+
+def strip(run: Run, layer: int, head: int, stages: list[str]) -> Figure:
+    """viz.stages for one head (exact hover values only while panels are wide enough to point at a cell)."""
+    return viz.stages(run.trace, layer, head, stages=stages)
+
+
+def load(session: Session | None, name: str, progress: gr.Progress | None) -> Loaded:
+    if progress is not None:
+        progress(0.05, desc=f"Loading {name}")
+    return models.resolve(name, session)
+
+
+# The views
+
+
+@friendly
+def explore(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
+            progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
+    """Layers × heads grid, the focused head's heatmap, its stage strip and where one query looks."""
+    run = trace_text(load(session, model, progress), text, progress=progress)
+    layer, head, query = picks(run, layer, head, query)
+    stage = check_stage(stage)
+    trace = run.trace
+    return (viz.grid(trace, stage), viz.heatmap(trace, layer, head, stage),
+            strip(run, layer, head, strip_stages(run.loaded)),
+            viz.query_row(trace, layer, query, stage=stage), run.summary())
+
+
+@friendly
+def realformer(session: Session | None, model: str, text: str, layer: float, head: float, other: str,
+               progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
+    """Own scores, the residual carried in and their sum; residual attention on vs off; layer similarity."""
+    loaded = load(session, model, progress)
+    flipped = {"residual_attn": not loaded.model.config["attn_layers"].get("residual_attn", False)}
+    twin = models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS else models.counterpart(loaded, **flipped)
+    run = trace_text(loaded, text, progress=progress)
+    layer, head = picks(run, layer, head)
+    twin_run = trace_text(twin, text)
+    sum_strip = strip(run, layer, head, ["scores", "residual", "scores_residual", "attn"])
+    on, off = (run, twin_run) if not flipped["residual_attn"] else (twin_run, run)
+    difference = viz.diff(on.trace, off.trace, layer=layer, head=head)
+    note = f"Compared with **{twin.name}**; the difference is residual on − off."
+    return (sum_strip, difference, viz.layer_similarity(on.trace), viz.layer_similarity(off.trace),
+            "\n\n".join([run.summary(), note]))
+
+
+@friendly
+def selective(session: Session | None, model: str, text: str, layer: float, head: float, query: float,
+              progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
+    """The gate head, F and the pruned keys; one head's logits before and after F; F across layers."""
+    loaded = load(session, model, progress)
+    if not loaded.model.config["attn_layers"].get("attn_selective"):
+        raise ValueError(f"{loaded.name} does not use selective attention. Pick a model with 'selective' "
+                         "or 'both' in its name, or build a fresh one with selective attention ticked.")
+    run = trace_text(loaded, text, progress=progress)
+    layer, head, query = picks(run, layer, head, query)
+    penalty = run.trace["selection"][layer, 0, 0, query]
+    order = [k for k in penalty.argsort(descending=True).tolist() if penalty[k] > 0]
+    strongest = ", ".join(f"`{run.labels[k]}`·{k} (F = {float(penalty[k]):.2f})" for k in order[:8])
+    cut = -math.log(viz.figures.PRUNED_BELOW)
+    pruned = sum(float(penalty[k]) >= cut for k in order)
+    lost = (f"In layer {layer}, F lowers {len(order)} earlier key(s) for query {query} (`{run.labels[query]}`)"
+            + (f"; strongest: {strongest}" if order else "") + f". {pruned} of them are pruned "
+            f"(F ≥ {cut:.1f}: their weight is cut below {viz.figures.PRUNED_BELOW:g} of an unpenalised key's).")
+    before_after = strip(run, layer, head, ["masked", "selection", "pre_softmax", "attn"])
+    return (viz.selection(run.trace, layer), before_after, viz.query_row(run.trace, layer, query, stage="selection"),
+            viz.grid(run.trace, "selection", heads=[0]), "\n\n".join([run.summary(), lost]))
+
+
+def custom_mask(preset: str, size: float, mask_text: str, n: int) -> torch.Tensor | None:
+    """The custom mask chosen in the form: a preset with its size, or the free edit when it is filled in."""
+    if mask_text and mask_text.strip():
+        return masks.parse_mask(mask_text, n)
+    if preset not in masks.PRESETS:
+        raise ValueError(f"Unknown mask preset {preset!r}; choose one of {', '.join(masks.PRESETS)}.")
+    if preset == "none":
+        return None
+    return masks.PRESETS[preset](n, int(size))
+
+
+@friendly
+def masking(session: Session | None, model: str, text: str, preset: str, size: float, mask_text: str,
+            padding: float, pad_side: str, layer: float, head: float,
+            progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, str]:
+    """Each mask, the effective mask, rows left with no key, and what the custom mask changed downstream."""
+    loaded = load(session, model, progress)
+    if padding is None or int(padding) != padding or not 0 <= padding <= loaded.max_seq_len - 2:
+        raise ValueError(f"Padding must be a whole number from 0 to {loaded.max_seq_len - 2} for {loaded.name}.")
+    padding = int(padding)
+    if pad_side not in PAD_SIDES:
+        raise ValueError(f"Padding goes on the {' or the '.join(PAD_SIDES)}, not {pad_side!r}.")
+    pad_left = pad_side == "left"
+    run = trace_text(loaded, text, padding=padding, pad_left=pad_left, progress=progress,
+                     custom=lambda n: custom_mask(preset, size, mask_text, n))
+    layer, head = picks(run, layer, head)
+    parts = masks.breakdown(loaded.model, run.n, mask=run.pad_mask, attn_mask=run.attn_mask)
+    removed = [f"**{name}** hides {int((~visible).sum())} of {run.n * run.n} query–key pairs"
+               for name, visible in parts.items()]
+    empty = [f"`{run.labels[q]}` (position {q})" for q in run.trace.fully_masked[0].nonzero().flatten().tolist()]
+    flagged = (f"**Flagged:** {len(empty)} row(s) have no visible key, so their attention output is set to zero: "
+               + ", ".join(empty)) if empty else "Every query still sees at least one key."
+    unmasked = trace_text(loaded, text, padding=padding, pad_left=pad_left)
+    real = torch.ones(1, run.n, dtype=torch.bool) if run.pad_mask is None else run.pad_mask
+    changed = int((run.logits.argmax(-1) != unmasked.logits.argmax(-1))[real].sum())
+    downstream = (f"Downstream, the custom mask changes the predicted next token at {changed} of "
+                  f"{run.n - padding} real positions.")
+    return (viz.mask_figure(run.trace), viz.mask_breakdown(parts, viz.token_labels(run.trace)),
+            viz.diff(run.trace, unmasked.trace, layer=layer, head=head),
+            "\n\n".join([run.summary(), "; ".join(removed) + ".", flagged, downstream]))
+
+
+@friendly
+def compare(session: Session | None, model_a: str, model_b: str, text: str, stage: str, layer: float, head: float,
+            progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, str]:
+    """Two models on the same text: the same head and stage side by side, and their difference."""
+    a = trace_text(load(session, model_a, progress), text, progress=progress)
+    b = trace_text(load(session, model_b, None), text)
+    if a.ids != b.ids:
+        raise ValueError(f"{a.loaded.name} and {b.loaded.name} read this text as different tokens "
+                         f"({a.n} vs {b.n}), so their attention cannot be compared cell by cell.")
+    layer, head = picks(a, layer, head)
+    picks(b, layer, head)
+    stage = check_stage(stage)
+    return (viz.heatmap(a.trace, layer, head, stage), viz.heatmap(b.trace, layer, head, stage),
+            viz.diff(a.trace, b.trace, layer=layer, head=head, stage=stage), "\n\n".join([a.summary(), b.summary()]))

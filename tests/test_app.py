@@ -1,0 +1,272 @@
+"""The app over HTTP: launch it on a free loopback port, call every endpoint with gradio_client, and check
+the figures carry the trace's numbers (the same model traced directly with `run_with_trace`)."""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import xattn  # noqa: E402
+from xattn import viz  # noqa: E402
+from app import main as app_main  # noqa: E402
+from app import models, texts, views  # noqa: E402
+
+DTYPES = {"f4": np.float32, "f8": np.float64, "u1": np.uint8, "i1": np.int8, "i2": np.int16, "i4": np.int32,
+          "u2": np.uint16, "u4": np.uint32}
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    demo, url = app_main.launch(port=None, block=False)
+    yield url
+    demo.close()
+
+
+@pytest.fixture
+def client(server: str) -> Client:
+    """A fresh client: a browser session of its own."""
+    return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def default() -> models.Loaded:
+    return models.bundled(models.default_name())
+
+
+def array(value: Any) -> np.ndarray:
+    """A plotly JSON array: a list, or a base64 typed array {"dtype", "bdata", "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=DTYPES[value["dtype"]])
+        shape = [int(s) for s in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape)
+    return np.asarray(value, dtype=np.float64)
+
+
+def traces(plot: dict, kind: str = "heatmap") -> list[dict]:
+    """The plotly traces of one kind in a gr.Plot value as gradio_client returns it (legend markers left out)."""
+    assert plot["type"] == "plotly"
+    return [t for t in json.loads(plot["plot"])["data"] if t["type"] == kind]
+
+
+def panels(plot: dict) -> list[dict]:
+    """The heatmaps of a subplot figure, left to right (plotly lists them by colour axis, not column)."""
+    return sorted(traces(plot), key=lambda t: int(t.get("xaxis", "x")[1:] or 1))
+
+
+def exact(trace: dict) -> np.ndarray:
+    """The exact values a heatmap carries for hover."""
+    return array(trace["customdata"]).astype(np.float64)
+
+
+def same(drawn: np.ndarray, expected: torch.Tensor | np.ndarray) -> None:
+    expected = np.asarray(expected, dtype=np.float64)
+    assert drawn.shape == expected.shape
+    np.testing.assert_allclose(drawn, expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def same_within(drawn: np.ndarray, expected: torch.Tensor, tolerance: float) -> None:
+    expected = expected.numpy()
+    assert drawn.shape == expected.shape and (np.isnan(drawn) == np.isnan(expected)).all()
+    assert np.nanmax(np.abs(drawn - expected)) <= tolerance + 1e-6
+
+
+def direct(loaded: models.Loaded, text: str, **kwargs: Any) -> xattn.Trace:
+    """The library's own trace of `text`, for comparison."""
+    ids = loaded.tokenizer.encode(text)[: loaded.max_seq_len]
+    return loaded.model.run_with_trace(torch.tensor([ids]), **kwargs)[1]
+
+
+def test_explore_carries_the_trace(client: Client, default: models.Loaded) -> None:
+    trace = direct(default, default.example)
+    layer, head, query = default.depth - 1, 1, len(default.tokenizer.encode(default.example)) - 1
+    grid, heatmap, strip, row, info = client.predict(default.name, default.example, "attn", layer, head, query,
+                                                     api_name="/explore")
+    cells = panels(grid)
+    assert len(cells) == default.depth * default.heads
+    attn_scale = xattn.viz.Scale(0.0, 1.0)        # attention is drawn on a fixed 0–1 scale
+    drawn = attn_scale.decode(array(cells[layer * default.heads + head]["z"]))
+    same_within(drawn, trace.drawable("attn")[layer, 0, head], attn_scale.step / 2)
+    same(exact(traces(heatmap)[0]), trace.drawable("attn")[layer, 0, head])
+    shown = views.strip_stages(default)
+    assert len(panels(strip)) == len(shown) and shown[0] == "scores" and shown[-1] == "attn"
+    for panel, stage in zip(panels(strip), shown):
+        same(exact(panel), trace.drawable(stage)[layer, 0, head])
+    bars = traces(row, "bar")
+    assert len(bars) == default.heads
+    for h, bar in enumerate(bars):
+        same(array(bar["y"]), trace.drawable("attn")[layer, 0, h, query])
+    assert default.name in info and f"{trace.tokens.shape[1]} tokens" in info
+
+
+def test_realformer_sum_and_residual_off(client: Client, default: models.Loaded) -> None:
+    strip, difference, sim_on, sim_off, info = client.predict(
+        default.name, default.example, 1, 0, texts.SAME_WEIGHTS, api_name="/realformer")
+    residual_on = default.model.config["attn_layers"].get("residual_attn", False)
+    twin = models.with_config(default, residual_attn=not residual_on)
+    mine, theirs = direct(default, default.example), direct(twin, default.example)
+    scores, residual, summed, attn = (exact(p) for p in panels(strip))
+    same(scores, mine.drawable("scores")[1, 0, 0])
+    same(summed, mine.drawable("scores_residual")[1, 0, 0])
+    same(attn, mine.drawable("attn")[1, 0, 0])
+    on, off = (mine, theirs) if residual_on else (theirs, mine)
+    same(exact(traces(difference)[0]), on.drawable("attn")[1, 0, 0] - off.drawable("attn")[1, 0, 0])
+    assert twin.name in info
+    for sim in (sim_on, sim_off):
+        assert len(traces(sim)) == 2
+
+
+def test_selective_penalty_and_pruned_keys(client: Client, default: models.Loaded) -> None:
+    assert default.model.config["attn_layers"].get("attn_selective"), "the default model should be selective"
+    query = len(default.tokenizer.encode(default.example)) - 1
+    gate_f_pruned, strip, row, across, info = client.predict(default.name, default.example, 1, 2, query,
+                                                             api_name="/selective")
+    trace = direct(default, default.example)
+    gate, penalty, _ = panels(gate_f_pruned)
+    for panel, stage in zip(panels(strip), ("masked", "selection", "pre_softmax", "attn")):
+        same(exact(panel), trace.drawable(stage)[1, 0, 2])
+    same(exact(gate), trace.drawable("masked")[1, 0, 0])
+    visible = trace.visible[0].numpy()
+    same(exact(penalty), np.where(visible, trace["selection"][1, 0, 0].numpy(), np.nan))
+    same(array(traces(row, "bar")[0]["y"]), trace.drawable("selection")[1, 0, 0, query])
+    assert len(traces(across)) == default.depth
+    assert f"for query {query}" in info
+
+
+def test_masking_flags_rows_and_shows_the_effect(client: Client, default: models.Loaded) -> None:
+    effective, removed, difference, info = client.predict(
+        default.name, default.example, "block-diagonal", 4, "", 3, "left", 0, 0, api_name="/masking")
+    ids = default.tokenizer.encode(default.example)
+    n = len(ids) + 3
+    pad = torch.tensor([[False] * 3 + [True] * len(ids)])
+    custom = xattn.masks.block_diagonal(n, 4)
+    padded = torch.tensor([[default.tokenizer.pad_id] * 3 + ids])
+    _, trace = default.model.run_with_trace(padded, mask=pad, attn_mask=custom)
+    _, plain = default.model.run_with_trace(padded, mask=pad)
+    state = array(traces(effective)[0]["z"])
+    assert ((state == 0) == trace.visible[0].numpy()).all()
+    assert "no visible key" in info and "position 0" in info        # left pads under a causal mask see nothing
+    codes = array(traces(removed)[0]["z"])
+    assert ((codes == 0) == trace.visible[0].numpy()).all() and (codes[:, :3] == 1).all()  # pads removed by padding
+    same(exact(traces(difference)[0]), trace.drawable("attn")[0, 0, 0] - plain.drawable("attn")[0, 0, 0])
+    rows = "\n".join("1" * len(ids) for _ in ids)
+    *_, free_info = client.predict(default.name, default.example, "none", 0, rows, 0, "right", 0, 0,
+                                   api_name="/masking")
+    assert "**custom** hides 0 of" in free_info
+
+
+def test_compare_side_by_side_and_difference(client: Client, default: models.Loaded) -> None:
+    other = next(n for n in models.bundled_names() if n != default.name
+                 and models.bundled(n).tokenizer == default.tokenizer)
+    a_fig, b_fig, difference, _ = client.predict(default.name, other, default.example, "pre_softmax", 0, 1,
+                                                 api_name="/compare")
+    a, b = direct(default, default.example), direct(models.bundled(other), default.example)
+    same(exact(traces(a_fig)[0]), a.drawable("pre_softmax")[0, 0, 1])
+    same(exact(traces(b_fig)[0]), b.drawable("pre_softmax")[0, 0, 1])
+    same(exact(traces(difference)[0]), a.drawable("pre_softmax")[0, 0, 1] - b.drawable("pre_softmax")[0, 0, 1])
+
+
+def test_fresh_model_lives_in_its_session_only(client: Client, server: str) -> None:
+    before = {k: v.clone() for k, v in models.bundled(models.default_name()).model.state_dict().items()}
+    dropdown, *_ = client.predict(2, 2, 32, True, False, False, "ALiBi", 7, 64, api_name="/fresh_model")
+    name = dropdown["value"]
+    heatmap = client.predict(name, "Hello, world!", "biased", 1, 1, 3, api_name="/explore")[1]
+    fresh = models.fresh(2, 2, 32, True, False, False, "ALiBi", 7, 64)
+    same(exact(traces(heatmap)[0]), direct(fresh, "Hello, world!").drawable("biased")[1, 0, 1])
+    other = Client(server, verbose=False)
+    with pytest.raises(AppError, match="no model called"):
+        other.predict(name, "Hello", "attn", 0, 0, 0, api_name="/explore")
+    client.predict(models.default_name(), models.bundled(models.default_name()).example, 0, 0, texts.SAME_WEIGHTS,
+                   api_name="/realformer")
+    after = models.bundled(models.default_name()).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_upload_xattn_checkpoint(client: Client, tmp_path: Any) -> None:
+    fresh = models.fresh(1, 2, 16, False, False, True, "rotary", 3, 32)
+    fresh.model.save(tmp_path / "tiny.safetensors")
+    dropdown, *_ = client.predict(handle_file(str(tmp_path / "tiny.safetensors")), None, "", api_name="/upload_model")
+    heatmap = client.predict(dropdown["value"], "abc", "attn", 0, 1, 2, api_name="/explore")[1]
+    same(exact(traces(heatmap)[0]), direct(fresh, "abc").drawable("attn")[0, 0, 1])
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(AppError, match="not a readable"):
+        client.predict(handle_file(str(tmp_path / "junk.safetensors")), None, "", api_name="/upload_model")
+
+
+def test_upload_x_transformers_checkpoint(client: Client, tmp_path: Any) -> None:
+    x_transformers = pytest.importorskip("x_transformers")
+    config = {"num_tokens": 12, "max_seq_len": 16, "attn_layers": {"kind": "Decoder", "dim": 32, "depth": 2,
+                                                                     "heads": 2, "attn_dim_head": 16}}
+    torch.manual_seed(0)
+    layers = {k: v for k, v in config["attn_layers"].items() if k != "kind"}
+    xt = x_transformers.TransformerWrapper(num_tokens=12, max_seq_len=16, attn_layers=x_transformers.Decoder(**layers))
+    torch.save(xt.state_dict(), tmp_path / "xt.pt")
+    (tmp_path / "xt.json").write_text(json.dumps(config))
+    dropdown, *_ = client.predict(handle_file(str(tmp_path / "xt.pt")), handle_file(str(tmp_path / "xt.json")),
+                                  "abcdefghij", api_name="/upload_model")
+    heatmap = client.predict(dropdown["value"], "hgfe", "attn", 1, 1, 2, api_name="/explore")[1]
+    ours = models.uploaded(str(tmp_path / "xt.pt"), str(tmp_path / "xt.json"), "abcdefghij")
+    same(exact(traces(heatmap)[0]), direct(ours, "hgfe").drawable("attn")[1, 0, 1])
+    with pytest.raises(AppError, match="give its JSON config"):
+        client.predict(handle_file(str(tmp_path / "xt.pt")), None, "", api_name="/upload_model")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("{model}", "   ", "attn", 0, 0, 0), "The text is empty"),
+    (("{model}", "a=3;§", "attn", 0, 0, 0), "cannot read this text"),
+    (("{model}", "{example}", "attn", 9, 0, 0), "Layer 9 does not exist"),
+    (("{model}", "{example}", "attn", 0, 17, 0), "Head 17 does not exist"),
+    (("{model}", "{example}", "attn", 0, 0, 400), "Query 400 does not exist"),
+    (("no-such-model", "{example}", "attn", 0, 0, 0), "no model called 'no-such-model'"),
+])
+def test_bad_input_gets_a_sentence(client: Client, default: models.Loaded, args: tuple, message: str) -> None:
+    filled = [a.format(model=default.name, example=default.example) if isinstance(a, str) else a for a in args]
+    with pytest.raises(AppError, match=message):
+        client.predict(*filled, api_name="/explore")
+
+
+def test_bad_config_gets_a_sentence(client: Client) -> None:
+    with pytest.raises(AppError, match="multiple of heads"):
+        client.predict(2, 3, 32, False, False, True, "absolute", 0, 64, api_name="/fresh_model")
+    with pytest.raises(AppError, match="needs a causal model"):
+        client.predict(2, 2, 32, False, True, False, "absolute", 0, 64, api_name="/fresh_model")
+
+
+def test_long_text_is_cut_with_a_warning(client: Client, default: models.Loaded) -> None:
+    text = (default.example * 200)[: default.max_seq_len * 2]
+    _, heatmap, _, _, info = client.predict(default.name, text, "attn", 0, 0, 0, api_name="/explore")
+    assert f"only the first {default.max_seq_len}" in info
+    assert exact(traces(heatmap)[0]).shape == (default.max_seq_len, default.max_seq_len)
+
+
+def test_cli_defaults_are_private() -> None:
+    args = app_main.parse_args([])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+
+
+def test_model_info_and_views_that_do_not_apply(client: Client) -> None:
+    plain = next(n for n in models.bundled_names()
+                 if not models.bundled(n).model.config["attn_layers"].get("attn_selective"))
+    loaded = models.bundled(plain)
+    card, example, _, layer, head, query, *_ = client.predict(plain, api_name="/model_info")
+    assert plain in card and example == loaded.example
+    assert (layer["maximum"], head["maximum"]) == (loaded.depth - 1, loaded.heads - 1)
+    with pytest.raises(AppError, match="does not use selective attention"):
+        client.predict(plain, loaded.example, 0, 0, 0, api_name="/selective")
+
+
+def test_long_inputs_keep_exact_values_in_the_focused_heatmap_only(client: Client) -> None:
+    dropdown, *_ = client.predict(1, 2, 16, False, False, True, "absolute", 0, 512, api_name="/fresh_model")
+    text = "the quick brown fox jumps over the lazy dog. " * 7                  # 315 characters
+    fresh = models.fresh(1, 2, 16, False, False, True, "absolute", 0, 512)
+    _, heatmap, strip, _, _ = client.predict(dropdown["value"], text, "attn", 0, 1, 5, api_name="/explore")
+    same(exact(traces(heatmap)[0]), direct(fresh, text).drawable("attn")[0, 0, 1])
+    assert len(text) + 1 > viz.figures.EXACT_HOVER_TOKENS
+    assert all("customdata" not in p and "customdata" not in p["hovertemplate"] for p in panels(strip))

@@ -1,0 +1,111 @@
+"""The app in a real browser (Debian chromium through Playwright): the page runs the default example on
+load, a heatmap is drawn with the trace's shape and values, and switching tabs draws each view.
+
+Skips without chromium or Playwright, unless XATTN_REQUIRE_BROWSER=1 (CI), where that is a failure.
+Screenshots go to a temporary folder, or to $XATTN_SCREENSHOTS (the README's come from assets/screenshots).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from test_app import server  # noqa: F401  (the app on a free loopback port)
+
+from app import models
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+DRAW_TIMEOUT_MS = 90_000
+# tab → (a heatmap it draws, screenshot name)
+TABS = {"Explore": ("focused-head", "explore"), "RealFormer": ("scores-residual-sum", "realformer"),
+        "Selective attention": ("gate-head-F-and-pruned-keys", "selective"),
+        "Masking debugger": ("effective-mask", "masking"), "Compare": ("A-B", "compare")}
+
+
+def need_browser() -> Any:
+    """playwright.sync_api, or skip (fail when XATTN_REQUIRE_BROWSER=1) if it or chromium is missing."""
+    required = os.environ.get("XATTN_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    missing = [what for what, ok in (("chromium at /usr/bin/chromium", CHROMIUM.exists()),
+                                     ("the playwright package", sync_api is not None)) if not ok]
+    if missing:
+        (pytest.fail if required else pytest.skip)(f"browser test needs {' and '.join(missing)}")
+    return sync_api
+
+
+def richest_model() -> models.Loaded:
+    """A bundled model for the default's task with residual and selective attention, else the default."""
+    default = models.bundled(models.default_name())
+    for name in models.bundled_names():
+        loaded = models.bundled(name)
+        options = loaded.model.config["attn_layers"]
+        if options.get("residual_attn") and options.get("attn_selective") and loaded.tokenizer == default.tokenizer:
+            return loaded
+    return default
+
+
+def drawn_heatmap(page: Any, elem_id: str, shots: Path) -> dict:
+    """Wait until the plot `elem_id` has painted a heatmap (else keep a screenshot of the page), and read
+    back what plotly holds for it."""
+    selector = f"#{elem_id} .js-plotly-plot .heatmaplayer image"
+    try:
+        page.wait_for_selector(selector, state="attached", timeout=DRAW_TIMEOUT_MS)
+    except Exception:
+        page.screenshot(path=str(shots / f"failed-{elem_id}.png"), full_page=True)
+        raise
+    return page.evaluate("""(id) => {
+        const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+        const t = gd._fullData.find(d => d.type === 'heatmap');
+        const img = gd.querySelector('.heatmaplayer image');
+        return {title: gd._fullLayout.title.text, rows: t.z.length, cols: t.z[0].length,
+                exact: t.customdata ? Array.from(t.customdata, r => Array.from(r)) : null,
+                painted: (img.getAttribute('href') || img.getAttribute('xlink:href') || '').length};
+    }""", elem_id)
+
+
+def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path) -> None:  # noqa: F811
+    sync_api = need_browser()
+    shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    default = models.bundled(models.default_name())
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(server)
+            page.get_by_role("button", name="Run").first.click()       # the default example, explicitly
+            shown = drawn_heatmap(page, "focused-head", shots)
+            assert shown["painted"] > 100, "the heatmap image is empty"
+            assert (shown["rows"], shown["cols"]) == (len(ids), len(ids))
+            layer = default.depth - 1                                   # the page opens on the last layer, head 0
+            assert f"layer {layer} · head 0" in shown["title"]
+            np.testing.assert_allclose(np.array(shown["exact"], dtype=float),
+                                       trace.drawable("attn")[layer, 0, 0].numpy(), rtol=1e-5, atol=1e-6)
+            page.screenshot(path=str(shots / "explore.png"), full_page=True)
+
+            both = richest_model()                                      # residual and selective: every view has content
+            page.get_by_label("model", exact=True).click()
+            page.get_by_role("option", name=both.name, exact=True).click()
+            page.get_by_text(f"{both.name} — causal").first.wait_for(timeout=DRAW_TIMEOUT_MS)  # re-explored
+            ids = both.tokenizer.encode(both.example)
+            for tab, (elem_id, name) in list(TABS.items())[1:]:
+                page.get_by_role("tab", name=tab).click()
+                shown = drawn_heatmap(page, elem_id, shots)
+                assert shown["painted"] > 100 and shown["rows"] >= len(ids), f"{tab}: nothing drawn"
+                page.wait_for_timeout(500)                              # let the other plots of the tab settle
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(list(shots.glob("*.png"))) >= len(TABS)
