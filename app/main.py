@@ -7,6 +7,7 @@ from typing import Sequence
 
 import gradio as gr
 
+from . import limits
 from .ui import build
 
 
@@ -30,14 +31,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           block: bool = True) -> tuple[gr.Blocks, str]:
+def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, block: bool = True,
+           concurrency: int = limits.CONCURRENCY, queue_size: int = limits.QUEUE_SIZE) -> tuple[gr.Blocks, str]:
     """Serve the app on `port` (None: any free one); with block=False return at once with the URL while
-    the server runs in a thread."""
-    demo = create_app().queue()
+    the server runs in a thread. At most `concurrency` requests run at once and `queue_size` wait; one more
+    is answered "Queue is full" (HTTP 503). Uploads over MAX_UPLOAD_BYTES are refused (HTTP 413); only the
+    app's own uploads and static files are served, never other paths."""
+    demo = create_app().queue(default_concurrency_limit=concurrency, max_size=queue_size, api_open=False)
     port = free_port(host) if port is None else port
+    if host not in ("127.0.0.1", "localhost", "::1") or share:
+        print(f"xattn-app: reachable from other machines ({'public share link' if share else host}); "
+              f"limits: {limits.MAX_UPLOAD_BYTES // limits.MIB} MiB uploads, {concurrency} requests at once, "
+              f"{queue_size} queued.")
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                            quiet=not block, footer_links=["api", "settings"])
+                            quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
+                            allowed_paths=[], show_error=True)
     return demo, url
 
 

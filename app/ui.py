@@ -13,7 +13,7 @@ import gradio as gr
 import xattn
 from xattn import masks, registry
 
-from . import models, texts, views
+from . import limits, models, texts, views
 from .models import Loaded, Session
 
 # Static slider ceilings: API clients are checked against these (the views check the real range);
@@ -76,8 +76,9 @@ def build() -> gr.Blocks:
     """The whole app."""
     default = models.bundled(models.default_name())
     controls = Controls()
-    with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False) as demo:
-        session = gr.State({})
+    with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False,
+                   delete_cache=limits.CACHE_CLEANUP) as demo:
+        session = gr.State({}, time_to_live=limits.SESSION_TTL_S)
         markdown(texts.INTRO)
         with gr.Row():
             model = model_dropdown("model", default.name)
@@ -87,10 +88,11 @@ def build() -> gr.Blocks:
         with gr.Accordion("Load another model (kept in this browser session only)", open=False):
             with gr.Tab("Fresh model"):
                 with gr.Row():
-                    depth = gr.Number(3, label="depth", precision=0, minimum=1)
-                    heads = gr.Number(4, label="heads", precision=0, minimum=1)
-                    dim = gr.Number(64, label="dim", precision=0, minimum=1)
-                    max_len = gr.Number(512, label="max_seq_len", precision=0, minimum=1)
+                    # Ranges are checked by models.fresh, whose refusals name the field and its limits.
+                    depth = gr.Number(3, label="depth", precision=0)
+                    heads = gr.Number(4, label="heads", precision=0)
+                    dim = gr.Number(64, label="dim", precision=0)
+                    max_len = gr.Number(512, label="max_seq_len", precision=0)
                     seed = gr.Number(0, label="seed", precision=0)
                 with gr.Row():
                     residual = gr.Checkbox(True, label="residual_attn (RealFormer)")
@@ -197,7 +199,15 @@ def build() -> gr.Blocks:
             return [model_card(loaded), loaded.example, gr.update(value=b) if b else gr.update(), *controls.fit(loaded)]
 
         def added(session: Session, loaded: Loaded) -> list[Any]:
-            session = {**(session or {}), loaded.name: loaded}
+            """`session` with `loaded` added (a new dict: the old state is never half-changed), keeping the
+            newest MAX_SESSION_MODELS models and saying which one was dropped."""
+            session = {k: v for k, v in (session or {}).items() if k != loaded.name}
+            while len(session) >= limits.MAX_SESSION_MODELS:
+                dropped = next(iter(session))
+                del session[dropped]
+                gr.Warning(f"A session keeps at most {limits.MAX_SESSION_MODELS} models of its own: "
+                           f"{dropped} was let go to make room.")
+            session[loaded.name] = loaded
             names = models.bundled_names() + list(session)
             card, example, _, *ranges = chosen(session, loaded.name)
             return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names), card, example,

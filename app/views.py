@@ -7,6 +7,7 @@ sentence (see `friendly`).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,10 +19,11 @@ import torch
 import xattn
 from xattn import masks, viz
 
-from . import models, texts
+from . import limits, models, texts
 from .models import Loaded, Session
 
 Figure = go.Figure
+log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
 
 
@@ -49,15 +51,28 @@ class Run:
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """What every handler shares: its ValueErrors and KeyErrors become a `gr.Error` with their sentence,
-    and the figures it returns fill the width of their slot."""
+    """What every handler shares: its ValueErrors and KeyErrors become a `gr.Error` with their sentence, any
+    other failure a short `gr.Error` (the details go to the server log, never to the client), and the
+    figures it returns fill the width of their slot."""
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             result = fn(*args, **kwargs)
+        except gr.Error:
+            raise
         except (ValueError, KeyError) as err:
             message = str(err.args[0] if err.args else err)
-            raise gr.Error(message[:1].upper() + message[1:]) from None
+            if message.split(" ", 1)[0].isalpha():               # a word, not a file or model name
+                message = message[:1].upper() + message[1:]
+            raise gr.Error(message) from None
+        except MemoryError:
+            log.exception("out of memory in %s", fn.__name__)
+            raise gr.Error("The server ran out of memory for this request: try a shorter text or a smaller "
+                           "model. The app is still running.") from None
+        except Exception as err:  # noqa: BLE001 -- a request must never take the app down or leak internals
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong ({type(err).__name__}); the app is still running. "
+                           "Try other inputs, or report this with the server log.") from None
         for figure in result if isinstance(result, (tuple, list)) else ():
             if isinstance(figure, Figure):
                 figure.update_layout(width=None, autosize=True)
@@ -67,12 +82,17 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def tokens(loaded: Loaded, text: str, reserve: int = 0) -> tuple[list[int], list[str]]:
     """Token ids and notes for `text`, cut to leave `reserve` positions (for padding) within max_seq_len."""
-    if not text or not text.strip():
+    if not isinstance(text, str) or not text.strip():
         raise ValueError("The text is empty: type something for the model to read.")
-    try:
-        ids = loaded.tokenizer.encode(text)
-    except ValueError as err:
-        raise ValueError(f"{loaded.name} cannot read this text: {err}.") from None
+    if len(text) > limits.MAX_TEXT_CHARS:
+        raise ValueError(f"The text has {len(text):,} characters; the limit here is {limits.MAX_TEXT_CHARS:,} "
+                         f"(and {loaded.name} reads at most {loaded.max_seq_len - reserve} tokens of it).")
+    unknown = sorted(set(text) - set(loaded.tokenizer.alphabet))
+    if unknown:
+        shown = "".join(unknown[:20]) + ("…" if len(unknown) > 20 else "")
+        raise ValueError(f"The model {loaded.name} cannot read this text: {len(unknown)} character(s) are not in its "
+                         f"alphabet: {shown!r}. It reads only {loaded.tokenizer.alphabet!r}.")
+    ids = loaded.tokenizer.encode(text)
     notes = []
     room = loaded.max_seq_len - reserve
     if len(ids) > room:
@@ -95,8 +115,15 @@ def trace_text(loaded: Loaded, text: str, *, padding: int = 0, pad_left: bool = 
     if progress is not None:
         progress(0.3, desc=f"Tracing {n} tokens through {loaded.depth} layers")
     labels = loaded.tokenizer.labels(ids)
+    limits.check(loaded.model.config, n)
     logits, trace = loaded.model.run_with_trace(torch.tensor([ids]), mask=pad_mask, attn_mask=attn_mask,
                                                 labels=[labels])
+    overflow = trace.nonfinite()
+    if overflow:
+        cells = ", ".join(f"{count} in {stage}" for stage, count in overflow.items())
+        notes.append(f"Numerical overflow: {cells} are NaN or infinite although no mask hides them. The "
+                     "figures draw them grey like masked cells; they are not masked.")
+        gr.Warning(notes[-1])
     if progress is not None:
         progress(0.7, desc="Drawing")
     return Run(loaded, ids, labels, logits, trace, pad_mask, attn_mask, notes)
@@ -104,7 +131,8 @@ def trace_text(loaded: Loaded, text: str, *, padding: int = 0, pad_left: bool = 
 
 def index(value: float | None, count: int, what: str, owner: str) -> int:
     """A layer, head or query index checked against `count`, with a sentence saying the valid range."""
-    if value is None or int(value) != value or not 0 <= value < count:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or int(value) != value or not 0 <= value < count):
         raise ValueError(f"{what.capitalize()} {value} does not exist: {owner} has {what}s 0 to {count - 1}.")
     return int(value)
 
@@ -207,7 +235,12 @@ def selective(session: Session | None, model: str, text: str, layer: float, head
 def custom_mask(preset: str, size: float, mask_text: str, n: int) -> torch.Tensor | None:
     """The custom mask chosen in the form: a preset with its size, or the free edit when it is filled in."""
     if mask_text and mask_text.strip():
+        if len(mask_text) > 4 * (n + 1) ** 2:
+            raise ValueError(f"The mask text has {len(mask_text):,} characters; {n} rows of {n} digits need far "
+                             "fewer.")
         return masks.parse_mask(mask_text, n)
+    if size is None or not math.isfinite(size):
+        raise ValueError(f"The mask size must be a whole number; got {size!r}.")
     if preset not in masks.PRESETS:
         raise ValueError(f"Unknown mask preset {preset!r}; choose one of {', '.join(masks.PRESETS)}.")
     if preset == "none":
@@ -221,7 +254,8 @@ def masking(session: Session | None, model: str, text: str, preset: str, size: f
             progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, str]:
     """Each mask, the effective mask, rows left with no key, and what the custom mask changed downstream."""
     loaded = load(session, model, progress)
-    if padding is None or int(padding) != padding or not 0 <= padding <= loaded.max_seq_len - 2:
+    if (not isinstance(padding, (int, float)) or not math.isfinite(padding) or int(padding) != padding
+            or not 0 <= padding <= loaded.max_seq_len - 2):
         raise ValueError(f"Padding must be a whole number from 0 to {loaded.max_seq_len - 2} for {loaded.name}.")
     padding = int(padding)
     if pad_side not in PAD_SIDES:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,26 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
+def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The config `load_checkpoint` would build from, read without building the model (to check sizes first)."""
+    path = Path(path)
+    if config_path is None and path.suffix == ".safetensors":
+        try:
+            config = read_config(path)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"the config in {path.name} is not readable JSON ({err})") from None
+    elif config_path is None:
+        raise ValueError(f"{path.name} is an x-transformers checkpoint: give its JSON config too")
+    else:
+        try:
+            config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"the config {Path(config_path).name} is not readable JSON ({err})") from None
+    if not isinstance(config, dict) or "attn_layers" not in config:
+        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+    return config
+
+
 def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> TransformerWrapper:
     """An xattn checkpoint, or an x-transformers state dict plus its JSON constructor config.
 
@@ -78,16 +99,12 @@ def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | No
     is_safetensors = path.suffix == ".safetensors"
     if config_path is None and is_safetensors:
         return load(path)
-    if config_path is None:
-        raise ValueError(f"{path.name} is an x-transformers checkpoint: give its JSON config too")
-    try:
-        config = json.loads(Path(config_path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"the config {Path(config_path).name} is not readable JSON ({err})") from None
-    if not isinstance(config, dict) or "attn_layers" not in config:
-        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+    config = checkpoint_config(path, config_path)
     try:
         state = load_file(str(path)) if is_safetensors else torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path.name} is not a readable checkpoint: it holds pickled Python objects besides "
+                         "tensors, which are never unpickled here") from None
     except Exception as err:  # safetensors, zip and unpickling errors all mean: not a checkpoint we can read
         raise ValueError(f"{path.name} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -12,6 +12,23 @@ class TooLarge(ValueError):
     """A model or trace that would not fit the budget it was given."""
 
 
+def validate(config: Any) -> None:
+    """Raise ValueError, naming the field, unless the sizes a config gives are positive whole numbers."""
+    if not isinstance(config, dict) or not isinstance(config.get("attn_layers"), dict):
+        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+    layers = config["attn_layers"]
+    sizes = [(config, "num_tokens", None), (config, "max_seq_len", None), (layers, "dim", None),
+             (layers, "depth", None), (layers, "heads", 8), (layers, "attn_dim_head", 64)]
+    for owner, key, default in sizes:
+        value = owner.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            where = key if owner is config else f"attn_layers.{key}"
+            raise ValueError(f"{where} must be a positive whole number; got {value!r}")
+    ff_mult = layers.get("ff_mult", 4)
+    if not isinstance(ff_mult, (int, float)) or isinstance(ff_mult, bool) or not 0 < ff_mult <= 64:
+        raise ValueError(f"attn_layers.ff_mult must be a number above 0 (at most 64); got {ff_mult!r}")
+
+
 def parameter_count(config: dict[str, Any]) -> int:
     """Parameters a `TransformerWrapper` config would allocate (embeddings, attention, feed-forward, norms)."""
     layers = config["attn_layers"]
@@ -36,7 +53,9 @@ def trace_bytes(config: dict[str, Any], batch: int, n: int, stages: Sequence[str
 
 def check(config: dict[str, Any], *, max_parameters: int, max_trace_bytes: int, batch: int = 1,
           n: int | None = None, stages: Sequence[str] | None = None) -> None:
-    """Raise TooLarge, saying the numbers, if the model or its trace would exceed the budget."""
+    """Raise TooLarge, saying the numbers, if the model or its trace would exceed the budget
+    (ValueError first if the config's sizes are not positive whole numbers)."""
+    validate(config)
     params = parameter_count(config)
     if params > max_parameters:
         raise TooLarge(f"this model would have {params:,} parameters; the limit here is {max_parameters:,}")

@@ -1,6 +1,6 @@
 """The bundled models: small decoders trained by `xattn.train` on the tasks in `xattn.tasks`.
 
-    >>> p = pretrained("variables-selective")
+    >>> p = pretrained("variables-both")
     >>> logits, trace = p.model.run_with_trace(torch.tensor([p.tokenizer.encode(p.example)]))
 
 Each model NAME in `assets/models/` is NAME.safetensors (+ NAME.json config), NAME.card.json (task,
@@ -19,7 +19,7 @@ from .tokenizer import CharTokenizer
 from .wrapper import TransformerWrapper
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
-DEFAULT = "variables-selective"
+DEFAULT = "variables-both"      # the best variable tracker: the app opens on it
 
 
 @dataclass
@@ -53,8 +53,8 @@ def pretrained(name: str = DEFAULT, directory: str | os.PathLike = MODELS_DIR) -
 def card_markdown(card: dict[str, Any]) -> str:
     """A model card for people, from the card dict."""
     layers = card["model_config"]["attn_layers"]
-    heads = "\n".join(f"- layer {h['layer']}, head {h['head']}: mean attention {h['attention_on_predicted_key']:.2f} "
-                      f"on the predicted key ({h['pattern']})" for h in card["notable_heads"])
+    notable = card["notable_heads"]
+    heads = "\n".join(f"- layer {h['layer']}, head {h['head']}: {h['attention_on_predicted_key']:.2f}" for h in notable)
     train = card["train"]
     return f"""# {card['name']}
 
@@ -68,9 +68,10 @@ Accuracy: **{card['eval']['accuracy']:.2f}%** — {card['eval']['metric']}, on {
 drawn with seed {card['eval']['seed']} (training used seed {train['seed']}).
 
 Trained {train['steps']:,} steps, batch {train['batch_size']}, lr {train['lr']}, in {train['wall_clock_s']} s on \
-{train['threads']} CPU threads; loss {train['loss_first']} → {train['loss_last']}.
+{train['threads']} CPU thread{'s' if train['threads'] > 1 else ''}; loss {train['loss_first']} → {train['loss_last']}.
 
-Heads whose attention the task predicts:
+Heads closest to the pattern the task predicts — {notable[0]['pattern']} — with their mean attention on \
+the predicted key ({notable[0]['samples']} samples, seed {notable[0]['seed']}):
 {heads}
 
 Example input: `{card['example']}`
@@ -84,15 +85,25 @@ Reproduce:
 
 
 def index_markdown(directory: str | os.PathLike = MODELS_DIR) -> str:
-    """The README table of every model in `directory`."""
+    """The README of `directory`: accuracy by task and variant, then one row per model."""
+    cards = available(directory)
+    tasks = sorted({c["task"] for c in cards.values()})
+    by_options = sorted(cards.values(), key=lambda c: len(c["attention_options"]))   # baseline first, both last
+    variants = list(dict.fromkeys(c["variant"] for c in by_options))
+    accuracy = {(c["task"], c["variant"]): f"{c['eval']['accuracy']:.2f}" for c in cards.values()}
+    comparison = [f"| {task} | " + " | ".join(accuracy.get((task, v), "—") for v in variants) + " |" for task in tasks]
     rows = [f"| [{name}]({name}.md) | {c['task']} | {c['variant']} | {c['eval']['accuracy']:.2f} | "
             f"{c['eval']['size']:,} (seed {c['eval']['seed']}) | {c['train']['steps']:,} | {c['train']['wall_clock_s']:.0f} |"
-            for name, c in available(directory).items()]
+            for name, c in cards.items()]
     return "\n".join([
         "# Bundled models",
         "",
         "Trained by `xattn.train` on the synthetic tasks in `xattn.tasks`; every card holds the exact command.",
         "Accuracy: % of answer characters predicted right on freshly generated samples.",
+        "",
+        "| task | " + " | ".join(variants) + " |",
+        "|---|" + "---:|" * len(variants),
+        *comparison,
         "",
         "| model | task | variant | accuracy % | eval samples | steps | train s |",
         "|---|---|---|---:|---|---:|---:|",

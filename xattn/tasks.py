@@ -71,7 +71,7 @@ class VariableTracking(Task):
     pattern = "the query `?x` attends to the value of x's latest assignment"
     example = "a=3;b=5;a=7;c=1;b=2;?a"
 
-    def __init__(self, num_vars: int = 4, min_assignments: int = 6, max_assignments: int = 12) -> None:
+    def __init__(self, num_vars: int = 3, min_assignments: int = 4, max_assignments: int = 8) -> None:
         self.num_vars, self.min_assignments, self.max_assignments = num_vars, min_assignments, max_assignments
 
     @property

@@ -95,6 +95,17 @@ class Trace:
             self._drawable[stage] = values.masked_fill(hidden, float("nan"))
         return self._drawable[stage]
 
+    def nonfinite(self) -> dict[str, int]:
+        """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean."""
+        visible = self.visible[None, :, None]
+        counts = {}
+        for stage in self.stages:
+            values = self[stage]
+            bad = int((values.isnan() | values.isposinf() | (values.isneginf() & visible)).sum())
+            if bad:
+                counts[stage] = bad
+        return counts
+
     def nbytes(self) -> int:
         """Bytes the recorded stages hold, counting storage shared between stages once."""
         seen, total = set(), 0

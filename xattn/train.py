@@ -14,9 +14,10 @@ import platform
 import random
 import shlex
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,21 +114,23 @@ def evaluate(model: TransformerWrapper, task: Task, n: int, seed: int, batch_siz
     return 100.0 * right / total
 
 
-@torch.no_grad()
-def notable_heads(model: TransformerWrapper, task: Task, n: int = 200, seed: int = 7, top: int = 2) -> list[dict[str, Any]]:
+NOTABLE_SAMPLES, NOTABLE_SEED = 200, 7
+
+
+def notable_heads(model: TransformerWrapper, task: Task, top: int = 2) -> list[dict[str, Any]]:
     """The `top` (layer, head) pairs that put the most attention where the task predicts (`task.attention_targets`),
-    with their mean attention weight on the predicted key, over `n` samples."""
-    samples = task.samples(n, seed)
+    with their mean attention weight on the predicted key over NOTABLE_SAMPLES samples drawn with NOTABLE_SEED."""
+    samples = task.samples(NOTABLE_SAMPLES, NOTABLE_SEED)
     inputs, _ = make_batch(samples, task.tokenizer)
     _, trace = model.run_with_trace(inputs, stages=["attn"])
     attn = trace["attn"]                                             # [layers, b, heads, i, j]
     pairs = [(row, q, k) for row, s in enumerate(samples) for q, k in task.attention_targets(s)]
     rows, queries, keys = (torch.tensor(x) for x in zip(*pairs))
-    score = attn[:, rows, :, queries, keys].mean(dim=0)               # [layers, heads]
-    order = score.flatten().argsort(descending=True)[:top].tolist()
-    heads = score.shape[1]
-    return [{"layer": i // heads, "head": i % heads, "attention_on_predicted_key": round(float(score.flatten()[i]), 3),
-             "pattern": task.pattern} for i in order]
+    score = attn[:, rows, :, queries, keys].mean(dim=0).flatten()    # [layers × heads]
+    heads = attn.shape[2]
+    return [{"layer": i // heads, "head": i % heads, "attention_on_predicted_key": round(float(score[i]), 3),
+             "pattern": task.pattern, "samples": NOTABLE_SAMPLES, "seed": NOTABLE_SEED}
+            for i in score.argsort(descending=True)[:top].tolist()]
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -138,11 +141,20 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate, write the checkpoint, card, card page and folder index; return the card."""
-    torch.set_num_threads(config.threads)
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Run the block on `n` CPU threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def fit(config: TrainConfig, task: Task, progress: bool = True) -> tuple[TransformerWrapper, list[float], float]:
+    """A model trained as `config` says: (model, loss per step, seconds). Same config, same weights."""
     torch.manual_seed(config.seed)
-    task = get_task(config.task)
     rng = random.Random(config.seed)
     model = build_model(config, task)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -162,9 +174,17 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - start
-    model.eval()
-    accuracy = evaluate(model, task, config.eval_size, config.eval_seed)
+    return model.eval(), losses, time.perf_counter() - start
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train on `config.threads` threads, evaluate, write the checkpoint, card, card page and folder index;
+    return the card."""
+    task = get_task(config.task)
+    with num_threads(config.threads):
+        model, losses, seconds = fit(config, task, progress)
+        accuracy = evaluate(model, task, config.eval_size, config.eval_seed)
+        heads = notable_heads(model, task)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +205,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
                   "torch": torch.__version__, "machine": platform.machine()},
         "eval": {"accuracy": round(accuracy, 2), "metric": "% of answer characters predicted right (argmax, teacher-forced)",
                  "size": config.eval_size, "seed": config.eval_seed},
-        "notable_heads": notable_heads(model, task),
+        "notable_heads": heads,
         "command": config.command(),
     }
     (out / f"{config.name}.card.json").write_text(json.dumps(card, indent=2) + "\n")

@@ -1,0 +1,30 @@
+"""Every number that bounds what the app accepts, in one place: the form, the views, uploads and the server
+read them from here (README, "Limits and safety", lists them and what happens past them)."""
+from __future__ import annotations
+
+from typing import Any
+
+import xattn
+
+MIB = 2**20
+
+# Models and traces: checked before anything is allocated or run.
+MAX_PARAMETERS = 50_000_000           # a fresh or uploaded model (200 MB of float32)
+MAX_TRACE_BYTES = 256 * MIB           # one trace of the model's full max_seq_len, every stage, layer and head
+FORM = {"depth": (1, 12), "heads": (1, 16), "dim": (8, 512), "max_seq_len": (8, 2048), "seed": (0, 2**32 - 1)}
+
+# Inputs.
+MAX_TEXT_CHARS = 100_000              # longer text is refused; text past the model's max_seq_len is cut, with a warning
+MAX_UPLOAD_BYTES = 256 * MIB          # the server refuses bigger uploads (HTTP 413); the loader checks again
+
+# Sessions and the server.
+MAX_SESSION_MODELS = 4                # fresh or uploaded models kept per browser session (the oldest is dropped)
+SESSION_TTL_S = 3600                  # a session's own models are freed an hour after its last change
+CONCURRENCY = 2                       # requests computed at once (the machine's cores share the rest)
+QUEUE_SIZE = 64                       # requests waiting beyond those; one more gets "Queue is full"
+CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour
+
+
+def check(config: dict[str, Any], n: int | None = None) -> None:
+    """Refuse, with the numbers, a model or a trace of `n` tokens (default: its max_seq_len) over the budgets."""
+    xattn.limits.check(config, max_parameters=MAX_PARAMETERS, max_trace_bytes=MAX_TRACE_BYTES, n=n)
