@@ -138,7 +138,7 @@ def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, defa
     ({"max_len": 0}, "max_seq_len must be a whole number from 8 to 2,048"),
     ({"dim": 30, "heads": 4}, r"dim \(30\) must be a multiple of heads \(4\)"),
     ({"depth": 12, "heads": 16, "dim": 512, "max_len": 2048}, r"a trace of 2048 tokens would take 24,576 MiB; "
-                                                               "the limit here is 256 MiB"),
+                                                               "the limit here is 1,024 MiB"),
     ({"selective": True, "causal": False}, "Selective attention needs a causal model"),
     ({"seed": -1}, "seed must be a whole number from 0"),
     ({"position": "sinusoidal"}, "'sinusoidal' .* is not in the list of choices"),
