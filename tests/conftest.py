@@ -22,3 +22,26 @@ def tiny_decoder() -> xattn.TransformerWrapper:
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The app on a free loopback port, for one test module."""
+    from app import main as app_main
+    demo, url = app_main.launch(port=None, block=False)
+    yield url
+    demo.close()
+
+
+@pytest.fixture
+def client(server: str):
+    """A fresh gradio client: a browser session of its own."""
+    from gradio_client import Client
+    return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def default():
+    """The bundled model the app opens on."""
+    from app import models
+    return models.bundled(models.default_name())

@@ -23,24 +23,6 @@ DTYPES = {"f4": np.float32, "f8": np.float64, "u1": np.uint8, "i1": np.int8, "i2
           "u2": np.uint16, "u4": np.uint32}
 
 
-@pytest.fixture(scope="module")
-def server() -> Any:
-    demo, url = app_main.launch(port=None, block=False)
-    yield url
-    demo.close()
-
-
-@pytest.fixture
-def client(server: str) -> Client:
-    """A fresh client: a browser session of its own."""
-    return Client(server, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def default() -> models.Loaded:
-    return models.bundled(models.default_name())
-
-
 def array(value: Any) -> np.ndarray:
     """A plotly JSON array: a list, or a base64 typed array {"dtype", "bdata", "shape"}."""
     if isinstance(value, dict) and "bdata" in value:

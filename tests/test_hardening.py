@@ -30,23 +30,6 @@ from app import main as app_main  # noqa: E402
 from test_app import array, exact, same, traces  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def server() -> Any:
-    demo, url = app_main.launch(port=None, block=False)
-    yield url
-    demo.close()
-
-
-@pytest.fixture
-def client(server: str) -> Client:
-    return Client(server, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def default() -> models.Loaded:
-    return models.bundled(models.default_name())
-
-
 def answers(client: Client, default: models.Loaded) -> None:
     """The server still serves a real request after a bad one."""
     card, example, *_ = client.predict(default.name, api_name="/model_info")
