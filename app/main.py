@@ -7,6 +7,8 @@ from typing import Sequence
 
 import gradio as gr
 
+from xattn.memory import reuse_freed_memory
+
 from . import limits
 from .ui import build
 
@@ -51,6 +53,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    reuse_freed_memory()       # traces of repeated requests reuse memory instead of page-faulting it in anew
     launch(args.host, args.port, args.share)
 
 

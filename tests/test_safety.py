@@ -88,3 +88,11 @@ def test_budgets_refuse_with_numbers():
     config["max_seq_len"] = 4096
     with pytest.raises(limits.TooLarge, match="MiB; the limit here is 64 MiB"):
         limits.check(config, max_parameters=10**9, max_trace_bytes=64 * 2**20)
+
+
+def test_reuse_freed_memory_applies_on_glibc():
+    import platform
+
+    from xattn.memory import reuse_freed_memory
+    applied = reuse_freed_memory()
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
