@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ from .io import load
 from .tokenizer import CharTokenizer
 from .wrapper import TransformerWrapper
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+def models_dir() -> Path:
+    """The bundled models: `assets/models` of a source checkout (editable install), else the copy a wheel
+    installs under `<prefix>/share/xattn/models`."""
+    checkout = Path(__file__).resolve().parent.parent / "assets" / "models"
+    installed = Path(sys.prefix) / "share" / "xattn" / "models"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+MODELS_DIR = models_dir()
 DEFAULT = "variables-both"      # the best variable tracker: the app opens on it
 
 
