@@ -82,6 +82,10 @@ def test_nonsense_combinations_are_refused():
         xattn.Decoder(dim=32, depth=2, rotary_pos_emb=True, alibi_pos_bias=True)
     with pytest.raises(ValueError, match="depth"):
         xattn.Decoder(dim=32, depth=0)
+    with pytest.raises(ValueError, match="alibi_num_heads has no effect without alibi_pos_bias"):
+        xattn.Decoder(dim=32, depth=2, alibi_num_heads=4)
+    with pytest.raises(ValueError, match="rotary_emb_dim has no effect without rotary_pos_emb"):
+        xattn.Encoder(dim=32, depth=2, rotary_emb_dim=16)
 
 
 def test_bad_inputs_are_refused(tiny_decoder):

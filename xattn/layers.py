@@ -97,6 +97,10 @@ class AttentionLayers(nn.Module):
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if rotary_pos_emb and alibi_pos_bias:
             raise ValueError("choose one relative position scheme: rotary_pos_emb or alibi_pos_bias, not both")
+        for option, needs, on in (("rotary_emb_dim", "rotary_pos_emb", rotary_pos_emb),
+                                  ("alibi_num_heads", "alibi_pos_bias", alibi_pos_bias)):
+            if self.config[option] is not None and not on:
+                raise ValueError(f"{option} has no effect without {needs}=True")
 
         attn_kwargs, rest = split_prefixed(kwargs, "attn_")
         ff_kwargs, rest = split_prefixed(rest, "ff_")
