@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from test_app import server  # noqa: F401  (the app on a free loopback port)
 
 from app import models
 
@@ -72,7 +71,7 @@ def drawn_heatmap(page: Any, elem_id: str, shots: Path) -> dict:
     }""", elem_id)
 
 
-def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path) -> None:  # noqa: F811
+def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path) -> None:
     sync_api = need_browser()
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
