@@ -62,21 +62,21 @@ def format_mask(mask: Tensor) -> str:
 
 def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Visibility [b, n, n] allowed by each mask alone, and combined ("effective"), for `model`'s layers.
+    """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
 
     `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only).
     """
-    causal = getattr(model, "attn_layers", model).causal
+    layers = getattr(model, "attn_layers", model)
     batch = 1
     if mask is not None:
         batch = mask.shape[0]
     elif attn_mask is not None and attn_mask.ndim == 3:
         batch = attn_mask.shape[0]
     full = torch.ones(batch, n, n, dtype=torch.bool)
-    parts = {
+    effective = layers.visible_mask(batch, n, mask, attn_mask)
+    return {
         "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
         "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
-        "causal": causal_visible(n).expand(batch, n, n) if causal else full,
+        "causal": causal_visible(n).expand(batch, n, n) if layers.causal else full,
+        "effective": full if effective is None else effective[:, 0].expand(batch, n, n),
     }
-    parts["effective"] = parts["padding"] & parts["custom"] & parts["causal"]
-    return parts
