@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,14 +114,6 @@ class Trace:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
         return total
-
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """Stages and mask as numpy arrays (for `np.savez`), keyed by name."""
-        arrays = {stage: self[stage].cpu().numpy() for stage in self.stages}
-        arrays["visible"] = self.visible.cpu().numpy()
-        arrays["tokens"] = self.tokens.cpu().numpy()
-        arrays["layers"] = np.asarray(self.layers)
-        return arrays
 
 
 @contextmanager
