@@ -96,11 +96,10 @@ class Trace:
 
     def nonfinite(self) -> dict[str, int]:
         """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean."""
-        visible = self.visible[None, :, None]
+        visible = self.visible[:, None]
         counts = {}
-        for stage in self.stages:
-            values = self[stage]
-            bad = int((values.isnan() | values.isposinf() | (values.isneginf() & visible)).sum())
+        for stage, records in self.stages.records.items():   # per layer: no stacked copy just to count
+            bad = sum(int((t.isnan() | t.isposinf() | (t.isneginf() & visible)).sum()) for t in records)
             if bad:
                 counts[stage] = bad
         return counts
