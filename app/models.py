@@ -20,6 +20,7 @@ import torch
 import xattn
 from xattn import registry
 from xattn.tokenizer import SPECIALS, CharTokenizer
+from xattn.wrapper import changed_config
 
 from . import limits
 
@@ -188,7 +189,7 @@ def with_config(loaded: Loaded, **changes: Any) -> Loaded:
 
 def counterpart(loaded: Loaded, **changes: Any) -> Loaded:
     """The bundled model trained with the same config except `changes` (e.g. the residual-off variant)."""
-    wanted = dict(loaded.model.config, attn_layers={**loaded.model.config["attn_layers"], **changes})
+    wanted = changed_config(loaded.model.config, **changes)
     for name in bundled_names():
         other = bundled(name)
         if other.model.config == wanted and other.tokenizer == loaded.tokenizer and other.name != loaded.name:

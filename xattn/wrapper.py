@@ -92,8 +92,7 @@ class TransformerWrapper(nn.Module):
     def with_config(self, **layer_changes: Any) -> "TransformerWrapper":
         """A new model with the same weights under changed attention-layer options
         (e.g. `residual_attn=False` to see what RealFormer contributes). `self` is untouched."""
-        config = dict(self.config, attn_layers={**self.config["attn_layers"], **layer_changes})
-        twin = build(config).to(self.device)
+        twin = build(changed_config(self.config, **layer_changes)).to(self.device)
         twin.load_state_dict(self.state_dict())
         return twin.train(self.training)
 
@@ -105,6 +104,11 @@ class TransformerWrapper(nn.Module):
         """Write `path` (safetensors weights) and its JSON config beside it; see `xattn.load`."""
         from .io import save
         save(self, path)
+
+
+def changed_config(config: dict[str, Any], **layer_changes: Any) -> dict[str, Any]:
+    """A copy of a model config with some attention-layer options changed."""
+    return dict(config, attn_layers={**config["attn_layers"], **layer_changes})
 
 
 def build(config: dict[str, Any]) -> TransformerWrapper:
