@@ -6,6 +6,7 @@ model that another session is using.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -13,14 +14,14 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 import xattn
 from xattn import registry
 from xattn.tokenizer import SPECIALS, CharTokenizer
-from xattn.wrapper import changed_config
+from xattn.describe import describe
 
 from . import limits
 
@@ -28,7 +29,7 @@ from . import limits
 ASCII = "".join(chr(c) for c in range(32, 127))
 FRESH_EXAMPLE = "a=3; b=a; a=5; print(b)"
 LIMITS = limits.FORM
-POSITIONS = ("absolute", "rotary", "ALiBi")
+WRAPPER_OPTIONS = {f.name for f in dataclasses.fields(xattn.ModelConfig)}
 # torch's random generator is one per process and every model build draws from it: builds take turns, or a
 # session building a seeded fresh model while another builds anything would get other weights than its seed's.
 BUILDING = threading.Lock()
@@ -46,7 +47,7 @@ class Loaded:
 
     @property
     def depth(self) -> int:
-        return self.model.attn_layers.depth
+        return self.model.attn_layers.num_attn_layers
 
     @property
     def heads(self) -> int:
@@ -58,12 +59,8 @@ class Loaded:
 
     def describe(self) -> str:
         """One markdown line: what the model is."""
-        layers = self.model.config["attn_layers"]
-        flags = [k for k in ("residual_attn", "attn_selective", "rotary_pos_emb", "alibi_pos_bias") if layers.get(k)]
-        kind = "causal" if self.model.attn_layers.causal else "bidirectional"
         summary = self.card.get("summary") or self.card.get("description") or ""
-        return (f"**{self.name}** — {kind}, {self.depth} layers × {self.heads} heads, dim {layers['dim']}, "
-                f"up to {self.max_seq_len} tokens; {', '.join(flags) or 'plain attention'}. {summary}").strip()
+        return f"**{self.name}** — {describe(self.model.config)}. {summary}".strip()
 
 
 # Custom models of one browser session, by name.
@@ -110,30 +107,36 @@ def check_range(value: float, what: str) -> int:
     return int(value)
 
 
-def fresh(depth: int, heads: int, dim: int, residual_attn: bool, attn_selective: bool, causal: bool,
-          position: str, seed: int, max_seq_len: int = 512) -> Loaded:
-    """A randomly initialised model (reproducible from `seed`) reading printable ASCII. Its size and the size
-    of its longest trace are checked against `limits` before any weight is allocated."""
+def form_options() -> list[tuple[str, str]]:
+    """(label, keyword) of every on/off option the options table offers on the fresh-model form."""
+    return [(opt.label, name) for name, default, opt in xattn.OPTIONS if opt.form and isinstance(default, bool)]
+
+
+def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, max_seq_len: int = 512) -> Loaded:
+    """A randomly initialised model (reproducible from `seed`) reading printable ASCII, with the on/off options
+    in `options` switched on and the others off. Its size and the size of its longest trace are checked
+    against `limits` before any weight is allocated."""
     depth, heads, dim = check_range(depth, "depth"), check_range(heads, "heads"), check_range(dim, "dim")
     max_seq_len, seed = check_range(max_seq_len, "max_seq_len"), check_range(seed, "seed")
     if dim % heads:
         raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads}): each head gets dim / heads features.")
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {', '.join(POSITIONS)}; got {position!r}.")
-    if attn_selective and not causal:
-        raise ValueError("Selective attention needs a causal model: a token can only prune keys for the tokens "
-                         "that come after it. Tick 'causal' or untick 'selective attention'.")
+    offered = [name for _, name in form_options()]
+    unknown = sorted(set(options or []) - set(offered))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {', '.join(unknown)}; the form offers {', '.join(offered)}.")
+    flags = {name: name in (options or []) for name in offered}
+    causal = flags.pop("causal")
+    wrapper = {name: flags.pop(name) for name in list(flags) if name in WRAPPER_OPTIONS}
     tokenizer = CharTokenizer(ASCII)
     layers = dict(kind="Decoder" if causal else "Encoder", dim=dim, depth=depth, heads=heads,
-                  attn_dim_head=dim // heads, residual_attn=bool(residual_attn), attn_selective=bool(attn_selective),
-                  rotary_pos_emb=position == "rotary", alibi_pos_bias=position == "ALiBi")
-    config = dict(num_tokens=tokenizer.vocab_size, max_seq_len=max_seq_len, attn_layers=layers)
+                  attn_dim_head=dim // heads, **flags)
+    config = xattn.ModelConfig.from_dict(dict(num_tokens=tokenizer.vocab_size, max_seq_len=max_seq_len,
+                                              attn_layers=layers, **wrapper))
     limits.check(config)
     with BUILDING, torch.random.fork_rng():
         torch.manual_seed(seed)
         model = xattn.build(config)
-    name = (f"fresh {'decoder' if causal else 'encoder'} {depth}×{heads} dim {dim}"
-            f"{' residual' if residual_attn else ''}{' selective' if attn_selective else ''} {position} seed {seed}")
+    name = f"fresh {depth}×{heads} dim {dim} seed {seed}: {describe(config)}"
     return Loaded(name=name, model=model.eval(), tokenizer=tokenizer, example=FRESH_EXAMPLE)
 
 
@@ -157,20 +160,18 @@ def check_alphabet(alphabet: str) -> None:
 
 
 def uploaded(path: str, config_path: str | None = None, alphabet: str = "") -> Loaded:
-    """An uploaded xattn or x-transformers checkpoint; text is read with `alphabet` (default printable ASCII).
-    File sizes, the config's sizes and its trace are checked before the model is built; weights are never
+    """An uploaded xattn or x-transformers checkpoint. Text is read with `alphabet` if given, else with the
+    tokenizer an xattn checkpoint carries, else as printable ASCII. File sizes, the config's sizes and its trace are checked before the model is built; weights are never
     unpickled (see `xattn.io.load_checkpoint`)."""
     check_file(path, "checkpoint")
     if config_path:
         check_file(config_path, "config")
     check_alphabet(alphabet or "")
     limits.check(xattn.io.checkpoint_config(path, config_path))
-    try:
-        with BUILDING:
-            model = xattn.io.load_checkpoint(path, config_path).eval()
-    except TypeError as err:                                         # an option xattn does not have
-        raise ValueError(f"xattn cannot build a model from this config: {err}") from None
-    tokenizer = CharTokenizer(alphabet or ASCII[: model.num_tokens - len(SPECIALS)])
+    with BUILDING:
+        model = xattn.io.load_checkpoint(path, config_path).eval()
+    saved = xattn.read_tokenizer(path) if Path(path).suffix == ".safetensors" and not config_path else None
+    tokenizer = CharTokenizer(alphabet) if alphabet else saved or CharTokenizer(ASCII[: model.num_tokens - len(SPECIALS)])
     if tokenizer.vocab_size > model.num_tokens:
         raise ValueError(f"The alphabet has {len(tokenizer.alphabet)} characters but the checkpoint only has "
                          f"{model.num_tokens} token ids (two are <bos> and <pad>).")
@@ -189,7 +190,7 @@ def with_config(loaded: Loaded, **changes: Any) -> Loaded:
 
 def counterpart(loaded: Loaded, **changes: Any) -> Loaded:
     """The bundled model trained with the same config except `changes` (e.g. the residual-off variant)."""
-    wanted = changed_config(loaded.model.config, **changes)
+    wanted = loaded.model.config.replace(**changes)
     for name in bundled_names():
         other = bundled(name)
         if other.model.config == wanted and other.tokenizer == loaded.tokenizer and other.name != loaded.name:

@@ -20,6 +20,8 @@ from .models import Loaded, Session
 # the page narrows every slider to the chosen model as soon as it loads.
 CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
+# The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
+FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
 
 def model_card(loaded: Loaded) -> str:
@@ -94,11 +96,8 @@ def build() -> gr.Blocks:
                     dim = gr.Number(64, label="dim", precision=0)
                     max_len = gr.Number(512, label="max_seq_len", precision=0)
                     seed = gr.Number(0, label="seed", precision=0)
-                with gr.Row():
-                    residual = gr.Checkbox(True, label="residual_attn (RealFormer)")
-                    selective = gr.Checkbox(True, label="attn_selective")
-                    causal = gr.Checkbox(True, label="causal (decoder)")
-                    position = gr.Radio(list(models.POSITIONS), value="absolute", label="positions")
+                options = gr.CheckboxGroup(models.form_options(), value=list(FRESH_OPTIONS),
+                                           label="options (README: supported options)")
                 fresh_button = gr.Button("Build fresh model")
             with gr.Tab("Upload a checkpoint"):
                 with gr.Row():
@@ -220,12 +219,10 @@ def build() -> gr.Blocks:
             views.explore, explore_inputs, explore_outputs, api_visibility="private")
 
         @views.friendly
-        def fresh(session: Session, depth: float, heads: float, dim: float, residual_attn: bool,
-                  attn_selective: bool, causal: bool, position: str, seed: float, max_seq_len: float,
-                  progress: gr.Progress = gr.Progress()) -> list[Any]:
+        def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
+                  max_seq_len: float, progress: gr.Progress = gr.Progress()) -> list[Any]:
             progress(0.1, desc="Building the model")
-            return added(session, models.fresh(depth, heads, dim, residual_attn, attn_selective, causal, position,
-                                               seed, max_seq_len))
+            return added(session, models.fresh(depth, heads, dim, options, seed, max_seq_len))
 
         @views.friendly
         def upload(session: Session, checkpoint: str | None, config: str | None, alphabet: str,
@@ -236,7 +233,7 @@ def build() -> gr.Blocks:
             return added(session, models.uploaded(checkpoint, config, alphabet))
 
         load_outputs = [session, model, model_b, card, text, *sliders]
-        fresh_button.click(fresh, [session, depth, heads, dim, residual, selective, causal, position, seed, max_len],
+        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len],
                            load_outputs, api_name="fresh_model").then(
             views.explore, explore_inputs, explore_outputs, api_visibility="private")
         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,

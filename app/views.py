@@ -156,12 +156,7 @@ def check_stage(stage: str) -> str:
 
 def strip_stages(loaded: Loaded) -> list[str]:
     """The stages worth a panel for this model: a stage its options leave unchanged is skipped."""
-    options = loaded.model.config["attn_layers"]
-    skip = {"residual", "selection", "biased"} | ({"scores_residual"} if not options.get("residual_attn") else set()) \
-        | ({"pre_softmax"} if not options.get("attn_selective") else set())
-    if options.get("alibi_pos_bias"):
-        skip.discard("biased")
-    return [stage for stage in xattn.STAGES if stage not in skip]
+    return [stage for stage in loaded.model.config.attn_layers.stages_in_use() if stage not in xattn.TERMS]
 
 
 def strip(run: Run, layer: int, head: int, stages: list[str]) -> Figure:
@@ -196,7 +191,7 @@ def realformer(session: Session | None, model: str, text: str, layer: float, hea
                progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
     """Own scores, the residual carried in and their sum; residual attention on vs off; layer similarity."""
     loaded = load(session, model, progress)
-    flipped = {"residual_attn": not loaded.model.config["attn_layers"].get("residual_attn", False)}
+    flipped = {"residual_attn": not loaded.model.config.attn_layers.residual_attn}
     twin = models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS else models.counterpart(loaded, **flipped)
     run = trace_text(loaded, text, progress=progress)
     layer, head = picks(run, layer, head)
@@ -214,7 +209,7 @@ def selective(session: Session | None, model: str, text: str, layer: float, head
               progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
     """The gate head, F and the pruned keys; one head's logits before and after F; F across layers."""
     loaded = load(session, model, progress)
-    if not loaded.model.config["attn_layers"].get("attn_selective"):
+    if not loaded.model.config.attn_layers.selective:
         raise ValueError(f"{loaded.name} does not use selective attention. Pick a model with 'selective' "
                          "or 'both' in its name, or build a fresh one with selective attention ticked.")
     run = trace_text(loaded, text, progress=progress)

@@ -27,8 +27,8 @@ from gradio_client import Client  # noqa: E402
 from app import main as app_main  # noqa: E402
 from app import models, views  # noqa: E402
 
-CONFIG = dict(depth=6, heads=8, dim=256, residual_attn=True, attn_selective=True, causal=True,
-              position="absolute", seed=0, max_seq_len=512)
+CONFIG = dict(depth=6, heads=8, dim=256, options=["causal", "residual_attn", "attn_selective", "pre_norm",
+                                                   "use_abs_pos_emb"], seed=0, max_seq_len=512)
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -32,8 +32,9 @@ STAGES = ("scores", "pre_softmax", "attn")
 
 def session(url: str, i: int, requests: int) -> tuple[list[float], list[str]]:
     """One user: build a fresh model of its own, then explore it `requests` times with its own text."""
-    args = (1 + i % 3, 1 + i % 2, 16 * (1 + i % 2), bool(i % 2), i % 4 == 1, True,
-            ("absolute", "rotary", "ALiBi")[i % 3], 1000 + i, 48)
+    position = ("use_abs_pos_emb", "rotary_pos_emb", "alibi_pos_bias")[i % 3]
+    options = ["causal", "pre_norm", position] + ["residual_attn"] * (i % 2) + ["attn_selective"] * (i % 4 == 1)
+    args = (1 + i % 3, 1 + i % 2, 16 * (1 + i % 2), options, 1000 + i, 48)
     latencies, errors = [], []
     try:
         client = Client(url, verbose=False)

@@ -13,6 +13,16 @@ def tiny_config(kind: str = "Decoder", **layer_kwargs) -> dict:
     return dict(num_tokens=23, max_seq_len=16, attn_layers=layers)
 
 
+def form_options(residual: bool = False, selective: bool = False, causal: bool = True,
+                 position: str = "absolute") -> list[str]:
+    """The fresh-model form's ticked options for a model described the old way (position: absolute, rotary, ALiBi)."""
+    ticked = {"residual_attn": residual, "attn_selective": selective, "causal": causal, "pre_norm": True,
+              "use_abs_pos_emb": position == "absolute", "rotary_pos_emb": position == "rotary",
+              "alibi_pos_bias": position == "ALiBi"}
+    known = ("absolute", "rotary", "ALiBi")
+    return [name for name, on in ticked.items() if on] + ([] if position in known else [position])
+
+
 @pytest.fixture
 def tiny_decoder() -> xattn.TransformerWrapper:
     torch.manual_seed(0)

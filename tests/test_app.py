@@ -15,6 +15,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
+from conftest import form_options  # noqa: E402
 from xattn import viz  # noqa: E402
 from app import main as app_main  # noqa: E402
 from app import models, texts, views  # noqa: E402
@@ -91,7 +92,7 @@ def test_explore_carries_the_trace(client: Client, default: models.Loaded) -> No
 def test_realformer_sum_and_residual_off(client: Client, default: models.Loaded) -> None:
     strip, difference, sim_on, sim_off, info = client.predict(
         default.name, default.example, 1, 0, texts.SAME_WEIGHTS, api_name="/realformer")
-    residual_on = default.model.config["attn_layers"].get("residual_attn", False)
+    residual_on = default.model.config.attn_layers.residual_attn
     twin = models.with_config(default, residual_attn=not residual_on)
     mine, theirs = direct(default, default.example), direct(twin, default.example)
     scores, residual, summed, attn = (exact(p) for p in panels(strip))
@@ -106,7 +107,7 @@ def test_realformer_sum_and_residual_off(client: Client, default: models.Loaded)
 
 
 def test_selective_penalty_and_pruned_keys(client: Client, default: models.Loaded) -> None:
-    assert default.model.config["attn_layers"].get("attn_selective"), "the default model should be selective"
+    assert default.model.config.attn_layers.selective, "the default model should be selective"
     query = len(default.tokenizer.encode(default.example)) - 1
     gate_f_pruned, strip, row, across, info = client.predict(default.name, default.example, 1, 2, query,
                                                              api_name="/selective")
@@ -157,10 +158,10 @@ def test_compare_side_by_side_and_difference(client: Client, default: models.Loa
 
 def test_fresh_model_lives_in_its_session_only(client: Client, server: str) -> None:
     before = {k: v.clone() for k, v in models.bundled(models.default_name()).model.state_dict().items()}
-    dropdown, *_ = client.predict(2, 2, 32, True, False, False, "ALiBi", 7, 64, api_name="/fresh_model")
+    dropdown, *_ = client.predict(2, 2, 32, form_options(True, False, False, "ALiBi"), 7, 64, api_name="/fresh_model")
     name = dropdown["value"]
     heatmap = client.predict(name, "Hello, world!", "biased", 1, 1, 3, api_name="/explore")[1]
-    fresh = models.fresh(2, 2, 32, True, False, False, "ALiBi", 7, 64)
+    fresh = models.fresh(2, 2, 32, form_options(True, False, False, "ALiBi"), 7, 64)
     same(exact(traces(heatmap)[0]), direct(fresh, "Hello, world!").drawable("biased")[1, 0, 1])
     other = Client(server, verbose=False)
     with pytest.raises(AppError, match="no model called"):
@@ -172,8 +173,8 @@ def test_fresh_model_lives_in_its_session_only(client: Client, server: str) -> N
 
 
 def test_upload_xattn_checkpoint(client: Client, tmp_path: Any) -> None:
-    fresh = models.fresh(1, 2, 16, False, False, True, "rotary", 3, 32)
-    fresh.model.save(tmp_path / "tiny.safetensors")
+    fresh = models.fresh(1, 2, 16, form_options(False, False, True, "rotary"), 3, 32)
+    xattn.save(fresh.model, tmp_path / "tiny.safetensors")
     dropdown, *_ = client.predict(handle_file(str(tmp_path / "tiny.safetensors")), None, "", api_name="/upload_model")
     heatmap = client.predict(dropdown["value"], "abc", "attn", 0, 1, 2, api_name="/explore")[1]
     same(exact(traces(heatmap)[0]), direct(fresh, "abc").drawable("attn")[0, 0, 1])
@@ -196,7 +197,7 @@ def test_upload_x_transformers_checkpoint(client: Client, tmp_path: Any) -> None
     heatmap = client.predict(dropdown["value"], "hgfe", "attn", 1, 1, 2, api_name="/explore")[1]
     ours = models.uploaded(str(tmp_path / "xt.pt"), str(tmp_path / "xt.json"), "abcdefghij")
     same(exact(traces(heatmap)[0]), direct(ours, "hgfe").drawable("attn")[1, 0, 1])
-    with pytest.raises(AppError, match="give its JSON config"):
+    with pytest.raises(AppError, match="needs its JSON config"):
         client.predict(handle_file(str(tmp_path / "xt.pt")), None, "", api_name="/upload_model")
 
 
@@ -216,9 +217,9 @@ def test_bad_input_gets_a_sentence(client: Client, default: models.Loaded, args:
 
 def test_bad_config_gets_a_sentence(client: Client) -> None:
     with pytest.raises(AppError, match="multiple of heads"):
-        client.predict(2, 3, 32, False, False, True, "absolute", 0, 64, api_name="/fresh_model")
+        client.predict(2, 3, 32, form_options(False, False, True, "absolute"), 0, 64, api_name="/fresh_model")
     with pytest.raises(AppError, match="needs a causal model"):
-        client.predict(2, 2, 32, False, True, False, "absolute", 0, 64, api_name="/fresh_model")
+        client.predict(2, 2, 32, form_options(False, True, False, "absolute"), 0, 64, api_name="/fresh_model")
 
 
 def test_long_text_is_cut_with_a_warning(client: Client, default: models.Loaded) -> None:
@@ -235,7 +236,7 @@ def test_cli_defaults_are_private() -> None:
 
 def test_model_info_and_views_that_do_not_apply(client: Client) -> None:
     plain = next(n for n in models.bundled_names()
-                 if not models.bundled(n).model.config["attn_layers"].get("attn_selective"))
+                 if not models.bundled(n).model.config.attn_layers.selective)
     loaded = models.bundled(plain)
     card, example, _, layer, head, query, *_ = client.predict(plain, api_name="/model_info")
     assert plain in card and example == loaded.example
@@ -245,9 +246,9 @@ def test_model_info_and_views_that_do_not_apply(client: Client) -> None:
 
 
 def test_long_inputs_keep_exact_values_in_the_focused_heatmap_only(client: Client) -> None:
-    dropdown, *_ = client.predict(1, 2, 16, False, False, True, "absolute", 0, 512, api_name="/fresh_model")
+    dropdown, *_ = client.predict(1, 2, 16, form_options(False, False, True, "absolute"), 0, 512, api_name="/fresh_model")
     text = "the quick brown fox jumps over the lazy dog. " * 7                  # 315 characters
-    fresh = models.fresh(1, 2, 16, False, False, True, "absolute", 0, 512)
+    fresh = models.fresh(1, 2, 16, form_options(False, False, True, "absolute"), 0, 512)
     _, heatmap, strip, _, _ = client.predict(dropdown["value"], text, "attn", 0, 1, 5, api_name="/explore")
     same(exact(traces(heatmap)[0]), direct(fresh, text).drawable("attn")[0, 0, 1])
     assert len(text) + 1 > viz.figures.EXACT_HOVER_TOKENS

@@ -46,8 +46,8 @@ def richest_model() -> models.Loaded:
     default = models.bundled(models.default_name())
     for name in models.bundled_names():
         loaded = models.bundled(name)
-        options = loaded.model.config["attn_layers"]
-        if options.get("residual_attn") and options.get("attn_selective") and loaded.tokenizer == default.tokenizer:
+        options = loaded.model.config.attn_layers
+        if options.residual_attn and options.selective and loaded.tokenizer == default.tokenizer:
             return loaded
     return default
 

@@ -24,6 +24,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import xattn  # noqa: E402
+from conftest import form_options  # noqa: E402
 from xattn import viz  # noqa: E402
 from app import limits, models, views  # noqa: E402
 from app import main as app_main  # noqa: E402
@@ -45,7 +46,7 @@ def refused(client: Client, default: models.Loaded, message: str, *args: Any, ap
 
 def fresh_args(depth: int = 1, heads: int = 2, dim: int = 16, residual: bool = True, selective: bool = False,
                causal: bool = True, position: str = "absolute", seed: int = 0, max_len: int = 32) -> tuple:
-    return depth, heads, dim, residual, selective, causal, position, seed, max_len
+    return depth, heads, dim, form_options(residual, selective, causal, position), seed, max_len
 
 
 # Text
@@ -122,7 +123,7 @@ def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, defa
     ({"dim": 30, "heads": 4}, r"dim \(30\) must be a multiple of heads \(4\)"),
     ({"depth": 12, "heads": 16, "dim": 512, "max_len": 2048}, r"a trace of 2048 tokens would take 24,576 MiB; "
                                                                "the limit here is 1,024 MiB"),
-    ({"selective": True, "causal": False}, "Selective attention needs a causal model"),
+    ({"selective": True, "causal": False}, "needs a causal model"),
     ({"seed": -1}, "seed must be a whole number from 0"),
     ({"position": "sinusoidal"}, "'sinusoidal' .* is not in the list of choices"),
 ])
@@ -189,15 +190,15 @@ def test_pickle_upload_is_refused_and_its_code_never_runs(client: Client, defaul
 
 def test_broken_checkpoints_are_refused_naming_the_problem(client: Client, default: models.Loaded,
                                                            tmp_path: Path) -> None:
-    good = models.fresh(1, 2, 16, False, False, True, "absolute", 0, 32)
-    good.model.save(tmp_path / "good.safetensors")
+    good = models.fresh(1, 2, 16, form_options(False, False, True, "absolute"), 0, 32)
+    xattn.save(good.model, tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     refused(client, default, "not a readable safetensors file", handle_file(str(tmp_path / "cut.safetensors")),
             None, "", api_name="/upload_model")
 
     def saved(name: str, state: dict[str, torch.Tensor]) -> Any:
-        save_file(state, str(tmp_path / name), metadata={"xattn_config": json.dumps(good.model.config)})
+        save_file(state, str(tmp_path / name), metadata={"xattn_config": json.dumps(good.model.config.to_dict())})
         return handle_file(str(tmp_path / name))
     state = good.model.state_dict()
     refused(client, default, r"does not fit the model — wrong shape: to_logits.weight \(5, 5\)",
@@ -218,16 +219,16 @@ def test_broken_checkpoints_are_refused_naming_the_problem(client: Client, defau
     (b"\xff\xfe{not utf-8 \xc3\x28}", "the config bad.json is not readable JSON .*utf-8"),
     (b'{"num_tokens": 12}', "must be a JSON object with num_tokens, max_seq_len and attn_layers"),
     (b"[" * 100_000, "not readable JSON"),
-    (json.dumps({**X_CONFIG, "max_seq_len": -4}).encode(), "max_seq_len must be a positive whole number; got -4"),
+    (json.dumps({**X_CONFIG, "max_seq_len": -4}).encode(), "max_seq_len must be a whole number ≥ 1; got -4"),
     (json.dumps({**X_CONFIG, "attn_layers": {**X_CONFIG["attn_layers"], "dim": "16"}}).encode(),
-     "attn_layers.dim must be a positive whole number; got '16'"),
+     "dim must be a whole number ≥ 1; got '16'"),
     (json.dumps({**X_CONFIG, "attn_layers": {**X_CONFIG["attn_layers"], "dim": 4096, "depth": 64}}).encode(),
      "parameters; the limit here is 50,000,000"),
     (json.dumps({**X_CONFIG, "max_seq_len": 100_000}).encode(), "a trace of 100000 tokens would take"),
     (json.dumps({**X_CONFIG, "attn_layers": {**X_CONFIG["attn_layers"], "kind": "Encoder", "attn_selective": True}})
-     .encode(), "attn_selective needs causal attention"),
+     .encode(), r"Selective attention \(attn_selective\) needs a causal model"),
     (json.dumps({**X_CONFIG, "attn_layers": {**X_CONFIG["attn_layers"], "no_such_option": 1}}).encode(),
-     "cannot represent this x-transformers config: unexpected keyword argument.* no_such_option"),
+     "options xattn does not support: no_such_option"),
 ])
 def test_bad_upload_configs_are_refused(client: Client, default: models.Loaded, tmp_path: Path, config: bytes,
                                         message: str) -> None:
@@ -238,7 +239,7 @@ def test_bad_upload_configs_are_refused(client: Client, default: models.Loaded, 
 
 
 def test_bad_alphabet_is_refused(client: Client, default: models.Loaded, tmp_path: Path) -> None:
-    models.fresh(1, 2, 16, False, False, True, "absolute", 0, 32).model.save(tmp_path / "m.safetensors")
+    xattn.save(models.fresh(1, 2, 16, form_options(), 0, 32).model, tmp_path / "m.safetensors")
     refused(client, default, "control character or invalid Unicode", handle_file(str(tmp_path / "m.safetensors")),
             None, "ab\x00c", api_name="/upload_model")
     with pytest.raises(ValueError, match="invalid Unicode '\\\\ud800' at position 2"):   # gradio_client cannot send it
@@ -277,12 +278,12 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
     assert "fully masked query (no visible key)" in viz.heatmap(trace, 0, 0, "attn").to_json()   # and outlined
     nan_only_where_masked(trace)
     flat = tiny_decoder.with_config()
-    for layer in flat.attn_layers.layers:
-        layer.attn.to_q.weight.data.zero_()
+    for attn in flat.attn_layers.attention:
+        attn.to_q.weight.data.zero_()
     _, trace = flat.run_with_trace(tokens)
     attn = trace["attn"][:, 0]
     expected = torch.tril(torch.ones(6, 6)) / torch.arange(1, 7)[:, None]
-    if not flat.config["attn_layers"].get("attn_selective"):
+    if not flat.config.attn_layers.selective:
         torch.testing.assert_close(attn, expected.expand_as(attn))
     nan_only_where_masked(trace)
 
@@ -290,8 +291,8 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_huge_logits_in_every_precision(tiny_decoder: xattn.TransformerWrapper, dtype: torch.dtype) -> None:
     model = tiny_decoder.with_config()
-    for layer in model.attn_layers.layers:
-        layer.attn.to_q.weight.data *= 1e3 if dtype == torch.float32 else 30
+    for attn in model.attn_layers.attention:
+        attn.to_q.weight.data *= 1e3 if dtype == torch.float32 else 30
     model = model.to(dtype)
     try:
         _, trace = model.run_with_trace(torch.tensor([[0, 3, 4, 5, 6, 7, 8, 9]]))
@@ -309,7 +310,7 @@ def test_huge_logits_in_every_precision(tiny_decoder: xattn.TransformerWrapper, 
 
 def test_overflow_is_reported(default: models.Loaded) -> None:
     model = default.model.with_config().eval()
-    model.attn_layers.layers[0].attn.to_q.weight.data.fill_(float("inf"))
+    model.attn_layers.attention[0].to_q.weight.data.fill_(float("inf"))
     loaded = models.Loaded("broken", model, default.tokenizer, default.example)
     run = views.trace_text(loaded, default.example)
     assert run.trace.nonfinite() and any("Numerical overflow" in note for note in run.notes)

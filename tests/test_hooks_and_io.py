@@ -62,7 +62,7 @@ def test_hook_with_wrong_shape_is_refused(tiny_decoder, tokens):
 
 def test_prefixed_kwargs_reach_inner_modules():
     layers = xattn.Decoder(dim=32, depth=2, heads=2, attn_dim_head=12, ff_mult=2, ff_glu=True)
-    attn, ff = layers.layers[0].attn, layers.layers[0].ff
+    attn, ff = layers.layers[0].branch, layers.layers[1].branch
     assert attn.dim_head == 12 and attn.to_q.out_features == 24
     assert ff.proj_in.out_features == 2 * 64 and ff.glu
 
@@ -99,7 +99,7 @@ def test_bad_inputs_are_refused(tiny_decoder):
 
 def test_save_and_load_round_trip(tmp_path, tiny_decoder, tokens):
     path = tmp_path / "model.safetensors"
-    tiny_decoder.save(path)
+    xattn.save(tiny_decoder, path)
     with safe_open(str(path), framework="pt") as f:        # plain safetensors, config in the header
         assert "xattn_config" in f.metadata()
     assert (tmp_path / "model.json").exists()
@@ -111,8 +111,8 @@ def test_save_and_load_round_trip(tmp_path, tiny_decoder, tokens):
 def test_load_refuses_a_mismatched_checkpoint(tmp_path, tiny_decoder):
     other = xattn.build(tiny_config("Decoder", dim=48))
     path = tmp_path / "other.safetensors"
-    other.save(path)
-    from xattn.io import load_state
+    xattn.save(other, path)
+    from xattn.wrapper import load_state
     from safetensors.torch import load_file
     with pytest.raises(ValueError, match="wrong shape"):
         load_state(tiny_decoder, load_file(str(path)))

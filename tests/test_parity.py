@@ -21,15 +21,29 @@ CASES = [
     ("Decoder", {"residual_attn": True, "attn_selective": True}),
     ("Decoder", {"rotary_pos_emb": True, "residual_attn": True, "attn_selective": True}),
     ("Decoder", {"alibi_pos_bias": True, "attn_selective": True}),
+    # blocks and norms
+    ("Decoder", {"use_rmsnorm": True}), ("Encoder", {"use_scalenorm": True}), ("Decoder", {"use_simple_rmsnorm": True}),
+    ("Decoder", {"pre_norm": False}), ("Encoder", {"sandwich_norm": True, "use_rmsnorm": True}),
+    ("Decoder", {"ff_post_act_ln": True}), ("Decoder", {"ff_post_act_ln": True, "ff_glu": True}),
+    ("Decoder", {"scale_residual": True}), ("Encoder", {"gate_residual": True}), ("Decoder", {"macaron": True}),
+    ("Decoder", {"custom_layers": ("a", "a", "f", "a", "f")}), ("Decoder", {"par_ratio": 2}),
+    ("Decoder", {"norm_add_unit_offset": False, "use_rmsnorm": True}),
+    ("Decoder", {"residual_attn": True, "attn_selective": True, "use_rmsnorm": True, "sandwich_norm": True,
+                 "macaron": True, "scale_residual": True}),
 ]
 
 
 def reference_model(config: dict) -> torch.nn.Module:
-    """The x-transformers TransformerWrapper for an xattn-style config."""
+    """The x-transformers TransformerWrapper for an xattn-style config, every parameter moved off its
+    initial value (norm gains start at exactly one, which would hide a wrongly mapped gain)."""
     config = dict(config)
     layers = dict(config.pop("attn_layers"))
     kind = getattr(x_transformers, layers.pop("kind"))
-    return x_transformers.TransformerWrapper(attn_layers=kind(**layers), **config).eval()
+    model = x_transformers.TransformerWrapper(attn_layers=kind(**layers), **config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
 
 
 def inputs(padded: bool):
@@ -85,7 +99,7 @@ def test_parity_check_can_fail():
     reference = reference_model(tiny_config("Decoder", residual_attn=True))
     model = xattn.from_x_transformers(reference)
     with torch.no_grad():
-        model.attn_layers.layers[0].attn.to_k.weight[0, 0] += 0.5
+        model.attn_layers.attention[0].to_k.weight[0, 0] += 0.5
     errors = compare(model, reference, *inputs(padded=False))
     assert min(errors.values()) > 1e-4, errors
 
@@ -107,10 +121,9 @@ def test_state_dict_and_config_route(tmp_path):
 
 
 @pytest.mark.parametrize("option,named", [
-    ({"attn_qk_norm": True}, "qk_norm"), ({"macaron": True}, "layer pattern"),
-    ({"attn_num_mem_kv": 2}, "num_mem_kv"), ({"rel_pos_bias": True}, "RelativePositionBias"),
-    ({"attn_pre_talking_heads": True}, "talking_heads"),
-    ({"use_rmsnorm": True}, "RMSNorm"), ({"sandwich_norm": True}, "sandwich"),
+    ({"attn_qk_norm": True}, "qk_norm"), ({"attn_num_mem_kv": 2}, "num_mem_kv"),
+    ({"rel_pos_bias": True}, "rel_pos_bias"), ({"attn_pre_talking_heads": True}, "talking_heads"),
+    ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"shift_tokens": 1}, "shift_tokens"),
 ])
 def test_unsupported_options_are_listed(option, named):
     reference = reference_model(tiny_config("Decoder", **option))
@@ -120,10 +133,10 @@ def test_unsupported_options_are_listed(option, named):
 
 
 def test_several_unsupported_options_listed_together():
-    reference = reference_model(tiny_config("Decoder", attn_qk_norm=True, use_rmsnorm=True))
+    reference = reference_model(tiny_config("Decoder", attn_qk_norm=True, use_dynamic_tanh=True))
     with pytest.raises(ValueError) as err:
         xattn.from_x_transformers(reference)
-    assert "qk_norm" in str(err.value) and "RMSNorm" in str(err.value)
+    assert "qk_norm" in str(err.value) and "DynamicTanh" in str(err.value)
 
 
 def test_unsupported_config_in_state_dict_route():

@@ -43,7 +43,7 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
 def test_truncated_and_foreign_checkpoints(tmp_path):
     model = xattn.build(tiny_config())
     path = tmp_path / "m.safetensors"
-    model.save(path)
+    xattn.save(model, path)
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable safetensors"):

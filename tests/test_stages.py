@@ -22,14 +22,14 @@ def first_layer_qk(model: xattn.TransformerWrapper, tokens: torch.Tensor):
     x = model.token_emb.weight[tokens]
     if model.pos_emb is not None:
         x = x + model.pos_emb.weight[: tokens.shape[1]] * dim ** -0.5
-    block = model.attn_layers.layers[0]
-    normed = F.layer_norm(x, (dim,)) * block.attn_norm.weight
+    attn = model.attn_layers.attention[0]
+    normed = F.layer_norm(x, (dim,)) * model.attn_layers.layers[0].norm.weight
     heads = model.attn_layers.heads
 
     def split(w):
         return (normed @ w.T).unflatten(-1, (heads, -1)).transpose(1, 2)
 
-    return split(block.attn.to_q.weight), split(block.attn.to_k.weight)
+    return split(attn.to_q.weight), split(attn.to_k.weight)
 
 
 def test_scores_are_scaled_dot_products(tiny_decoder, tokens):
@@ -137,8 +137,8 @@ def test_fully_masked_rows_output_zero(tokens):
     custom = torch.ones(10, 10, dtype=torch.bool)
     custom[4] = False
     seen = {}
-    block = model.attn_layers.layers[0]
-    handle = block.attn.to_out.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    attn = model.attn_layers.attention[0]
+    handle = attn.to_out.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
     model(tokens, attn_mask=custom)
     handle.remove()
     assert (seen["out"][:, 4] == 0).all() and (seen["out"][:, 3] != 0).any()

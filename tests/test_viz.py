@@ -244,7 +244,9 @@ def test_selection_marks_pruned_keys():
     visible = torch.ones(3, 3, dtype=torch.bool).tril()
     per_layer = lambda t: {0: t.expand(1, 2, 3, 3).clone()}           # layer 0: [batch, head, i, j]
     synthetic = build_trace({"masked": per_layer(torch.randn(3, 3)), "selection": per_layer(penalty)},
-                            visible[None], torch.zeros(1, 3, dtype=torch.long), {"attn_layers": {"attn_selective": True}})
+                            visible[None], torch.zeros(1, 3, dtype=torch.long),
+                            xattn.ModelConfig.from_dict({"num_tokens": 3, "max_seq_len": 3, "attn_layers": {
+                                "kind": "Decoder", "dim": 8, "depth": 1, "heads": 2, "attn_selective": True}}))
     fig = viz.selection(synthetic, 0)
     np.testing.assert_array_equal(heatmaps(fig)[2].z, [[0, 2, 2], [0, 1, 2], [0, 0, 1]])
     assert "2 (query, key) pairs pruned" in fig.layout.title.text

@@ -1,17 +1,19 @@
 """xattn: x-transformers-style attention models whose every attention-score stage can be traced and drawn."""
-from . import limits, masks
+from . import limits, masks, memory
 from .attention import Attention, selective_penalty
+from .config import OPTIONS, AttentionConfig, FeedForwardConfig, LayersConfig, ModelConfig, Option
 from .convert import from_x_transformers, from_x_transformers_state_dict
 from .hooks import HookPoint
-from .io import load, load_checkpoint, save
+from .io import load, load_checkpoint, read_tokenizer, save
 from .layers import AttentionLayers, Decoder, Encoder
 from .registry import available, pretrained
-from .stages import DESCRIPTIONS, STAGES
+from .stages import DESCRIPTIONS, STAGES, TERMS
 from .trace import Trace
 from .wrapper import TransformerWrapper, build
 
 __all__ = [
     "Attention", "AttentionLayers", "Decoder", "Encoder", "TransformerWrapper", "Trace", "HookPoint", "STAGES",
-    "DESCRIPTIONS", "build", "load", "save", "load_checkpoint", "from_x_transformers",
-    "from_x_transformers_state_dict", "selective_penalty", "pretrained", "available", "masks", "limits",
+    "DESCRIPTIONS", "TERMS", "OPTIONS", "Option", "ModelConfig", "LayersConfig", "AttentionConfig", "FeedForwardConfig",
+    "build", "load", "save", "read_tokenizer", "load_checkpoint", "from_x_transformers",
+    "from_x_transformers_state_dict", "selective_penalty", "pretrained", "available", "masks", "limits", "memory",
 ]

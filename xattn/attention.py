@@ -6,12 +6,14 @@ The numerics follow x-transformers' `Attention` + `Attend` (math path): scores, 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, einsum, nn
 
+from .config import AttentionConfig
 from .hooks import HookPoint
 from .stages import STAGES
 
@@ -86,26 +88,34 @@ def apply_rotary(t: Tensor, angles: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with a hook point at every score stage.
 
-    Keyword arguments arrive from `AttentionLayers` with their `attn_` prefix removed.
+    Each hook point is declared below with the shape it sees and is named once, at build, after the
+    attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`); they fire in `STAGES` order.
     """
 
-    def __init__(self, dim: int, *, heads: int = 8, causal: bool = False, dim_head: int = 64,
-                 selective: bool = False, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int) -> None:
         super().__init__()
-        if selective and not causal:
-            raise ValueError("attn_selective needs causal attention (a Decoder): selective attention lets a "
-                             "token stop later tokens from attending to earlier ones, which has no meaning "
-                             "without an order")
-        self.heads, self.dim_head, self.causal, self.selective = heads, dim_head, causal, selective
-        self.scale = dim_head ** -0.5
-        inner = heads * dim_head
+        self.heads, self.dim_head, self.causal, self.selective = heads, config.dim_head, causal, config.selective
+        self.layer = layer
+        self.scale = config.dim_head ** -0.5
+        inner = heads * config.dim_head
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(dim, inner, bias=False)
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        for stage in STAGES:
-            setattr(self, f"hook_{stage}", HookPoint())
+        self.dropout = nn.Dropout(config.dropout)
+        point = partial(HookPoint, layer)
+        self.hook_scores = point("scores")                    # [b, h, i, j] q·kᵀ × scale
+        self.hook_residual = point("residual")                # [b, h, i, j] previous layer's pre-softmax logits
+        self.hook_scores_residual = point("scores_residual")  # [b, h, i, j] scores + residual
+        self.hook_biased = point("biased")                    # [b, h, i, j] + position bias
+        self.hook_masked = point("masked")                    # [b, h, i, j] invisible keys filled with −finfo.max
+        self.hook_selection = point("selection")              # [b, h, i, j] selective penalty F (same for every head)
+        self.hook_pre_softmax = point("pre_softmax")          # [b, h, i, j] the logits softmax sees
+        self.hook_attn = point("attn")                        # [b, h, i, j] the attention pattern
+
+    def hook_points(self) -> list[HookPoint]:
+        """This layer's hook points, in the order they fire."""
+        return [getattr(self, f"hook_{stage}") for stage in STAGES]
 
     @staticmethod
     def add_stage(logits: Tensor, term: Tensor | None, hook: HookPoint, subtract: bool = False) -> Tensor:

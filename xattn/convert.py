@@ -6,40 +6,56 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from .io import load_state
-from .wrapper import TransformerWrapper, build
+from .config import OPTIONS, ModelConfig
+from .layers import Block
+from .norms import LayerNorm
+from .wrapper import TransformerWrapper, build, load_state
 
 # Keyword arguments that change how x-transformers runs, not what it computes in eval mode.
 HARMLESS_KWARGS = {"attn_flash", "verbose", "attn_onnxable", "layer_dropout", "attn_sublayer_dropout",
                    "ff_sublayer_dropout", "norm_add_unit_offset"}
+NORM_GAINS = ("gamma", "g")   # x-transformers' names for a norm's learned gain
 
 
-def from_x_transformers_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any]) -> TransformerWrapper:
-    """Build xattn from an x-transformers TransformerWrapper's constructor kwargs and its state dict.
+def x_transformers_config(data: Any) -> ModelConfig:
+    """The xattn config of x-transformers constructor keywords (`TransformerWrapper`'s, with `attn_layers`
+    holding the layers' keywords and `kind`); a ValueError names every option xattn cannot run."""
+    if not isinstance(data, dict) or not isinstance(data.get("attn_layers"), dict):
+        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+    layers = {k: v for k, v in data["attn_layers"].items() if k not in HARMLESS_KWARGS}
+    known = {name for name, _, _ in OPTIONS} | {"kind", "dim", "depth", "heads", "num_tokens", "max_seq_len"}
+    unsupported = sorted(k for k in [*layers, *data] if k not in known and k != "attn_layers")
+    if unsupported:
+        raise ValueError(f"This x-transformers config uses options xattn does not support: {', '.join(unsupported)} "
+                         "(README: supported options)")
+    return ModelConfig.from_dict(dict(data, attn_layers=layers))
+
+
+def from_x_transformers_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any] | ModelConfig,
+                                   unit_offset: bool | None = None) -> TransformerWrapper:
+    """Build xattn from an x-transformers TransformerWrapper's constructor keywords and its state dict.
 
     config: {"num_tokens", "max_seq_len", ..., "attn_layers": {"kind": "Decoder", "dim", "depth", ...}}.
+    unit_offset: whether x-transformers stored norm gains minus one (its `norm_add_unit_offset`, default
+    True); read from the config's keywords when not given.
     """
-    config = dict(config)
-    layers = dict(config["attn_layers"])
-    unit_offset = layers.get("norm_add_unit_offset", True)
-    layers = {k: v for k, v in layers.items() if k not in HARMLESS_KWARGS}
-    config["attn_layers"] = layers
-    try:
-        model = build(config)
-    except TypeError as err:
-        raise ValueError(f"xattn cannot represent this x-transformers config: {err}") from None
+    if unit_offset is None:
+        unit_offset = not isinstance(config, dict) or config["attn_layers"].get("norm_add_unit_offset", True)
+    model = build(config if isinstance(config, ModelConfig) else x_transformers_config(config))
     load_state(model, map_state_dict(state_dict, model, unit_offset))
     return model.eval()
 
 
 def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper, unit_offset: bool = True) -> dict[str, Tensor]:
-    """Rename x-transformers keys to xattn keys. Its layer list alternates attention (even) and feed-forward (odd)."""
+    """Rename x-transformers keys to xattn keys. Both keep one entry per layer of the layer list: x-transformers
+    as (norms, branch, residual), xattn as a `Block`. Norm gains gain the unit offset x-transformers leaves out."""
     gain = 1.0 if unit_offset else 0.0
+    blocks = model.attn_layers.layers
     mapped: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith("rotary_pos_emb.inv_freq"):
@@ -48,39 +64,59 @@ def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper, uni
             mapped[key.replace(".emb.", ".")] = value
         elif key == "to_logits.weight":
             mapped[key] = value
-        elif key == "attn_layers.final_norm.gamma":
-            mapped["attn_layers.final_norm.weight"] = value + gain
-        elif m := re.fullmatch(r"attn_layers\.layers\.(\d+)\.(.*)", key):
-            index, rest = int(m[1]), m[2]
-            layer, is_ff = divmod(index, 2)
-            prefix = f"attn_layers.layers.{layer}."
-            if rest == "0.0.gamma":
-                mapped[prefix + ("ff_norm" if is_ff else "attn_norm") + ".weight"] = value + gain
-            elif not is_ff and (a := re.fullmatch(r"1\.(to_[qkvo]\w*)\.weight", rest)):
-                mapped[prefix + f"attn.{a[1]}.weight"] = value
-            elif is_ff and (f := re.fullmatch(r"1\.ff\.(0\.0|0\.proj|2)\.(weight|bias)", rest)):
-                mapped[prefix + ("ff.proj_out." if f[1] == "2" else "ff.proj_in.") + f[2]] = value
-            else:
-                raise ValueError(f"x-transformers weight {key} has no counterpart in xattn")
+        elif m := re.fullmatch(rf"attn_layers\.final_norm\.({'|'.join(NORM_GAINS)})", key):
+            mapped[f"attn_layers.final_norm.{norm_gain_name(model.attn_layers.final_norm)}"] = value + gain
+        elif (m := re.fullmatch(r"attn_layers\.layers\.(\d+)\.(.*)", key)) and int(m[1]) < len(blocks):
+            mapped.update(map_block_key(f"attn_layers.layers.{m[1]}.", m[2], value, blocks[int(m[1])], gain))
         else:
             raise ValueError(f"x-transformers weight {key} has no counterpart in xattn")
-    for layer, block in enumerate(model.attn_layers.layers):  # heads == 1 with dim_head == dim: no out projection
-        key = f"attn_layers.layers.{layer}.attn.to_out.weight"
-        if key not in mapped and key.replace("to_out", "to_q") in mapped:
-            mapped[key] = torch.eye(block.attn.to_out.weight.shape[0], dtype=block.attn.to_out.weight.dtype)
+    for index, block in enumerate(blocks):   # heads == 1 with dim_head == dim: no out projection
+        key = f"attn_layers.layers.{index}.branch.to_out.weight"
+        if block.is_attention and key not in mapped and key.replace("to_out", "to_q") in mapped:
+            mapped[key] = torch.eye(block.branch.to_out.weight.shape[0], dtype=block.branch.to_out.weight.dtype)
     return mapped
 
 
+def norm_gain_name(norm: nn.Module) -> str:
+    return "weight" if isinstance(norm, LayerNorm) else "g"
+
+
+def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: float) -> dict[str, Tensor]:
+    """One x-transformers key inside layer-list entry `prefix` → {xattn key: tensor}."""
+    norms = {"0": ("norm", block.norm), "1": ("branch_norm", block.branch_norm), "2": ("post_norm", block.post_norm)}
+    if (m := re.fullmatch(rf"0\.([012])\.({'|'.join(NORM_GAINS)})", rest)) and norms[m[1]][1] is not None:
+        name, norm = norms[m[1]]
+        return {f"{prefix}{name}.{norm_gain_name(norm)}": value + gain}
+    if m := re.fullmatch(r"2\.(residual_scale|gru\.\w+)", rest):
+        return {prefix + "residual." + m[1].replace("residual_scale", "scale"): value}
+    rest = re.sub(r"^1\.fn\.", "1.", rest)       # Macaron wraps its feed-forwards in Scale(0.5, …)
+    if block.is_attention and (a := re.fullmatch(r"1\.(to_[qkvo]\w*)\.weight", rest)):
+        return {f"{prefix}branch.{a[1]}.weight": value}
+    if not block.is_attention and (f := re.fullmatch(r"1\.ff\.(\d)\.(?:0\.|proj\.)?(weight|bias|gamma)", rest)):
+        position, what = int(f[1]), f[2]
+        if position == 0:
+            return {f"{prefix}branch.proj_in.{what}": value}
+        if what == "gamma" and block.branch.norm is not None:
+            return {f"{prefix}branch.norm.weight": value}
+        return {f"{prefix}branch.proj_out.{what}": value}
+    raise ValueError(f"x-transformers weight {prefix}{rest} has no counterpart in xattn")
+
+
 def from_x_transformers(model: nn.Module) -> TransformerWrapper:
-    """An xattn model equal to an `x_transformers.TransformerWrapper` (Encoder or Decoder layers)."""
-    config, unsupported = x_transformers_config(model)
+    """An xattn model equal to an `x_transformers.TransformerWrapper` (Encoder or Decoder layers); a ValueError
+    names every option of it that xattn cannot run."""
+    config, unit_offset, unsupported = read_x_transformers(model)
     if unsupported:
-        raise ValueError("xattn does not support these x-transformers options: " + "; ".join(unsupported))
-    return from_x_transformers_state_dict(model.state_dict(), config)
+        raise ValueError("xattn does not support these x-transformers options: " + "; ".join(dict.fromkeys(unsupported)))
+    try:
+        return from_x_transformers_state_dict(model.state_dict(), config, unit_offset)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"xattn cannot represent this x-transformers model: {err}") from None
 
 
-def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
-    """(constructor config read off an x-transformers model, the options in it xattn cannot run)."""
+def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[str]]:
+    """(constructor keywords read off an x-transformers model, whether its norms store gain − 1, the options
+    in it xattn cannot run)."""
     import x_transformers.x_transformers as xt
 
     unsupported: list[str] = []
@@ -91,14 +127,14 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
 
     need(isinstance(model, xt.TransformerWrapper), f"a {type(model).__name__} (xattn takes a TransformerWrapper)")
     if unsupported:
-        return {}, unsupported
+        return {}, True, unsupported
     layers = model.attn_layers
     kind = type(layers).__name__
     need(kind in ("Encoder", "Decoder"), f"{kind} layers (xattn takes Encoder or Decoder)")
     need(isinstance(model.pos_emb, (xt.AbsolutePositionalEmbedding, xt.always)), "scaled_sinu_pos_emb")
+    need(model.emb_dim == layers.dim, "emb_dim (≠ dim)")
     need(not model.l2norm_embed, "l2norm_embed")
-    for name in ("post_emb_norm", "project_emb"):
-        need(isinstance(getattr(model, name), (nn.Identity, xt.Identity)), name)
+    need(isinstance(model.post_emb_norm, (nn.Identity, xt.Identity)), "post_emb_norm")
     for name in ("num_memory_tokens", "max_mem_len", "shift_mem_down"):
         need(not getattr(model, name, 0), name)
     for name in ("cls_token", "attn_pool", "embeds", "ff_deep_embed", "recycled_proj", "to_mixture"):
@@ -111,11 +147,9 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
     if tied:
         need(abs(model.tie_embedding_scale - dim ** -0.5) < 1e-12, "tie_embedding_scale")
 
-    types = tuple(layers.layer_types)
-    depth = types.count("a")
-    need(types == ("a", "f") * depth, f"layer pattern {''.join(types)} (xattn runs attention, feed-forward, repeated)")
-    need(tuple(layers.layers_execute_order) == tuple(range(len(types))), "layers_execute_order / weight_tie_layers")
-    need(layers.pre_norm and not layers.sandwich_norm and not layers.pre_and_post_norm, "post-norm or sandwich norm")
+    need(tuple(layers.layers_execute_order) == tuple(range(len(layers.layer_types))),
+         "layers_execute_order / weight_tie_layers")
+    need(not layers.pre_and_post_norm, "pre_and_post_norm")
     need(not layers.cross_attend, "cross_attend")
     need(layers.num_residual_streams == 1, "num_residual_streams")
     need(not layers.need_condition, "adaptive norms")
@@ -126,7 +160,10 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
     need(layers.polar_pos_emb is None, "polar_pos_emb")
     need(all(m is None for m in layers.layer_integrators), "integrate_layers / attn_aggregated_residuals")
     rel_pos = layers.rel_pos
-    need(rel_pos is None or type(rel_pos) is xt.AlibiPositionalBias, f"{type(rel_pos).__name__}")
+    need(type(rel_pos) is not xt.RelativePositionBias, "rel_pos_bias")
+    need(type(rel_pos) is not xt.DynamicPositionBias, "dynamic_pos_bias")
+    need(rel_pos is None or type(rel_pos) in (xt.AlibiPositionalBias, xt.RelativePositionBias, xt.DynamicPositionBias),
+         f"a {type(rel_pos).__name__} position bias")
     alibi = rel_pos if type(rel_pos) is xt.AlibiPositionalBias else None
     rotary = layers.rotary_pos_emb
     rotary_dim = None
@@ -137,68 +174,113 @@ def x_transformers_config(model: nn.Module) -> tuple[dict[str, Any], list[str]]:
         need(rotary.interpolation_factor == 1.0 and torch.allclose(rotary.inv_freq.cpu(), expected),
              "rotary_interpolation_factor / rotary_base_rescale_factor")
 
-    unit_offsets = set()
+    norm_types = {xt.LayerNorm: "layernorm", xt.RMSNorm: "rmsnorm", xt.ScaleNorm: "scalenorm",
+                  xt.SimpleRMSNorm: "simple_rmsnorm"}
+    norms_seen, unit_offsets, macaron = set(), set(), False
+    residual_kinds: set[tuple[str, bool]] = set()
     attn_cfg: dict[str, Any] = {}
     ff_cfg: dict[str, Any] = {}
-    for index, (norms, block, residual) in enumerate(layers.layers):
-        pre, post_branch, post_main = norms
-        need(type(pre) is xt.LayerNorm, f"{type(pre).__name__} (xattn uses LayerNorm)")
-        unit_offsets.add(getattr(pre, "unit_offset", True))
-        need(type(residual) is xt.Residual and residual.residual_scale is None
-             and residual.scale_residual_constant == 1, "residual scaling / gating")
-        if isinstance(block, xt.Attention):
-            attn_cfg = attention_config(block, layers.attn_heads, need)
-        elif isinstance(block, xt.FeedForward):
-            ff_cfg = feedforward_config(block, dim, need)
+    for index, (norms, branch, residual) in enumerate(layers.layers):
+        for norm in [*norms, layers.final_norm]:
+            if norm is None or isinstance(norm, (nn.Identity, xt.Identity)):
+                continue
+            need(type(norm) in norm_types, f"{type(norm).__name__} norm")
+            norms_seen.add(norm_types.get(type(norm)))
+            unit_offsets.add(bool(getattr(norm, "unit_offset", True)))
+        need(type(residual) in (xt.Residual, xt.GRUGating) and getattr(residual, "scale_residual_constant", 1) == 1,
+             f"{type(residual).__name__} residual (scale_residual_constant, hyper-connections …)")
+        residual_kinds.add((type(residual).__name__, residual.residual_scale is not None))
+        if isinstance(branch, xt.Scale):
+            need(branch.scale == 0.5 and isinstance(branch.fn, xt.FeedForward), "a scaled branch other than Macaron's")
+            macaron, branch = True, branch.fn
+        if isinstance(branch, xt.Attention):
+            attn_cfg = attention_config(branch, layers.attn_heads, need)
+        elif isinstance(branch, xt.FeedForward):
+            ff_cfg = feedforward_config(branch, dim, need)
+        elif isinstance(branch, xt.ShiftTokens):
+            unsupported.append("shift_tokens")
         else:
-            unsupported.append(f"layer {index}: {type(block).__name__} (macaron, layer scale, shift tokens)")
-    need(len(unit_offsets) <= 1 and type(layers.final_norm) is xt.LayerNorm, "mixed norms")
+            unsupported.append(f"a {type(branch).__name__} layer (use_layerscale, …)")
+    need(len(norms_seen) <= 1 and len(unit_offsets) <= 1, "mixed norms")
+    need(len(residual_kinds) <= 1, "mixed residuals")
+    norm = norms_seen.pop() if norms_seen else "layernorm"
+    (residual_kind, scaled), = residual_kinds or {("Residual", False)}
 
-    layer_config = dict(kind=kind, dim=dim, depth=depth, heads=layers.attn_heads,
+    types = tuple(layers.layer_types)
+    default_block = ("f", "a", "f") if macaron else ("a", "f")
+    repeats = len(types) // len(default_block)
+    pattern = dict(depth=repeats) if types == default_block * repeats \
+        else dict(depth=max(types.count("a"), 1), custom_layers=types)
+    layer_kwargs = dict(kind=kind, dim=dim, heads=layers.attn_heads, **pattern,
                         residual_attn=layers.residual_attn, rotary_pos_emb=rotary is not None,
                         rotary_emb_dim=rotary_dim, alibi_pos_bias=alibi is not None,
                         alibi_num_heads=alibi.heads if alibi is not None else None,
-                        norm_add_unit_offset=unit_offsets.pop() if unit_offsets else True,
+                        **({f"use_{norm}": True} if norm != "layernorm" else {}),
+                        pre_norm=layers.pre_norm, sandwich_norm=layers.sandwich_norm,
+                        scale_residual=scaled, gate_residual=residual_kind == "GRUGating", macaron=macaron,
                         **{f"attn_{k}": v for k, v in attn_cfg.items()}, **{f"ff_{k}": v for k, v in ff_cfg.items()})
     config = dict(num_tokens=model.num_tokens, max_seq_len=model.max_seq_len,
                   use_abs_pos_emb=isinstance(model.pos_emb, xt.AbsolutePositionalEmbedding),
-                  tie_embedding=tied, attn_layers=layer_config)
-    return config, unsupported
+                  tie_embedding=tied, attn_layers=layer_kwargs)
+    return config, (unit_offsets.pop() if unit_offsets else True), unsupported
 
 
-def attention_config(attn: nn.Module, heads: int, need) -> dict[str, Any]:
+# x-transformers' attribute on Attention (or its Attend) → the keyword that switched it on.
+ATTENTION_MODULES = {"to_v_gate": "attn_gate_values", "to_output_gate": "attn_output_gate",
+                     "to_v_head_gate": "attn_gate_value_heads", "q_rmsnorm": "attn_qk_rmsnorm",
+                     "k_rmsnorm": "attn_k_rmsnorm", "value_rmsnorm": "attn_value_rmsnorm",
+                     "data_dependent_alibi": "attn_data_dependent_alibi", "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
+                     "hybrid_module": "attn_hybrid_module", "max_attend_past": "attn_max_attend_past",
+                     "to_latent_q": "attn_dim_latent_q", "to_latent_kv": "attn_dim_latent_kv"}
+ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "qk_norm": "attn_qk_norm", "laser": "attn_laser",
+                   "orthog_projected_values": "attn_orthog_projected_values",
+                   "orthog_projected_values_per_head": "attn_orthog_projected_values_per_head",
+                   "qkv_receive_diff_residuals": "qkv_receive_diff_residuals"}
+ATTEND_MODULES = {"pre_softmax_talking_heads": "attn_pre_talking_heads",
+                  "post_softmax_talking_heads": "attn_post_talking_heads",
+                  "pre_scale_post_talking_heads": "attn_pre_scale_post_talking_heads", "cope": "attn_use_cope"}
+ATTEND_FLAGS = {"l2_distance": "attn_l2_distance", "cog_signed": "attn_cog_signed", "add_zero_kv": "attn_add_zero_kv",
+                "head_learned_sink": "attn_head_learned_sink", "softclamp_logits": "attn_softclamp_logits",
+                "inverted_attention": "cross_attn_inverted_attention"}
+
+
+def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
+    """The attn_ keywords of one x-transformers Attention; `need` collects what xattn cannot run, by keyword."""
     attend = attn.attend
     dim_head = attn.to_q.weight.shape[0] // heads
     need(attn.kv_heads == heads, "attn_kv_heads / attn_one_kv_head")
-    need(abs(attend.scale - dim_head ** -0.5) < 1e-12, "attn_qk_norm or a custom scale")
+    need(abs(attend.scale - dim_head ** -0.5) < 1e-12 or attn.qk_norm,
+         "attn_qk_norm_scale or a custom scale")
     fn = attend.attn_fn
     while isinstance(fn, partial):
         fn = fn.func
-    need(fn is torch.nn.functional.softmax, "a non-softmax attention function (sigmoid, hard, sparse top-k, gumbel)")
-    for name in ("pre_softmax_talking_heads", "post_softmax_talking_heads", "pre_scale_post_talking_heads", "cope"):
-        need(getattr(attend, name, None) is None, f"attn {name}")
-    for name in ("l2_distance", "cog_signed", "add_zero_kv", "head_learned_sink", "softclamp_logits", "inverted_attention"):
-        need(not getattr(attend, name, False), f"attn_{name}")
-    for name in ("to_v_gate", "to_output_gate", "to_v_head_gate", "q_rmsnorm", "k_rmsnorm", "value_rmsnorm",
-                 "data_dependent_alibi", "rel_proj_pos_bias", "hybrid_module", "max_attend_past", "to_latent_q",
-                 "to_latent_kv"):
-        need(getattr(attn, name, None) is None, f"attn {name}")
-    for name in ("head_scale", "qk_norm", "laser", "orthog_projected_values", "orthog_projected_values_per_head",
-                 "qkv_receive_diff_residuals"):
-        need(not getattr(attn, name, False), f"attn_{name}")
+    need(fn is torch.nn.functional.softmax,
+         "attn_sparse_topk / attn_sigmoid / attn_hard / attn_gumbel_softmax (a non-softmax attention function)")
+    for name, keyword in ATTEND_MODULES.items():
+        need(getattr(attend, name, None) is None, keyword)
+    for name, keyword in ATTEND_FLAGS.items():
+        need(not getattr(attend, name, False), keyword)
+    for name, keyword in ATTENTION_MODULES.items():
+        need(getattr(attn, name, None) is None, keyword)
+    for name, keyword in ATTENTION_FLAGS.items():
+        if name == "qk_norm" and getattr(attn, name, False):
+            keyword += " (attn_qk_norm_groups, attn_qk_norm_scale, attn_qk_norm_dim_scale)"
+        need(not getattr(attn, name, False), keyword)
     need(attn.num_mem_kv == 0, "attn_num_mem_kv")
     need(attn.rotate_num_heads == heads, "rotate_num_heads")
     need(isinstance(attn.to_out, (nn.Linear, nn.Identity)), "attn_on_attn")
     return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout))
 
 
-def feedforward_config(ff: nn.Module, dim: int, need) -> dict[str, Any]:
+def feedforward_config(ff: nn.Module, dim: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
+    """The ff_ keywords of one x-transformers FeedForward."""
     import x_transformers.x_transformers as xt
 
     parts = list(ff.ff)
     proj_in, proj_out = parts[0], parts[-1] if isinstance(parts[-1], nn.Linear) else parts[-2]
-    need(len(parts) == 3 and isinstance(parts[1], nn.Dropout) and isinstance(parts[2], nn.Linear),
-         "ff_post_act_ln / ff_sublayer_dropout")
+    post_act_ln = isinstance(parts[1], xt.LayerNorm)
+    need(len(parts) == 3 + post_act_ln and isinstance(parts[-2], nn.Dropout) and isinstance(parts[-1], nn.Linear),
+         "ff_sublayer_dropout")
     if isinstance(proj_in, xt.GLU):
         act = proj_in.act
         need(isinstance(proj_in.mult_bias, float) and proj_in.up_softclamp_value is None, "ff_glu_mult_bias / ff_glu_softclamp")
@@ -210,4 +292,4 @@ def feedforward_config(ff: nn.Module, dim: int, need) -> dict[str, Any]:
          f"ff activation {type(act).__name__}")
     inner = proj_out.in_features
     return dict(mult=inner / dim if inner % dim else inner // dim, glu=glu, swish=isinstance(act, nn.SiLU),
-                no_bias=linear.bias is None, dropout=float(parts[1].p))
+                no_bias=linear.bias is None, post_act_ln=post_act_ln, dropout=float(parts[-2].p))

@@ -11,7 +11,6 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Union
 
-
 from torch import Tensor, nn
 
 HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
@@ -31,9 +30,10 @@ def _registry() -> dict[int, list[HookFn]]:
 class HookPoint(nn.Module):
     """An identity on a tensor that functions attached (in this thread) can read or replace."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer: int, stage: str) -> None:
         super().__init__()
-        self.name = ""
+        self.layer, self.stage = layer, stage
+        self.name = f"layers.{layer}.attn.hook_{stage}"
 
     @property
     def fns(self) -> list[HookFn]:
@@ -68,14 +68,8 @@ class HookPoint(nn.Module):
 
 
 def hook_points(module: nn.Module) -> dict[str, HookPoint]:
-    """All hook points below `module`, by name relative to the attention stack (`layers.3.attn.hook_attn`)."""
-    points = {}
-    for name, child in module.named_modules():
-        if isinstance(child, HookPoint):
-            short = name[name.index("layers."):] if "layers." in name else name
-            child.name = short
-            points[short] = child
-    return points
+    """All hook points below `module`, by their declared names (`layers.3.attn.hook_attn`), in firing order."""
+    return {point.name: point for point in module.modules() if isinstance(point, HookPoint)}
 
 
 def _matches(name_filter: NameFilter, name: str) -> bool:

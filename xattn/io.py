@@ -12,79 +12,86 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-from .wrapper import TransformerWrapper, build
+from .config import ModelConfig
+from .convert import from_x_transformers_state_dict, x_transformers_config
+from .tokenizer import CharTokenizer
+from .wrapper import TransformerWrapper, build, load_state
 
 CONFIG_KEY = "xattn_config"
+TOKENIZER_KEY = "xattn_tokenizer"
 
 
 def config_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save(model: TransformerWrapper, path: str | os.PathLike) -> None:
-    """Weights to `path` (config in the safetensors header) and the config again as `path.json`, for people."""
+def save(model: TransformerWrapper, path: str | os.PathLike, tokenizer: CharTokenizer | None = None) -> None:
+    """Weights to `path` with the config (and the tokenizer, if given) in the safetensors header; the config
+    again as `path.json`, for people."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = json.dumps(model.config, sort_keys=True)
-    save_file(state, str(path), metadata={CONFIG_KEY: config})
-    config_path(path).write_text(json.dumps(model.config, indent=2, sort_keys=True) + "\n")
+    config = model.config.to_dict()
+    metadata = {CONFIG_KEY: json.dumps(config, sort_keys=True)}
+    if tokenizer is not None:
+        metadata[TOKENIZER_KEY] = json.dumps(tokenizer.to_dict(), sort_keys=True)
+    save_file(state, str(path), metadata=metadata)
+    config_path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The model config stored in a checkpoint's header, else in its JSON sidecar."""
+def header(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file's header."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{Path(path).name} is not a readable safetensors file ({err})") from None
-    if CONFIG_KEY in metadata:
-        return json.loads(metadata[CONFIG_KEY])
-    sidecar = config_path(path)
-    if sidecar.exists():
-        return json.loads(sidecar.read_text())
-    raise ValueError(f"{Path(path).name} carries no xattn config and has no {sidecar.name} beside it")
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config stored in a checkpoint's header, else in its JSON sidecar."""
+    metadata = header(path)
+    try:
+        if CONFIG_KEY in metadata:
+            return ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+        sidecar = config_path(path)
+        if sidecar.exists():
+            return ModelConfig.from_dict(json.loads(sidecar.read_text()))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"the config in {Path(path).name} is not readable JSON ({err})") from None
+    raise ValueError(f"{Path(path).name} carries no xattn config and has no {config_path(path).name} beside it")
+
+
+def read_tokenizer(path: str | os.PathLike) -> CharTokenizer | None:
+    """The tokenizer saved in a checkpoint's header, or None if it has none."""
+    metadata = header(path)
+    if TOKENIZER_KEY not in metadata:
+        return None
+    try:
+        return CharTokenizer.from_dict(json.loads(metadata[TOKENIZER_KEY]))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"the tokenizer in {Path(path).name} is not readable ({err})") from None
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TransformerWrapper:
-    """A model from a checkpoint written by `save` (or `model.save`)."""
+    """A model from a checkpoint written by `save`."""
     model = build(read_config(path))
     state = load_file(str(path), device=str(map_location))
     load_state(model, state)
     return model.to(map_location).eval()
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Strictly load `state`, naming every missing, unexpected or wrongly shaped tensor."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    not_float = [k for k in expected if k in state and not state[k].is_floating_point()]
-    problems = [(missing, "missing"), (unexpected, "unexpected"), (wrong, "wrong shape"), (not_float, "not floating point")]
-    message = "; ".join(f"{what}: {', '.join(items[:6])}{' …' if len(items) > 6 else ''}" for items, what in problems if items)
-    if message:
-        raise ValueError(f"the checkpoint does not fit the model — {message}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-
-
-def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The config `load_checkpoint` would build from, read without building the model (to check sizes first)."""
+def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> ModelConfig:
+    """The config `load_checkpoint` would build from, read without building the model (to check sizes first).
+    An x-transformers config is checked for options xattn lacks here, before any weight is read."""
     path = Path(path)
     if config_path is None and path.suffix == ".safetensors":
-        try:
-            config = read_config(path)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"the config in {path.name} is not readable JSON ({err})") from None
-    elif config_path is None:
-        raise ValueError(f"{path.name} is an x-transformers checkpoint: give its JSON config too")
-    else:
-        try:
-            config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise ValueError(f"the config {Path(config_path).name} is not readable JSON ({err})") from None
-    if not isinstance(config, dict) or "attn_layers" not in config:
-        raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
-    return config
+        return read_config(path)
+    if config_path is None:
+        raise ValueError(f"{path.name} is not an xattn checkpoint: an x-transformers state dict needs its JSON config too")
+    try:
+        data = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"the config {Path(config_path).name} is not readable JSON ({err})") from None
+    return x_transformers_config(data)
 
 
 def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> TransformerWrapper:
@@ -93,8 +100,6 @@ def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | No
     x-transformers weights may be safetensors or a torch file, which is read with
     `torch.load(weights_only=True)`: tensors only, never arbitrary pickled objects.
     """
-    from .convert import from_x_transformers_state_dict
-
     path = Path(path)
     is_safetensors = path.suffix == ".safetensors"
     if config_path is None and is_safetensors:

@@ -1,44 +1,34 @@
-"""The attention stack: pre-norm blocks of self-attention and feed-forward, x-transformers style.
+"""The attention stack: blocks of self-attention and feed-forward in x-transformers' layer order.
 
-Keyword arguments prefixed `attn_` reach every `Attention`, `ff_` every `FeedForward`, with the prefix
-removed; an argument nothing accepts raises a TypeError that names it.
+Keyword arguments are x-transformers': `attn_` prefixed ones reach every `Attention`, `ff_` every
+`FeedForward` (see `xattn.config`); a keyword no option accepts raises a TypeError that names it.
 """
 from __future__ import annotations
 
-import inspect
+from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies
-
-
-class LayerNorm(nn.Module):
-    """Bias-less layer norm with a learned gain (x-transformers' default norm)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], weight=self.weight)
+from .config import FeedForwardConfig, LayersConfig
+from .norms import LayerNorm, make_norm
 
 
 class FeedForward(nn.Module):
-    """Linear → GELU (or SiLU, or a GLU of either) → Linear, inner width `mult` × dim."""
+    """Linear → GELU (or SiLU, or a GLU of either) → [LayerNorm] → Linear, inner width `mult` × dim."""
 
-    def __init__(self, dim: int, *, mult: float = 4, glu: bool = False, swish: bool = False,
-                 no_bias: bool = False, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, config: FeedForwardConfig) -> None:
         super().__init__()
-        inner = int(dim * mult)
-        self.glu = glu
-        self.act = nn.SiLU() if swish else nn.GELU()
-        self.proj_in = nn.Linear(dim, inner * 2 if glu else inner, bias=not no_bias)
-        self.dropout = nn.Dropout(dropout)
-        self.proj_out = nn.Linear(inner, dim, bias=not no_bias)
+        inner = int(dim * config.mult)
+        self.glu = config.glu
+        self.act = nn.SiLU() if config.swish else nn.GELU()
+        self.proj_in = nn.Linear(dim, inner * 2 if config.glu else inner, bias=not config.no_bias)
+        self.norm = LayerNorm(inner) if config.post_act_ln else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.proj_out = nn.Linear(inner, dim, bias=not config.no_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.proj_in(x)
@@ -47,86 +37,105 @@ class FeedForward(nn.Module):
             hidden = up * self.act(gate)
         else:
             hidden = self.act(hidden)
+        if self.norm is not None:
+            hidden = self.norm(hidden)
         return self.proj_out(self.dropout(hidden))
 
 
-class Block(nn.Module):
-    """One layer: x + attn(norm(x)), then x + ff(norm(x))."""
+class Residual(nn.Module):
+    """branch output + residual stream (the stream scaled per feature with `scale_residual`), or a GRU cell
+    that gates the two together (`gate_residual`)."""
 
-    def __init__(self, dim: int, attn: Attention, ff: FeedForward) -> None:
+    def __init__(self, dim: int, scale: bool, gated: bool) -> None:
         super().__init__()
-        self.attn_norm, self.attn = LayerNorm(dim), attn
-        self.ff_norm, self.ff = LayerNorm(dim), ff
+        self.scale = nn.Parameter(torch.ones(dim)) if scale else None
+        self.gru = nn.GRUCell(dim, dim) if gated else None
+
+    def forward(self, out: Tensor, residual: Tensor) -> Tensor:
+        if self.scale is not None:
+            residual = residual * self.scale
+        if self.gru is None:
+            return out + residual
+        return self.gru(rearrange(out, "b n d -> (b n) d"), rearrange(residual, "b n d -> (b n) d")).reshape_as(out)
 
 
-def split_prefixed(kwargs: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({key without prefix: value} for prefixed keys, the rest)."""
-    inner = {k[len(prefix):]: v for k, v in kwargs.items() if k.startswith(prefix)}
-    rest = {k: v for k, v in kwargs.items() if not k.startswith(prefix)}
-    return inner, rest
+class Block(nn.Module):
+    """One entry of the layer list: [norm] → branch (attention or feed-forward) → [branch norm] → residual
+    → [post norm]. Which norms exist is the config's choice: pre-norm, sandwich norm or post-norm."""
 
+    def __init__(self, branch: nn.Module, config: LayersConfig, branch_scale: float = 1.0) -> None:
+        super().__init__()
+        norm = partial(make_norm, config.norm, config.dim)
+        self.norm = norm() if config.pre_norm else None
+        self.branch = branch
+        self.branch_scale = branch_scale          # ½ for Macaron feed-forwards
+        self.branch_norm = norm() if config.sandwich_norm else None
+        self.residual = Residual(config.dim, config.scale_residual, config.gate_residual)
+        self.post_norm = None if config.pre_norm else norm()
 
-def check_accepted(cls: type, kwargs: dict[str, Any], prefix: str, fixed: set[str]) -> None:
-    """Raise a TypeError naming every prefixed argument `cls` does not take."""
-    params = set(inspect.signature(cls.__init__).parameters) - {"self", "dim"} - fixed
-    unknown = sorted(k for k in kwargs if k not in params)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(prefix + k for k in unknown)}: "
-                        f"{cls.__name__} accepts {', '.join(prefix + p for p in sorted(params))}")
+    @property
+    def is_attention(self) -> bool:
+        return isinstance(self.branch, Attention)
+
+    def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """x [b, n, dim] → (x after this block, the attention's pre-softmax logits or None)."""
+        h = x if self.norm is None else self.norm(x)
+        logits = None
+        if self.is_attention:
+            out, logits = self.branch(h, **attn_kwargs)
+        else:
+            out = self.branch(h)
+        if self.branch_scale != 1.0:
+            out = out * self.branch_scale
+        if self.branch_norm is not None:
+            out = self.branch_norm(out)
+        x = self.residual(out, x)
+        return (x if self.post_norm is None else self.post_norm(x)), logits
 
 
 class AttentionLayers(nn.Module):
-    """A stack of `depth` pre-norm attention + feed-forward layers with a final norm.
+    """A stack of attention and feed-forward blocks with a final norm, built from a `LayersConfig`.
 
-    residual_attn: RealFormer — each layer adds the previous layer's pre-softmax logits to its scores.
-    rotary_pos_emb / alibi_pos_bias: relative positions, as x-transformers (rotary on dim_head // 2
-    features unless `rotary_emb_dim` says otherwise).
+    Constructed with x-transformers' keywords (`AttentionLayers(dim=…, depth=…, attn_dim_head=…)`), or
+    from a config with `AttentionLayers.from_config`. `config` holds the typed config.
     """
 
-    def __init__(self, dim: int, depth: int, heads: int = 8, causal: bool = False, residual_attn: bool = False,
-                 rotary_pos_emb: bool = False, rotary_emb_dim: int | None = None, alibi_pos_bias: bool = False,
-                 alibi_num_heads: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, dim: int | None = None, depth: int | None = None, *, config: LayersConfig | None = None,
+                 **kwargs: Any) -> None:
         super().__init__()
-        self.config = dict(kind=type(self).__name__, dim=dim, depth=depth, heads=heads, residual_attn=residual_attn,
-                           rotary_pos_emb=rotary_pos_emb, rotary_emb_dim=rotary_emb_dim,
-                           alibi_pos_bias=alibi_pos_bias, alibi_num_heads=alibi_num_heads, **kwargs)
-        if type(self) is AttentionLayers:
-            self.config["causal"] = causal
-        for name, value in (("dim", dim), ("depth", depth), ("heads", heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-        if rotary_pos_emb and alibi_pos_bias:
-            raise ValueError("choose one relative position scheme: rotary_pos_emb or alibi_pos_bias, not both")
-        for option, needs, on in (("rotary_emb_dim", "rotary_pos_emb", rotary_pos_emb),
-                                  ("alibi_num_heads", "alibi_pos_bias", alibi_pos_bias)):
-            if self.config[option] is not None and not on:
-                raise ValueError(f"{option} has no effect without {needs}=True")
+        if config is None:
+            sizes = {name: value for name, value in (("dim", dim), ("depth", depth)) if value is not None}
+            config = LayersConfig.from_kwargs(type(self).__name__, **sizes, **kwargs)
+        self.config = config
+        self.dim, self.heads, self.causal = config.dim, config.heads, config.causal
+        self.residual_attn = config.residual_attn
+        self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
+        self.num_attn_layers = config.num_attn_layers
+        blocks, attention_index = [], 0
+        for kind in config.layer_types:
+            if kind == "a":
+                branch = Attention(config.dim, heads=config.heads, causal=config.causal, config=config.attn,
+                                   layer=attention_index)
+                attention_index += 1
+                blocks.append(Block(branch, config))
+            else:
+                blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0))
+        self.layers = nn.ModuleList(blocks)
+        self.final_norm = make_norm(config.norm, config.dim) if config.pre_norm else None
 
-        attn_kwargs, rest = split_prefixed(kwargs, "attn_")
-        ff_kwargs, rest = split_prefixed(rest, "ff_")
-        if rest:
-            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(rest))} for {type(self).__name__}")
-        check_accepted(Attention, attn_kwargs, "attn_", {"heads", "causal"})
-        check_accepted(FeedForward, ff_kwargs, "ff_", set())
+    @classmethod
+    def from_config(cls, config: LayersConfig) -> AttentionLayers:
+        kinds = {"Encoder": Encoder, "Decoder": Decoder, "AttentionLayers": AttentionLayers}
+        return kinds[config.kind](config=config)
 
-        self.dim, self.depth, self.heads, self.causal = dim, depth, heads, causal
-        self.residual_attn = residual_attn
-        self.dim_head = attn_kwargs.get("dim_head", 64)
-        self.rotary_dim = (rotary_emb_dim or self.dim_head // 2) if rotary_pos_emb else None
-        if self.rotary_dim is not None and not (2 <= self.rotary_dim <= self.dim_head and self.rotary_dim % 2 == 0):
-            raise ValueError(f"rotary_emb_dim must be even and at most attn_dim_head ({self.dim_head}), got {self.rotary_dim}")
-        self.alibi_heads = (alibi_num_heads or heads) if alibi_pos_bias else None
-        if self.alibi_heads is not None and not 1 <= self.alibi_heads <= heads:
-            raise ValueError(f"alibi_num_heads must be between 1 and heads ({heads}), got {self.alibi_heads}")
-
-        self.layers = nn.ModuleList(
-            Block(dim, Attention(dim, heads=heads, causal=causal, **attn_kwargs), FeedForward(dim, **ff_kwargs))
-            for _ in range(depth))
-        self.final_norm = LayerNorm(dim)
+    @property
+    def attention(self) -> list[Attention]:
+        """The attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_attention]
 
     @property
     def selective(self) -> bool:
-        return self.layers[0].attn.selective
+        return self.config.selective
 
     def visible_mask(self, batch: int, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                      device: torch.device | None = None) -> Tensor | None:
@@ -168,28 +177,16 @@ class AttentionLayers(nn.Module):
 
         prev_logits = None
         for block in self.layers:
-            out, logits = block.attn(block.attn_norm(x), visible=visible, fully_masked=fully_masked,
-                                     query_mask=mask, rotary=rotary, bias=bias, prev_logits=prev_logits)
-            x = x + out
-            if self.residual_attn:
+            x, logits = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
+                              bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
+            if logits is not None and self.residual_attn:
                 prev_logits = logits
-            x = x + block.ff(block.ff_norm(x))
-        return self.final_norm(x)
+        return x if self.final_norm is None else self.final_norm(x)
 
 
 class Encoder(AttentionLayers):
     """Bidirectional attention layers."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        if "causal" in kwargs:
-            raise TypeError("an Encoder is never causal; use Decoder for causal attention")
-        super().__init__(causal=False, **kwargs)
-
 
 class Decoder(AttentionLayers):
     """Causal attention layers."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        if "causal" in kwargs:
-            raise TypeError("a Decoder is always causal; use Encoder for bidirectional attention")
-        super().__init__(causal=True, **kwargs)

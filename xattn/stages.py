@@ -16,6 +16,9 @@ DESCRIPTIONS: dict[str, str] = {
     "attn": "the attention pattern (softmax)",
 }
 
+# Stages that hold one term of a sum rather than the running logits: {term: the stage that adds it in}.
+TERMS: dict[str, str] = {"residual": "scores_residual", "selection": "pre_softmax"}
+
 # Stages whose values are probabilities rather than logits.
 PROBABILITY_STAGES = frozenset({"attn"})
 # Stages from which invisible cells carry the mask's fill value.

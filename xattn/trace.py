@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .hooks import HookPoint, attached
+from .config import ModelConfig
+from .hooks import HookPoint, attached, hook_points
 from .stages import MASKED_STAGES, STAGES, check_stages
 
 
@@ -54,7 +55,7 @@ class Trace:
     visible: Tensor                      # [batch, query, key] bool, True = the key is visible
     tokens: Tensor                       # [batch, seq]
     layers: list[int]
-    config: dict[str, Any]
+    config: ModelConfig
     labels: list[list[str]] | None = None  # token strings per batch row, for axes
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -127,19 +128,16 @@ def recording(model: nn.Module, stages: Sequence[str] | None = None,
     kept: dict[str, dict[int, Tensor]] = {s: {} for s in chosen}
 
     def keep(tensor: Tensor, hook: HookPoint) -> None:
-        _, layer, _, stage = hook.name.split(".", 3)
-        kept[stage.removeprefix("hook_")][int(layer)] = tensor.detach()
+        kept[hook.stage][hook.layer] = tensor.detach()
 
-    def wanted_point(name: str) -> bool:
-        parts = name.split(".")
-        return parts[-1].removeprefix("hook_") in chosen and (wanted is None or int(parts[1]) in wanted)
-
-    with attached(model, [(wanted_point, keep)]):
+    names = {name for name, p in hook_points(model).items()
+             if p.stage in chosen and (wanted is None or p.layer in wanted)}
+    with attached(model, [(names.__contains__, keep)]):
         yield kept
 
 
 def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
-                config: dict[str, Any], labels: list[list[str]] | None = None) -> Trace:
+                config: ModelConfig, labels: list[list[str]] | None = None) -> Trace:
     """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
     stages = StackedStages({s: [per_layer[l] for l in layers] for s, per_layer in kept.items()})

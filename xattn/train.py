@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from .io import save
 from .layers import Decoder
 from .registry import card_markdown, index_markdown
 from .tasks import TASKS, Sample, Task, get_task
@@ -188,7 +189,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / f"{config.name}.safetensors"))
+    save(model, out / f"{config.name}.safetensors", tokenizer=task.tokenizer)
     window = max(1, min(50, len(losses) // 4))
     card = {
         "name": config.name,
@@ -196,7 +197,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         "task_description": task.description,
         "variant": config.variant,
         "attention_options": VARIANTS[config.variant],
-        "model_config": model.config,
+        "model_config": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokenizer": task.tokenizer.to_dict(),
         "example": task.example,

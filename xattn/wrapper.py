@@ -8,6 +8,7 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
+from .config import ModelConfig
 from .hooks import HookFn, HookPoint, NameFilter, attached, hook_points
 from .layers import AttentionLayers
 from .trace import Trace, build_trace, recording
@@ -25,16 +26,14 @@ class TransformerWrapper(nn.Module):
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError("attn_layers must be an xattn Encoder, Decoder or AttentionLayers")
-        for name, value in (("num_tokens", num_tokens), ("max_seq_len", max_seq_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        self.config = config = ModelConfig(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=attn_layers.config,
+                                           use_abs_pos_emb=use_abs_pos_emb, emb_dropout=emb_dropout,
+                                           tie_embedding=tie_embedding)
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
-        self.config = dict(num_tokens=num_tokens, max_seq_len=max_seq_len, use_abs_pos_emb=use_abs_pos_emb,
-                           emb_dropout=emb_dropout, tie_embedding=tie_embedding, attn_layers=attn_layers.config)
         self.token_emb = nn.Embedding(num_tokens, dim)
         nn.init.kaiming_normal_(self.token_emb.weight)
-        self.pos_emb = nn.Embedding(max_seq_len, dim) if use_abs_pos_emb and not attn_layers.rotary_dim else None
+        self.pos_emb = nn.Embedding(max_seq_len, dim) if config.absolute_positions else None
         self.pos_scale = dim ** -0.5
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.attn_layers = attn_layers
@@ -78,9 +77,10 @@ class TransformerWrapper(nn.Module):
                        labels: list[list[str]] | None = None) -> tuple[Tensor, Trace]:
         """Forward pass that records the chosen stages (default all) of the chosen layers (default all)."""
         if layers is not None:
-            bad = [l for l in layers if not 0 <= l < self.attn_layers.depth]
+            count = self.attn_layers.num_attn_layers
+            bad = [l for l in layers if not 0 <= l < count]
             if bad:
-                raise ValueError(f"layer(s) {bad} out of range: the model has layers 0..{self.attn_layers.depth - 1}")
+                raise ValueError(f"layer(s) {bad} out of range: the model has attention layers 0..{count - 1}")
         with recording(self.attn_layers, stages, layers) as kept:
             logits = self(tokens, mask=mask, attn_mask=attn_mask)
         b, n = tokens.shape
@@ -89,10 +89,10 @@ class TransformerWrapper(nn.Module):
             else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
         return logits, build_trace(kept, visible, tokens, self.config, labels)
 
-    def with_config(self, **layer_changes: Any) -> "TransformerWrapper":
+    def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options
         (e.g. `residual_attn=False` to see what RealFormer contributes). `self` is untouched."""
-        twin = build(changed_config(self.config, **layer_changes)).to(self.device)
+        twin = build(self.config.replace(**layer_changes)).to(self.device)
         twin.load_state_dict(self.state_dict())
         return twin.train(self.training)
 
@@ -100,24 +100,26 @@ class TransformerWrapper(nn.Module):
     def device(self) -> torch.device:
         return self.token_emb.weight.device
 
-    def save(self, path: str) -> None:
-        """Write `path` (safetensors weights) and its JSON config beside it; see `xattn.load`."""
-        from .io import save
-        save(self, path)
+
+def build(config: ModelConfig | dict[str, Any]) -> TransformerWrapper:
+    """A fresh model from a `ModelConfig` or its JSON form (`ModelConfig.to_dict()`)."""
+    config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    return TransformerWrapper(num_tokens=config.num_tokens, max_seq_len=config.max_seq_len,
+                              attn_layers=AttentionLayers.from_config(config.attn_layers),
+                              use_abs_pos_emb=config.use_abs_pos_emb, emb_dropout=config.emb_dropout,
+                              tie_embedding=config.tie_embedding)
 
 
-def changed_config(config: dict[str, Any], **layer_changes: Any) -> dict[str, Any]:
-    """A copy of a model config with some attention-layer options changed."""
-    return dict(config, attn_layers={**config["attn_layers"], **layer_changes})
-
-
-def build(config: dict[str, Any]) -> TransformerWrapper:
-    """A fresh model from a config dict as `TransformerWrapper.config` holds it."""
-    from .layers import Decoder, Encoder
-    config = dict(config)
-    layer_config = dict(config.pop("attn_layers"))
-    kinds = {"Encoder": Encoder, "Decoder": Decoder, "AttentionLayers": AttentionLayers}
-    kind = layer_config.pop("kind", "AttentionLayers")
-    if kind not in kinds:
-        raise ValueError(f"unknown attention layers kind {kind!r}; expected one of {list(kinds)}")
-    return TransformerWrapper(attn_layers=kinds[kind](**layer_config), **config)
+def load_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Strictly load `state`, naming every missing, unexpected or wrongly shaped tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    not_float = [k for k in expected if k in state and not state[k].is_floating_point()]
+    problems = [(missing, "missing"), (unexpected, "unexpected"), (wrong, "wrong shape"), (not_float, "not floating point")]
+    message = "; ".join(f"{what}: {', '.join(items[:6])}{' …' if len(items) > 6 else ''}" for items, what in problems if items)
+    if message:
+        raise ValueError(f"the checkpoint does not fit the model — {message}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

@@ -66,7 +66,7 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     model config go along (as arrays in .npz, as JSON header metadata in .safetensors)."""
     path = Path(path)
     tensors = trace_tensors(trace)
-    meta = {"config": json.dumps(trace.config, sort_keys=True), "labels": json.dumps(trace.labels)}
+    meta = {"config": json.dumps(trace.config.to_dict(), sort_keys=True), "labels": json.dumps(trace.labels)}
     if path.suffix == ".npz":
         arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
         np.savez_compressed(path, **arrays, **{k: np.array(v) for k, v in meta.items()})

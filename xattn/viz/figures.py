@@ -13,6 +13,7 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -69,10 +70,9 @@ def token_labels(trace: Trace, batch: int = 0) -> list[str]:
     return [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
-def _flags(config: dict) -> tuple[bool, bool]:
+def _flags(config: ModelConfig) -> tuple[bool, bool]:
     """(residual attention on, selective attention on) from a trace's model config."""
-    layers = config.get("attn_layers", {})
-    return bool(layers.get("residual_attn")), bool(layers.get("attn_selective"))
+    return config.attn_layers.residual_attn, config.attn_layers.selective
 
 
 # building blocks

@@ -1,0 +1,368 @@
+"""The typed model config and the declared table of options.
+
+Every constructor option is one dataclass field whose name is x-transformers' keyword (without its
+`attn_` / `ff_` prefix inside `AttentionConfig` / `FeedForwardConfig`) and whose default is named here
+once. Its metadata says what the option is for people and the code: where it acts in the pipeline,
+the trace stages it feeds, the weights it adds, whether the app's fresh-model form offers it. Conversion,
+refusals, `describe`, the form and the README's options table are all generated from `OPTIONS`.
+
+x-transformers' keyword arguments stay the constructor surface: `LayersConfig.from_kwargs(kind, **kwargs)`
+routes `attn_` / `ff_` prefixed keywords to their sub-configs, and `to_dict()` writes them back (only
+values that differ from the defaults, so a config file says what is special about the model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .stages import STAGES
+
+KINDS = ("Encoder", "Decoder", "AttentionLayers")
+# Where in the computation an option acts, in pipeline order (the README's options table follows it).
+PLACES = ("embedding", "block", "norm", "queries and keys", "scores", "position bias", "mask", "softmax",
+          "values", "output")
+
+
+@dataclass(frozen=True)
+class Option:
+    """What one option is: a short `label` and a longer `help` for people, where it `acts` (one of PLACES),
+    the trace `stages` it feeds, the state-dict `weights` it adds (`*` for a layer-list index) and whether
+    the app's fresh-model form offers it."""
+
+    label: str
+    acts: str
+    help: str = ""
+    stages: tuple[str, ...] = ()
+    weights: tuple[str, ...] = ()
+    form: bool = False
+
+
+def option(default: Any, label: str, acts: str, help: str = "", *, stages: tuple[str, ...] = (),
+           weights: tuple[str, ...] = (), form: bool = False) -> Any:
+    """A dataclass field that is also a row of the options table."""
+    if acts not in PLACES or not set(stages) <= set(STAGES):
+        raise ValueError(f"option {label!r}: unknown place {acts!r} or stage in {stages}")
+    return field(default=default, metadata={"option": Option(label, acts, help, stages, weights, form)})
+
+
+def check_whole(name: str, value: Any, low: int = 1) -> None:
+    """Raise ValueError naming `name` unless `value` is a whole number ≥ low (bools and 2.5 are refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be a whole number ≥ {low}; got {value!r}")
+
+
+def check_number(name: str, value: Any, low: float, high: float) -> None:
+    """Raise ValueError naming `name` unless `value` is a finite number in [low, high]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low} to {high}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Options of each attention module (`attn_` prefix)."""
+
+    dim_head: int = option(64, "features per head", "queries and keys")
+    selective: bool = option(False, "selective attention", "scores",
+                             "Leviathan et al. 2024: head 0's positive scores, summed down the sequence, are "
+                             "subtracted from every head's logits", stages=("selection", "pre_softmax"), form=True)
+    dropout: float = option(0.0, "attention dropout", "softmax", "on the attention pattern, training only")
+
+    def __post_init__(self) -> None:
+        check_whole("attn_dim_head", self.dim_head)
+        check_number("attn_dropout", self.dropout, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class FeedForwardConfig:
+    """Options of each feed-forward module (`ff_` prefix)."""
+
+    mult: float = option(4, "feed-forward width", "block", "inner width as a multiple of dim")
+    glu: bool = option(False, "GLU feed-forward", "block", "the inner projection is doubled and gates itself",
+                       weights=("layers.*.branch.proj_in.weight",))
+    swish: bool = option(False, "SiLU activation", "block", "instead of GELU")
+    no_bias: bool = option(False, "no feed-forward biases", "block")
+    post_act_ln: bool = option(False, "norm after the activation", "block", "a LayerNorm over the inner width",
+                               weights=("layers.*.branch.norm.weight",))
+    dropout: float = option(0.0, "feed-forward dropout", "block", "before the output projection, training only")
+
+    def __post_init__(self) -> None:
+        check_number("ff_mult", self.mult, 1e-3, 64)
+        check_number("ff_dropout", self.dropout, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LayersConfig:
+    """The attention stack (`Encoder`, `Decoder` or `AttentionLayers` keywords)."""
+
+    kind: str
+    dim: int
+    depth: int
+    heads: int = 8
+    causal: bool = option(False, "causal", "mask", "a token sees only itself and earlier tokens",
+                          stages=("masked",), form=True)
+    residual_attn: bool = option(False, "residual attention (RealFormer)", "scores",
+                                 "each layer adds the previous layer's pre-softmax logits to its scores",
+                                 stages=("residual", "scores_residual"), form=True)
+    rotary_pos_emb: bool = option(False, "rotary positions", "queries and keys",
+                                  "queries and keys are rotated by their position", form=True)
+    rotary_emb_dim: int | None = option(None, "rotary features", "queries and keys",
+                                        "features per head that rotary rotates (default dim_head / 2)")
+    alibi_pos_bias: bool = option(False, "ALiBi", "position bias", "a linear distance penalty per head",
+                                  stages=("biased",), form=True)
+    alibi_num_heads: int | None = option(None, "ALiBi heads", "position bias", "heads that get the bias (default all)")
+    use_rmsnorm: bool = option(False, "RMSNorm", "norm", "instead of LayerNorm", weights=("layers.*.norm.g",),
+                               form=True)
+    use_scalenorm: bool = option(False, "ScaleNorm", "norm", "one learned gain per norm, instead of LayerNorm",
+                                 weights=("layers.*.norm.g",), form=True)
+    use_simple_rmsnorm: bool = option(False, "simple RMSNorm", "norm", "RMSNorm without a learned gain", form=True)
+    pre_norm: bool = option(True, "pre-norm", "norm", "normalise each branch's input; False: post-norm, normalise "
+                            "after the residual sum as the original Transformer", weights=("layers.*.post_norm.*",),
+                            form=True)
+    sandwich_norm: bool = option(False, "sandwich norm", "norm", "also normalise each branch's output",
+                                 weights=("layers.*.branch_norm.*",), form=True)
+    scale_residual: bool = option(False, "scaled residual", "block", "a learned per-feature scale on the residual",
+                                  weights=("layers.*.residual.scale",))
+    gate_residual: bool = option(False, "gated residual", "block",
+                                 "a GRU cell combines branch output and residual instead of a sum",
+                                 weights=("layers.*.residual.gru.*",))
+    macaron: bool = option(False, "Macaron", "block", "blocks of ½ feed-forward, attention, ½ feed-forward",
+                           form=True)
+    custom_layers: tuple[str, ...] | None = option(None, "custom layer pattern", "block",
+                                                   "an explicit list of 'a' (attention) and 'f' (feed-forward)")
+    par_ratio: int | None = option(None, "PAR pattern", "block",
+                                   "attention only in the first two thirds, feed-forwards after (PAR transformer)")
+    attn: AttentionConfig = field(default_factory=AttentionConfig)
+    ff: FeedForwardConfig = field(default_factory=FeedForwardConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown attention layers kind {self.kind!r}; expected one of {list(KINDS)}")
+        for name in ("dim", "depth", "heads"):
+            check_whole(name, getattr(self, name))
+        if self.kind == "Encoder" and self.causal or self.kind == "Decoder" and not self.causal:
+            raise ValueError(f"a {self.kind} is {'never' if self.causal else 'always'} causal; "
+                             f"use {'Decoder' if self.causal else 'Encoder'} instead")
+        if self.attn.selective and not self.causal:
+            raise ValueError("Selective attention (attn_selective) needs a causal model (a Decoder): it lets a token "
+                             "stop later tokens from attending to earlier ones, which has no meaning without an order")
+        if self.rotary_pos_emb and self.alibi_pos_bias:
+            raise ValueError("choose one relative position scheme: rotary_pos_emb or alibi_pos_bias, not both")
+        for name, needs in (("rotary_emb_dim", "rotary_pos_emb"), ("alibi_num_heads", "alibi_pos_bias")):
+            if getattr(self, name) is not None and not getattr(self, needs):
+                raise ValueError(f"{name} has no effect without {needs}=True")
+        rotary = self.rotary_dim
+        if rotary is not None and not (2 <= rotary <= self.attn.dim_head and rotary % 2 == 0):
+            raise ValueError(f"rotary_emb_dim must be even and at most attn_dim_head ({self.attn.dim_head}), "
+                             f"got {rotary}")
+        if self.alibi_pos_bias and not 1 <= self.alibi_heads <= self.heads:
+            raise ValueError(f"alibi_num_heads must be between 1 and heads ({self.heads}), got {self.alibi_heads}")
+        norms = [n for n in ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm") if getattr(self, n)]
+        if len(norms) > 1:
+            raise ValueError(f"choose one norm: {' or '.join(norms)}")
+        if self.sandwich_norm and not self.pre_norm:
+            raise ValueError("sandwich_norm needs pre_norm=True")
+        if self.custom_layers is not None and self.par_ratio is not None:
+            raise ValueError("choose custom_layers or par_ratio, not both")
+        if self.custom_layers is not None:
+            if not self.custom_layers or any(t not in ("a", "f") for t in self.custom_layers):
+                raise ValueError(f"custom_layers must be a sequence of 'a' and 'f'; got {self.custom_layers!r}")
+            object.__setattr__(self, "custom_layers", tuple(self.custom_layers))
+        if self.par_ratio is not None:
+            check_whole("par_ratio", self.par_ratio, low=2)
+            if self.par_ratio > self.depth * (3 if self.macaron else 2):
+                raise ValueError(f"par_ratio must be at most the number of layers ({self.depth * 2}); "
+                                 f"got {self.par_ratio}")
+        if "a" not in self.layer_types:
+            raise ValueError("the layer pattern has no attention layer")
+
+    # derived facts, asked for everywhere instead of being re-read from keywords
+
+    @property
+    def selective(self) -> bool:
+        return self.attn.selective
+
+    @property
+    def rotary_dim(self) -> int | None:
+        """Features per head rotary rotates, or None without rotary."""
+        return (self.rotary_emb_dim or self.attn.dim_head // 2) if self.rotary_pos_emb else None
+
+    @property
+    def alibi_heads(self) -> int | None:
+        return (self.alibi_num_heads or self.heads) if self.alibi_pos_bias else None
+
+    @property
+    def norm(self) -> str:
+        """The norm every block uses: layernorm, rmsnorm, scalenorm or simple_rmsnorm."""
+        for name in ("rmsnorm", "scalenorm", "simple_rmsnorm"):
+            if getattr(self, f"use_{name}"):
+                return name
+        return "layernorm"
+
+    def stages_in_use(self) -> tuple[str, ...]:
+        """The stages this model's options make differ from the stage before, in pipeline order: what a
+        stage strip shows. `scores`, `masked` (padding is always possible) and `attn` are always in use."""
+        fed = {"scores", "masked", "attn"}
+        for config, prefix in ((self, ""), (self.attn, "attn_"), (self.ff, "ff_")):
+            for f in dataclasses.fields(config):
+                meta = f.metadata.get("option")
+                if meta is not None and getattr(config, f.name) not in (f.default, None, False):
+                    fed.update(meta.stages)
+        return tuple(s for s in STAGES if s in fed)
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """The layer list as x-transformers builds it: 'a' attention, 'f' feed-forward."""
+        block = ("f", "a", "f") if self.macaron else ("a", "f")
+        if self.custom_layers is not None:
+            return self.custom_layers
+        if self.par_ratio is not None:
+            par_depth = self.depth * len(block)
+            attn_only = tuple(t for t in block if t != "f")
+            par_attn = par_depth // self.par_ratio
+            depth_cut = par_depth * 2 // 3
+            par_width = (depth_cut + depth_cut // par_attn) // par_attn
+            par_block = attn_only + ("f",) * (par_width - len(attn_only))
+            head = par_block * par_attn
+            return head + ("f",) * (par_depth - len(head))
+        return block * self.depth
+
+    @property
+    def num_attn_layers(self) -> int:
+        """How many attention layers the stack has: the layers a trace records."""
+        return self.layer_types.count("a")
+
+    # keyword surface
+
+    @classmethod
+    def from_kwargs(cls, kind: str = "AttentionLayers", **kwargs: Any) -> LayersConfig:
+        """From x-transformers-style keywords; a TypeError names every keyword no option accepts."""
+        nested = {"attn_": AttentionConfig, "ff_": FeedForwardConfig}
+        parts: dict[str, dict[str, Any]] = {prefix: {} for prefix in nested}
+        own = {f.name for f in dataclasses.fields(cls)} - {"attn", "ff", "kind"}
+        top: dict[str, Any] = {}
+        unknown = []
+        for key, value in kwargs.items():
+            prefix = next((p for p in nested if key.startswith(p)), None)
+            if prefix and key[len(prefix):] in {f.name for f in dataclasses.fields(nested[prefix])}:
+                parts[prefix][key[len(prefix):]] = value
+            elif key in own:
+                top[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            known = sorted(name for name, _, _ in OPTIONS)
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(unknown))} for {kind}; "
+                            f"options are {', '.join(known)} (README: supported options)")
+        if kind in ("Encoder", "Decoder"):
+            if "causal" in top:
+                raise TypeError(f"a {kind} is {'always' if kind == 'Decoder' else 'never'} causal: "
+                                f"use {'Encoder' if kind == 'Decoder' else 'Decoder'} for the other")
+            top["causal"] = kind == "Decoder"
+        for name in ("dim", "depth"):
+            if name not in top:
+                raise TypeError(f"{kind} needs {name}")
+        return cls(kind=kind, attn=AttentionConfig(**parts["attn_"]), ff=FeedForwardConfig(**parts["ff_"]), **top)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """x-transformers keywords (with `kind`) for this config, defaults left out."""
+        kwargs: dict[str, Any] = {"kind": self.kind, "dim": self.dim, "depth": self.depth, "heads": self.heads}
+        kwargs.update(changed_fields(self, skip={"kind", "dim", "depth", "heads", "attn", "ff", "causal"}))
+        if self.kind == "AttentionLayers" and self.causal:
+            kwargs["causal"] = True
+        kwargs.update({f"attn_{k}": v for k, v in changed_fields(self.attn).items()})
+        kwargs.update({f"ff_{k}": v for k, v in changed_fields(self.ff).items()})
+        return kwargs
+
+    def replace(self, **kwargs: Any) -> LayersConfig:
+        """A copy with some keywords changed (prefixed keywords reach the sub-configs)."""
+        return LayersConfig.from_kwargs(**{**self.to_kwargs(), **kwargs})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A `TransformerWrapper`: embeddings, the attention stack, logits."""
+
+    num_tokens: int
+    max_seq_len: int
+    attn_layers: LayersConfig
+    use_abs_pos_emb: bool = option(True, "absolute positions", "embedding",
+                                   "a learned position embedding (off by itself with rotary)",
+                                   weights=("pos_emb.weight",), form=True)
+    emb_dropout: float = option(0.0, "embedding dropout", "embedding", "training only")
+    tie_embedding: bool = option(False, "tied embedding", "output", "logits by the token embedding's transpose")
+
+    def __post_init__(self) -> None:
+        check_whole("num_tokens", self.num_tokens)
+        check_whole("max_seq_len", self.max_seq_len)
+        check_number("emb_dropout", self.emb_dropout, 0.0, 1.0)
+
+    @property
+    def layers(self) -> LayersConfig:
+        return self.attn_layers
+
+    @property
+    def absolute_positions(self) -> bool:
+        """Whether a learned absolute position embedding is added (rotary switches it off, as x-transformers)."""
+        return self.use_abs_pos_emb and not self.attn_layers.rotary_pos_emb
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: x-transformers' TransformerWrapper keywords, `attn_layers` as keywords with `kind`."""
+        return {"num_tokens": self.num_tokens, "max_seq_len": self.max_seq_len,
+                **changed_fields(self, skip={"num_tokens", "max_seq_len", "attn_layers"}),
+                "attn_layers": self.attn_layers.to_kwargs()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """From the JSON form; a ValueError names what is missing or wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("attn_layers"), dict):
+            raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
+        data = dict(data)
+        layer_kwargs = dict(data.pop("attn_layers"))
+        kind = layer_kwargs.pop("kind", "AttentionLayers")
+        if kind not in KINDS:
+            raise ValueError(f"unknown attention layers kind {kind!r}; expected one of {list(KINDS)}")
+        if "custom_layers" in layer_kwargs and isinstance(layer_kwargs["custom_layers"], list):
+            layer_kwargs["custom_layers"] = tuple(layer_kwargs["custom_layers"])
+        for name in ("num_tokens", "max_seq_len"):
+            if name not in data:
+                raise ValueError(f"the config has no {name}")
+        top = {f.name for f in dataclasses.fields(cls)} - {"attn_layers"}
+        unknown = sorted(set(data) - top)
+        if unknown:
+            raise ValueError(f"unknown TransformerWrapper option(s) {', '.join(unknown)}")
+        try:
+            layers = LayersConfig.from_kwargs(kind, **layer_kwargs)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+        return cls(attn_layers=layers, **data)
+
+    def replace(self, **layer_changes: Any) -> ModelConfig:
+        """A copy with some attention-layer keywords changed (e.g. residual_attn=False)."""
+        return dataclasses.replace(self, attn_layers=self.attn_layers.replace(**layer_changes))
+
+
+def changed_fields(config: Any, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """{name: value} of the fields of `config` that differ from their defaults."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _rows() -> Iterator[tuple[str, Any, Option]]:
+    for cls, prefix in ((ModelConfig, ""), (LayersConfig, ""), (AttentionConfig, "attn_"), (FeedForwardConfig, "ff_")):
+        for f in dataclasses.fields(cls):
+            if "option" in f.metadata:
+                yield prefix + f.name, f.default, f.metadata["option"]
+
+
+# The options table: (x-transformers keyword, default, Option), in declaration order.
+OPTIONS: tuple[tuple[str, Any, Option], ...] = tuple(_rows())
