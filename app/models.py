@@ -11,7 +11,7 @@ import os
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def default_name() -> str:
     return registry.DEFAULT if registry.DEFAULT in names else names[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled(name: str) -> Loaded:
     """A bundled checkpoint, loaded once and shared read-only (eval mode, traced under no_grad)."""
     with BUILDING:

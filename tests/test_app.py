@@ -15,9 +15,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
-from xattn import viz  # noqa: E402
 from app import main as app_main  # noqa: E402
 from app import models, texts, views  # noqa: E402
+from xattn import viz  # noqa: E402
 
 DTYPES = {"f4": np.float32, "f8": np.float64, "u1": np.uint8, "i1": np.int8, "i2": np.int16, "i4": np.int32,
           "u2": np.uint16, "u4": np.uint32}

@@ -112,8 +112,9 @@ def test_load_refuses_a_mismatched_checkpoint(tmp_path, tiny_decoder):
     other = xattn.build(tiny_config("Decoder", dim=48))
     path = tmp_path / "other.safetensors"
     other.save(path)
-    from xattn.io import load_state
     from safetensors.torch import load_file
+
+    from xattn.io import load_state
     with pytest.raises(ValueError, match="wrong shape"):
         load_state(tiny_decoder, load_file(str(path)))
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")

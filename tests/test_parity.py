@@ -1,8 +1,6 @@
 """xattn equals x-transformers on the same weights: logits and the stages x-transformers exposes."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 

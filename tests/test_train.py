@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import xattn
 from xattn.registry import pretrained
 from xattn.tasks import Sample, get_task
-from xattn.train import IGNORE, TrainConfig, build_model, evaluate, make_batch, main, parse_args, train
+from xattn.train import IGNORE, TrainConfig, build_model, evaluate, main, make_batch, parse_args, train
 
 TINY = dict(task="variables", variant="both", steps=60, batch_size=16, lr=1e-2, warmup=5, dim=16, depth=1,
             heads=2, dim_head=8, eval_size=200, threads=1)

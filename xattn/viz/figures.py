@@ -16,8 +16,20 @@ from torch import Tensor
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
-from .style import (DIFF_STYLE, DIVERGENCE_STYLE, FLAG_COLOR, HEAD_COLORS, MASK_COLORS, MASKED_COLOR,
-                    PRUNE_COLORS, REMOVER_COLORS, STAGE_STYLE, TEMPLATE, StageStyle, stage_style)
+from .style import (
+    DIFF_STYLE,
+    DIVERGENCE_STYLE,
+    FLAG_COLOR,
+    HEAD_COLORS,
+    MASK_COLORS,
+    MASKED_COLOR,
+    PRUNE_COLORS,
+    REMOVER_COLORS,
+    STAGE_STYLE,
+    TEMPLATE,
+    StageStyle,
+    stage_style,
+)
 
 FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this many tokens
 MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
