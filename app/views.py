@@ -198,7 +198,8 @@ def realformer(session: Session | None, model: str, text: str, layer: float, hea
     """Own scores, the residual carried in and their sum; residual attention on vs off; layer similarity."""
     loaded = load(session, model, progress)
     flipped = {"residual_attn": not loaded.model.config["attn_layers"].get("residual_attn", False)}
-    twin = models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS else models.counterpart(loaded, **flipped)
+    twin = (models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS
+            else models.counterpart(loaded, **flipped))
     run = trace_text(loaded, text, progress=progress)
     layer, head = picks(run, layer, head)
     twin_run = trace_text(twin, text)

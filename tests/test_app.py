@@ -79,7 +79,7 @@ def test_explore_carries_the_trace(client: Client, default: models.Loaded) -> No
     same(exact(traces(heatmap)[0]), trace.drawable("attn")[layer, 0, head])
     shown = views.strip_stages(default)
     assert len(panels(strip)) == len(shown) and shown[0] == "scores" and shown[-1] == "attn"
-    for panel, stage in zip(panels(strip), shown):
+    for panel, stage in zip(panels(strip), shown, strict=True):
         same(exact(panel), trace.drawable(stage)[layer, 0, head])
     bars = traces(row, "bar")
     assert len(bars) == default.heads
@@ -112,7 +112,7 @@ def test_selective_penalty_and_pruned_keys(client: Client, default: models.Loade
                                                              api_name="/selective")
     trace = direct(default, default.example)
     gate, penalty, _ = panels(gate_f_pruned)
-    for panel, stage in zip(panels(strip), ("masked", "selection", "pre_softmax", "attn")):
+    for panel, stage in zip(panels(strip), ("masked", "selection", "pre_softmax", "attn"), strict=True):
         same(exact(panel), trace.drawable(stage)[1, 0, 2])
     same(exact(gate), trace.drawable("masked")[1, 0, 0])
     visible = trace.visible[0].numpy()

@@ -68,7 +68,8 @@ def test_prefixed_kwargs_reach_inner_modules():
 
 
 @pytest.mark.parametrize("kwargs,named", [
-    ({"attn_dim_heads": 8}, "attn_dim_heads"), ({"ff_multiplier": 2}, "ff_multiplier"), ({"residual": True}, "residual"),
+    ({"attn_dim_heads": 8}, "attn_dim_heads"), ({"ff_multiplier": 2}, "ff_multiplier"),
+    ({"residual": True}, "residual"),
 ])
 def test_unknown_kwargs_raise_type_error_naming_them(kwargs, named):
     with pytest.raises(TypeError, match=named):

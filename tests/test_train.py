@@ -47,7 +47,8 @@ def test_trainer_lowers_loss_and_writes_a_loadable_checkpoint(run):
                          for m in (untrained, model))
     assert after < before - 0.5
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["variables-both.safetensors", "variables-both.json", "variables-both.card.json", "variables-both.md", "README.md"])
+        ["variables-both.safetensors", "variables-both.json", "variables-both.card.json", "variables-both.md",
+         "README.md"])
     assert json.loads((out / "variables-both.card.json").read_text()) == card
     assert model.attn_layers.residual_attn and model.attn_layers.selective
     # the card's accuracy, recomputed from the written weights on the card's eval seed, is exact
