@@ -11,17 +11,18 @@ import math
 import os
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 import xattn
 from xattn import registry
-from xattn.tokenizer import SPECIALS, CharTokenizer
 from xattn.describe import describe
+from xattn.tokenizer import SPECIALS, CharTokenizer
 
 from . import limits
 
@@ -79,7 +80,7 @@ def default_name() -> str:
     return registry.DEFAULT if registry.DEFAULT in names else names[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled(name: str) -> Loaded:
     """A bundled checkpoint, loaded once and shared read-only (eval mode, traced under no_grad)."""
     with BUILDING:
@@ -161,8 +162,8 @@ def check_alphabet(alphabet: str) -> None:
 
 def uploaded(path: str, config_path: str | None = None, alphabet: str = "") -> Loaded:
     """An uploaded xattn or x-transformers checkpoint. Text is read with `alphabet` if given, else with the
-    tokenizer an xattn checkpoint carries, else as printable ASCII. File sizes, the config's sizes and its trace are checked before the model is built; weights are never
-    unpickled (see `xattn.io.load_checkpoint`)."""
+    tokenizer an xattn checkpoint carries, else as printable ASCII. File sizes, the config's sizes and its trace
+    are checked before the model is built; weights are never unpickled (see `xattn.io.load_checkpoint`)."""
     check_file(path, "checkpoint")
     if config_path:
         check_file(config_path, "config")
@@ -171,7 +172,8 @@ def uploaded(path: str, config_path: str | None = None, alphabet: str = "") -> L
     with BUILDING:
         model = xattn.io.load_checkpoint(path, config_path).eval()
     saved = xattn.read_tokenizer(path) if Path(path).suffix == ".safetensors" and not config_path else None
-    tokenizer = CharTokenizer(alphabet) if alphabet else saved or CharTokenizer(ASCII[: model.num_tokens - len(SPECIALS)])
+    tokenizer = CharTokenizer(alphabet) if alphabet else saved or CharTokenizer(
+        ASCII[: model.num_tokens - len(SPECIALS)])
     if tokenizer.vocab_size > model.num_tokens:
         raise ValueError(f"The alphabet has {len(tokenizer.alphabet)} characters but the checkpoint only has "
                          f"{model.num_tokens} token ids (two are <bos> and <pad>).")

@@ -112,7 +112,8 @@ def build() -> gr.Blocks:
             with gr.Tab("Explore") as explore_tab:
                 with gr.Row():
                     stage = stage_dropdown()
-                    e_layer, e_head, e_query = controls.slider("layer"), controls.slider("head"), controls.slider("query")
+                    e_layer, e_head = controls.slider("layer"), controls.slider("head")
+                    e_query = controls.slider("query")
                 explore_button = gr.Button("Run", variant="primary")
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():

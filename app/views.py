@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import plotly.graph_objects as go
@@ -192,7 +193,8 @@ def realformer(session: Session | None, model: str, text: str, layer: float, hea
     """Own scores, the residual carried in and their sum; residual attention on vs off; layer similarity."""
     loaded = load(session, model, progress)
     flipped = {"residual_attn": not loaded.model.config.attn_layers.residual_attn}
-    twin = models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS else models.counterpart(loaded, **flipped)
+    twin = (models.with_config(loaded, **flipped) if other == texts.SAME_WEIGHTS
+            else models.counterpart(loaded, **flipped))
     run = trace_text(loaded, text, progress=progress)
     layer, head = picks(run, layer, head)
     twin_run = trace_text(twin, text)

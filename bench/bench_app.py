@@ -15,8 +15,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,16 +79,17 @@ def run(client: Client, sizes: list[int], repeats: int) -> None:
     rng = random.Random(0)
     print(f"model: {name}; server in its own process; torch threads {torch.get_num_threads()}; "
           f"median of {repeats} runs\n")
-    print(f"{'N':>5} {'forward':>9} {'traced':>9} {'figures':>9} {'request':>9} {'req/(traced+fig)':>17} {'payload':>10}")
+    print(f"{'N':>5} {'forward':>9} {'traced':>9} {'figures':>9} {'request':>9} "
+          f"{'req/(traced+fig)':>17} {'payload':>10}")
     for n in sizes:
         text = "".join(rng.choice(models.ASCII) for _ in range(n - 1))       # + <bos> = n tokens
         inputs = ("attn", CONFIG["depth"] - 1, 0, n - 1)
         tokens = torch.tensor([loaded.tokenizer.encode(text)])
         with torch.no_grad():
-            forward, _ = median_ms(lambda: loaded.model(tokens), repeats)
-        traced, _ = median_ms(lambda: loaded.model.run_with_trace(tokens), repeats)
-        direct, _ = median_ms(lambda: views.explore({name: loaded}, name, text, *inputs), repeats)
-        request, response = median_ms(lambda: client.predict(name, text, *inputs, api_name="/explore"), repeats)
+            forward, _ = median_ms(partial(loaded.model, tokens), repeats)
+        traced, _ = median_ms(partial(loaded.model.run_with_trace, tokens), repeats)
+        direct, _ = median_ms(partial(views.explore, {name: loaded}, name, text, *inputs), repeats)
+        request, response = median_ms(partial(client.predict, name, text, *inputs, api_name="/explore"), repeats)
         figures = direct - traced
         payload = len(json.dumps(response))
         print(f"{n:>5} {forward:>7.1f}ms {traced:>7.1f}ms {figures:>7.1f}ms {request:>7.1f}ms "

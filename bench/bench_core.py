@@ -3,7 +3,8 @@
 Prints, for dim 256, 6 layers, 8 heads, batch 1, N = 128 and 512, timings measured side by side
 (interleaved repeats, median): xattn forward ÷ x-transformers forward, run_with_trace ÷ xattn forward,
 the trace's bytes, and run_with_trace with every stage then read as a stacked tensor; first with
-glibc's default allocator settings, then after `xattn.memory.reuse_freed_memory()`. Usage: python bench/bench_core.py [--repeats 15] [--threads 2]
+glibc's default allocator settings, then after `xattn.memory.reuse_freed_memory()`.
+Usage: python bench/bench_core.py [--repeats 15] [--threads 2]
 """
 from __future__ import annotations
 

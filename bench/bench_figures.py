@@ -91,7 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"grid of {LAYERS} layers × {HEADS} heads, attention stage; bytes per attention cell, build time")
-    print("|    N | grid drawn at | xattn grid B/cell | as gr.Plot sends it | xattn build | bertviz model_view B/cell | bertviz build |")
+    print("|    N | grid drawn at | xattn grid B/cell | as gr.Plot sends it | xattn build "
+          "| bertviz model_view B/cell | bertviz build |")
     print("|-----:|:--------------|------------------:|--------------------:|------------:|--------------------------:|--------------:|")
     focused = {}
     for n in args.sizes:

@@ -25,6 +25,7 @@ from gradio_client import Client  # noqa: E402
 
 from app import limits, models  # noqa: E402
 from app import main as app_main  # noqa: E402
+
 from test_app import array, exact, same, traces  # noqa: E402
 
 STAGES = ("scores", "pre_softmax", "attn")

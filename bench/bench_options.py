@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import torch
-import xt_cases as X
+import torch  # noqa: E402
+import xt_cases as X  # noqa: E402
 
-import xattn
+import xattn  # noqa: E402
 
 SIZES = dict(dim=256, depth=6, heads=8, dim_head=64, num_tokens=256, max_seq_len=512)
 LENGTHS = (128, 512)

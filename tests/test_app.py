@@ -15,10 +15,11 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
-from conftest import form_options  # noqa: E402
-from xattn import viz  # noqa: E402
 from app import main as app_main  # noqa: E402
 from app import models, texts, views  # noqa: E402
+from xattn import viz  # noqa: E402
+
+from conftest import form_options  # noqa: E402
 
 DTYPES = {"f4": np.float32, "f8": np.float64, "u1": np.uint8, "i1": np.int8, "i2": np.int16, "i4": np.int32,
           "u2": np.uint16, "u4": np.uint32}
@@ -80,7 +81,7 @@ def test_explore_carries_the_trace(client: Client, default: models.Loaded) -> No
     same(exact(traces(heatmap)[0]), trace.drawable("attn")[layer, 0, head])
     shown = views.strip_stages(default)
     assert len(panels(strip)) == len(shown) and shown[0] == "scores" and shown[-1] == "attn"
-    for panel, stage in zip(panels(strip), shown):
+    for panel, stage in zip(panels(strip), shown, strict=True):
         same(exact(panel), trace.drawable(stage)[layer, 0, head])
     bars = traces(row, "bar")
     assert len(bars) == default.heads
@@ -113,7 +114,7 @@ def test_selective_penalty_and_pruned_keys(client: Client, default: models.Loade
                                                              api_name="/selective")
     trace = direct(default, default.example)
     gate, penalty, _ = panels(gate_f_pruned)
-    for panel, stage in zip(panels(strip), ("masked", "selection", "pre_softmax", "attn")):
+    for panel, stage in zip(panels(strip), ("masked", "selection", "pre_softmax", "attn"), strict=True):
         same(exact(panel), trace.drawable(stage)[1, 0, 2])
     same(exact(gate), trace.drawable("masked")[1, 0, 0])
     visible = trace.visible[0].numpy()
@@ -246,7 +247,7 @@ def test_model_info_and_views_that_do_not_apply(client: Client) -> None:
 
 
 def test_long_inputs_keep_exact_values_in_the_focused_heatmap_only(client: Client) -> None:
-    dropdown, *_ = client.predict(1, 2, 16, form_options(False, False, True, "absolute"), 0, 512, api_name="/fresh_model")
+    dropdown, *_ = client.predict(1, 2, 16, form_options(), 0, 512, api_name="/fresh_model")
     text = "the quick brown fox jumps over the lazy dog. " * 7                  # 315 characters
     fresh = models.fresh(1, 2, 16, form_options(False, False, True, "absolute"), 0, 512)
     _, heatmap, strip, _, _ = client.predict(dropdown["value"], text, "attn", 0, 1, 5, api_name="/explore")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-
 from app import models
 
 CHROMIUM = Path("/usr/bin/chromium")

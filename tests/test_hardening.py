@@ -24,10 +24,11 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import xattn  # noqa: E402
-from conftest import form_options  # noqa: E402
-from xattn import viz  # noqa: E402
 from app import limits, models, views  # noqa: E402
 from app import main as app_main  # noqa: E402
+from xattn import viz  # noqa: E402
+
+from conftest import form_options  # noqa: E402
 from test_app import array, exact, same, traces  # noqa: E402
 
 

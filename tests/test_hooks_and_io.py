@@ -68,7 +68,8 @@ def test_prefixed_kwargs_reach_inner_modules():
 
 
 @pytest.mark.parametrize("kwargs,named", [
-    ({"attn_dim_heads": 8}, "attn_dim_heads"), ({"ff_multiplier": 2}, "ff_multiplier"), ({"residual": True}, "residual"),
+    ({"attn_dim_heads": 8}, "attn_dim_heads"), ({"ff_multiplier": 2}, "ff_multiplier"),
+    ({"residual": True}, "residual"),
 ])
 def test_unknown_kwargs_raise_type_error_naming_them(kwargs, named):
     with pytest.raises(TypeError, match=named):
@@ -112,8 +113,9 @@ def test_load_refuses_a_mismatched_checkpoint(tmp_path, tiny_decoder):
     other = xattn.build(tiny_config("Decoder", dim=48))
     path = tmp_path / "other.safetensors"
     xattn.save(other, path)
-    from xattn.wrapper import load_state
     from safetensors.torch import load_file
+
+    from xattn.wrapper import load_state
     with pytest.raises(ValueError, match="wrong shape"):
         load_state(tiny_decoder, load_file(str(path)))
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")

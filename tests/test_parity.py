@@ -1,8 +1,6 @@
 """xattn equals x-transformers on the same weights: logits and the stages x-transformers exposes."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -61,7 +59,8 @@ def max_visible_difference(ours: torch.Tensor, theirs: torch.Tensor, visible: to
     return (ours - theirs)[visible].abs().max().item()
 
 
-def compare(model: xattn.TransformerWrapper, reference: torch.nn.Module, tokens, mask, attn_mask=None) -> dict[str, float]:
+def compare(model: xattn.TransformerWrapper, reference: torch.nn.Module, tokens, mask,
+            attn_mask=None) -> dict[str, float]:
     with torch.no_grad():
         ref_logits, inter = reference(tokens, mask=mask, attn_mask=attn_mask, return_intermediates=True)
         logits, trace = model.run_with_trace(tokens, mask=mask, attn_mask=attn_mask)

@@ -29,7 +29,8 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     with open(weights, "wb") as f:
         pickle.dump({"weight": CreatesAFile(str(marker))}, f)
     config = tmp_path / "config.json"
-    config.write_text('{"num_tokens": 23, "max_seq_len": 16, "attn_layers": {"kind": "Decoder", "dim": 32, "depth": 1}}')
+    config.write_text('{"num_tokens": 23, "max_seq_len": 16, '
+                      '"attn_layers": {"kind": "Decoder", "dim": 32, "depth": 1}}')
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         xattn.load_checkpoint(weights, config)
     assert not marker.exists()

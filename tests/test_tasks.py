@@ -43,7 +43,7 @@ def test_attention_targets_point_at_the_answer_source(name):
         labels = task.tokenizer.labels(task.tokenizer.encode(s.text))
         targets = task.attention_targets(s)
         assert [q for q, _ in targets] == list(range(len(s.prompt), len(s.text)))
-        for (q, k), expected in zip(targets, s.answer):
+        for (q, k), expected in zip(targets, s.answer, strict=True):
             assert k <= q
             if name == "brackets":
                 assert "([{<".index(labels[k]) == ")]}>".index(expected)

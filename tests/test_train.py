@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import xattn
 from xattn.registry import pretrained
 from xattn.tasks import Sample, get_task
-from xattn.train import IGNORE, TrainConfig, build_model, evaluate, make_batch, main, parse_args, train
+from xattn.train import IGNORE, TrainConfig, build_model, evaluate, main, make_batch, parse_args, train
 
 TINY = dict(task="variables", variant="both", steps=60, batch_size=16, lr=1e-2, warmup=5, dim=16, depth=1,
             heads=2, dim_head=8, eval_size=200, threads=1)
@@ -47,7 +47,8 @@ def test_trainer_lowers_loss_and_writes_a_loadable_checkpoint(run):
                          for m in (untrained, model))
     assert after < before - 0.5
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["variables-both.safetensors", "variables-both.json", "variables-both.card.json", "variables-both.md", "README.md"])
+        ["variables-both.safetensors", "variables-both.json", "variables-both.card.json", "variables-both.md",
+         "README.md"])
     assert json.loads((out / "variables-both.card.json").read_text()) == card
     assert model.attn_layers.residual_attn and model.attn_layers.selective
     # the card's accuracy, recomputed from the written weights on the card's eval seed, is exact

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 
@@ -140,7 +141,7 @@ def test_grid_full_resolution_panels(trace):
     assert len(panels) == 4 and "pooled" not in fig.layout.title.text
     meta = {(p.meta["lo"], p.meta["hi"]) for p in panels}
     assert len(meta) == 1                                            # one shared colour axis
-    for panel, (layer, head) in zip(panels, [(2, 3), (2, 1), (0, 3), (0, 1)]):
+    for panel, (layer, head) in zip(panels, [(2, 3), (2, 1), (0, 3), (0, 1)], strict=True):
         assert panel.coloraxis == "coloraxis"
         assert_decodes_to(panel, head_values(trace, "pre_softmax", layer, head, batch=1))
 
@@ -162,12 +163,13 @@ def test_grid_pooling_keeps_peaks(trace, stage):
     panels_n = 3 * 4
     fig = viz.grid(trace, stage, max_cells=panels_n * 16, batch=1)  # 4×4 cells per panel → pool 3×3 (N = 10)
     assert "max-pooled 3×3" in fig.layout.title.text
-    for panel, (layer, head) in zip(heatmaps(fig), [(l, h) for l in range(3) for h in range(4)]):
+    for panel, (layer, head) in zip(heatmaps(fig), itertools.product(range(3), range(4)), strict=True):
         values = head_values(trace, stage, layer, head, batch=1)
         assert panel.z.shape == (4, 4)
         assert_decodes_to(panel, pool_by_hand(values, 3, signed=stage != "attn"))
         peak = np.nanmax(np.abs(values))
-        assert np.nanmax(np.abs(decode(panel))) == pytest.approx(peak, abs=(panel.meta["hi"] - panel.meta["lo"]) / LEVELS)
+        step = (panel.meta["hi"] - panel.meta["lo"]) / LEVELS
+        assert np.nanmax(np.abs(decode(panel))) == pytest.approx(peak, abs=step)
 
 
 def test_heatmap_pools_only_beyond_full_resolution(monkeypatch, trace):
@@ -186,7 +188,7 @@ def test_stages_side_by_side(trace):
     assert [a.text.split("<br>")[0] for a in fig.layout.annotations] == names
     assert all("<sup>" in a.text for a in fig.layout.annotations)  # each panel says what it adds
     panels = heatmaps(fig)
-    for panel, stage in zip(panels, ["scores", "scores_residual", "masked", "pre_softmax", "attn"]):
+    for panel, stage in zip(panels, ["scores", "scores_residual", "masked", "pre_softmax", "attn"], strict=True):
         assert_decodes_to(panel, head_values(trace, stage, 1, 3, batch=1))
         np.testing.assert_array_equal(panel.customdata, head_values(trace, stage, 1, 3, batch=1))
     assert len({(p.meta["lo"], p.meta["hi"]) for p in panels[:4]}) == 1  # logits share a range
@@ -211,7 +213,7 @@ def test_diff_of_two_traces_circles_the_largest_changes(trace):
     np.testing.assert_array_equal(hm.customdata, delta)
     labels = list(hm.x)
     order = sorted(((abs(v), i, j) for (i, j), v in np.ndenumerate(delta) if not np.isnan(v)), reverse=True)[:5]
-    assert {(labels[i], labels[j]) for _, i, j in order} == set(zip(circles.y, circles.x))
+    assert {(labels[i], labels[j]) for _, i, j in order} == set(zip(circles.y, circles.x, strict=True))
 
 
 def test_diff_rejects_self_and_unequal_lengths(trace):
@@ -242,7 +244,9 @@ def test_selection_penalty_recomputed_from_gate(trace):
 def test_selection_marks_pruned_keys():
     penalty = torch.tensor([[0.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 4.0, 9.0]])
     visible = torch.ones(3, 3, dtype=torch.bool).tril()
-    per_layer = lambda t: {0: t.expand(1, 2, 3, 3).clone()}           # layer 0: [batch, head, i, j]
+    def per_layer(t: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {0: t.expand(1, 2, 3, 3).clone()}                      # layer 0: [batch, head, i, j]
+
     synthetic = build_trace({"masked": per_layer(torch.randn(3, 3)), "selection": per_layer(penalty)},
                             visible[None], torch.zeros(1, 3, dtype=torch.long),
                             xattn.ModelConfig.from_dict({"num_tokens": 3, "max_seq_len": 3, "attn_layers": {
@@ -267,7 +271,9 @@ def test_query_row_bars_per_head(trace):
 
 def js_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """JS divergence as H(m) − (H(p) + H(q)) / 2, in bits (a different formula from the module's)."""
-    entropy = lambda x: -torch.special.xlogy(x, x).sum(-1) / math.log(2)
+    def entropy(x: torch.Tensor) -> torch.Tensor:
+        return -torch.special.xlogy(x, x).sum(-1) / math.log(2)
+
     return entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2
 
 
@@ -351,7 +357,6 @@ def test_stage_strip_drops_exact_hover_past_the_limit():
                                      attn_layers=xattn.Decoder(dim=16, depth=1, heads=2, attn_dim_head=8))
     _, short = model.run_with_trace(torch.randint(0, 11, (1, 20)))
     _, long = model.run_with_trace(torch.randint(0, 11, (1, viz.figures.EXACT_HOVER_TOKENS + 1)))
-    heatmaps = lambda fig: [t for t in fig.data if t.type == "heatmap"]
     assert all(t.customdata is not None for t in heatmaps(viz.stages(short, 0, 1)))
     assert all(t.customdata is None and "customdata" not in t.hovertemplate for t in heatmaps(viz.stages(long, 0, 1)))
     assert all(t.customdata is not None for t in heatmaps(viz.stages(long, 0, 1, exact=True)))

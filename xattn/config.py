@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .stages import STAGES
 
@@ -205,7 +206,7 @@ class LayersConfig:
         """The stages this model's options make differ from the stage before, in pipeline order: what a
         stage strip shows. `scores`, `masked` (padding is always possible) and `attn` are always in use."""
         fed = {"scores", "masked", "attn"}
-        for config, prefix in ((self, ""), (self.attn, "attn_"), (self.ff, "ff_")):
+        for config in (self, self.attn, self.ff):
             for f in dataclasses.fields(config):
                 meta = f.metadata.get("option")
                 if meta is not None and getattr(config, f.name) not in (f.default, None, False):

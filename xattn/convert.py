@@ -5,8 +5,9 @@ x-transformers is optional: only `from_x_transformers` imports it, and only to r
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,8 @@ def from_x_transformers_state_dict(state_dict: dict[str, Tensor], config: dict[s
     return model.eval()
 
 
-def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper, unit_offset: bool = True) -> dict[str, Tensor]:
+def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper,
+                   unit_offset: bool = True) -> dict[str, Tensor]:
     """Rename x-transformers keys to xattn keys. Both keep one entry per layer of the layer list: x-transformers
     as (norms, branch, residual), xattn as a `Block`. Norm gains gain the unit offset x-transformers leaves out."""
     gain = 1.0 if unit_offset else 0.0
@@ -107,7 +109,8 @@ def from_x_transformers(model: nn.Module) -> TransformerWrapper:
     names every option of it that xattn cannot run."""
     config, unit_offset, unsupported = read_x_transformers(model)
     if unsupported:
-        raise ValueError("xattn does not support these x-transformers options: " + "; ".join(dict.fromkeys(unsupported)))
+        named = "; ".join(dict.fromkeys(unsupported))     # each once, though every layer reports it
+        raise ValueError(f"xattn does not support these x-transformers options: {named}")
     try:
         return from_x_transformers_state_dict(model.state_dict(), config, unit_offset)
     except (TypeError, ValueError) as err:
@@ -180,7 +183,7 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     residual_kinds: set[tuple[str, bool]] = set()
     attn_cfg: dict[str, Any] = {}
     ff_cfg: dict[str, Any] = {}
-    for index, (norms, branch, residual) in enumerate(layers.layers):
+    for norms, branch, residual in layers.layers:
         for norm in [*norms, layers.final_norm]:
             if norm is None or isinstance(norm, (nn.Identity, xt.Identity)):
                 continue
@@ -229,7 +232,8 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
 ATTENTION_MODULES = {"to_v_gate": "attn_gate_values", "to_output_gate": "attn_output_gate",
                      "to_v_head_gate": "attn_gate_value_heads", "q_rmsnorm": "attn_qk_rmsnorm",
                      "k_rmsnorm": "attn_k_rmsnorm", "value_rmsnorm": "attn_value_rmsnorm",
-                     "data_dependent_alibi": "attn_data_dependent_alibi", "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
+                     "data_dependent_alibi": "attn_data_dependent_alibi",
+                     "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
                      "hybrid_module": "attn_hybrid_module", "max_attend_past": "attn_max_attend_past",
                      "to_latent_q": "attn_dim_latent_q", "to_latent_kv": "attn_dim_latent_kv"}
 ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "qk_norm": "attn_qk_norm", "laser": "attn_laser",
@@ -283,7 +287,8 @@ def feedforward_config(ff: nn.Module, dim: int, need: Callable[[bool, str], None
          "ff_sublayer_dropout")
     if isinstance(proj_in, xt.GLU):
         act = proj_in.act
-        need(isinstance(proj_in.mult_bias, float) and proj_in.up_softclamp_value is None, "ff_glu_mult_bias / ff_glu_softclamp")
+        need(isinstance(proj_in.mult_bias, float) and proj_in.up_softclamp_value is None,
+             "ff_glu_mult_bias / ff_glu_softclamp")
         linear, glu = proj_in.proj, True
     else:
         linear, act, glu = proj_in[0], proj_in[-1], False

@@ -8,8 +8,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .convert import HARMLESS_KWARGS
 from .config import OPTIONS, PLACES, LayersConfig, ModelConfig, changed_fields
+from .convert import HARMLESS_KWARGS
 from .stages import DESCRIPTIONS
 
 LABELS = {name: opt.label for name, _, opt in OPTIONS}
@@ -66,7 +66,7 @@ def stages_table() -> str:
 def x_transformers_unsupported() -> list[str]:
     """x-transformers' constructor keywords (TransformerWrapper, AttentionLayers, attn_*, ff_*) that xattn does
     not run, read off the installed x-transformers' signatures."""
-    import x_transformers.x_transformers as xt   # optional: only this function needs it
+    import x_transformers.x_transformers as xt  # optional: only this function needs it
 
     def keywords(cls: type, prefix: str = "") -> set[str]:
         params = inspect.signature(cls.__init__).parameters.values()

@@ -8,13 +8,13 @@ for the calling thread only, so requests served concurrently on one shared model
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Union
 
 from torch import Tensor, nn
 
-HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
-NameFilter = Union[str, Callable[[str], bool]]
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+NameFilter = str | Callable[[str], bool]
 
 
 # Attached functions live per thread: concurrent requests sharing one model never see each other's hooks.

@@ -5,12 +5,10 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from .config import ModelConfig
 from .convert import from_x_transformers_state_dict, x_transformers_config
@@ -86,7 +84,8 @@ def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | 
     if config_path is None and path.suffix == ".safetensors":
         return read_config(path)
     if config_path is None:
-        raise ValueError(f"{path.name} is not an xattn checkpoint: an x-transformers state dict needs its JSON config too")
+        raise ValueError(f"{path.name} is not an xattn checkpoint: an x-transformers state dict needs its JSON "
+                         "config too")
     try:
         data = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:

@@ -1,7 +1,8 @@
 """Size estimates made before any memory is spent, so a request too large is refused with a number."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

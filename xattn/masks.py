@@ -1,7 +1,7 @@
 """Custom attention masks (True = may attend) and a breakdown of what each mask removes."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -66,11 +66,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     notable = card["notable_heads"]
     heads = "\n".join(f"- layer {h['layer']}, head {h['head']}: {h['attention_on_predicted_key']:.2f}" for h in notable)
     train = card["train"]
+    options = ", ".join(f"`{k}=True`" for k in card["attention_options"]) or "no extra attention options"
     return f"""# {card['name']}
 
 Task: {card['task_description']}.
 
-Variant: **{card['variant']}** ({', '.join(f'`{k}=True`' for k in card['attention_options']) or 'no extra attention options'}).
+Variant: **{card['variant']}** ({options}).
 Decoder: dim {layers['dim']}, depth {layers['depth']}, {layers['heads']} heads of {layers['attn_dim_head']}; \
 {card['parameters']:,} parameters.
 
@@ -103,7 +104,8 @@ def index_markdown(directory: str | os.PathLike = MODELS_DIR) -> str:
     accuracy = {(c["task"], c["variant"]): f"{c['eval']['accuracy']:.2f}" for c in cards.values()}
     comparison = [f"| {task} | " + " | ".join(accuracy.get((task, v), "—") for v in variants) + " |" for task in tasks]
     rows = [f"| [{name}]({name}.md) | {c['task']} | {c['variant']} | {c['eval']['accuracy']:.2f} | "
-            f"{c['eval']['size']:,} (seed {c['eval']['seed']}) | {c['train']['steps']:,} | {c['train']['wall_clock_s']:.0f} |"
+            f"{c['eval']['size']:,} (seed {c['eval']['seed']}) | {c['train']['steps']:,} | "
+            f"{c['train']['wall_clock_s']:.0f} |"
             for name, c in cards.items()]
     return "\n".join([
         "# Bundled models",

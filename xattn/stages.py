@@ -25,7 +25,7 @@ PROBABILITY_STAGES = frozenset({"attn"})
 MASKED_STAGES = frozenset({"masked", "pre_softmax", "attn"})
 
 
-def check_stages(stages: "tuple[str, ...] | list[str] | None") -> tuple[str, ...]:
+def check_stages(stages: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """Validate a stage selection (None means all), keeping the computation order."""
     if stages is None:
         return STAGES

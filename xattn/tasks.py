@@ -91,7 +91,7 @@ class VariableTracking(Task):
         values = [rng.choice(digits) for _ in order]
         stale = {values[i] for i, v in enumerate(order[:last]) if v == query}
         values[last] = rng.choice([d for d in digits if d not in stale])
-        prompt = "".join(f"{v}={x};" for v, x in zip(order, values)) + f"?{query}"
+        prompt = "".join(f"{v}={x};" for v, x in zip(order, values, strict=True)) + f"?{query}"
         return Sample(prompt, values[last])
 
     def attention_targets(self, sample: Sample) -> list[tuple[int, int]]:

@@ -4,8 +4,9 @@ The alphabet is part of every bundled model's card, so any model can encode a us
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 BOS, PAD = "<bos>", "<pad>"
 SPECIALS = (BOS, PAD)

@@ -6,10 +6,9 @@ computed (masked cells keep the fill value −finfo.max, so numbers compare with
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -140,7 +139,7 @@ def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Ten
                 config: ModelConfig, labels: list[list[str]] | None = None) -> Trace:
     """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
-    stages = StackedStages({s: [per_layer[l] for l in layers] for s, per_layer in kept.items()})
+    stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()})
     return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
 
 

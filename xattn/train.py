@@ -14,10 +14,11 @@ import platform
 import random
 import shlex
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ def make_batch(samples: Sequence[Sample], tokenizer: CharTokenizer) -> tuple[Ten
     n = max(len(ids) for ids in encoded) - 1
     inputs = torch.full((len(samples), n), tokenizer.pad_id, dtype=torch.long)
     targets = torch.full((len(samples), n), IGNORE, dtype=torch.long)
-    for row, (sample, ids) in enumerate(zip(samples, encoded)):
+    for row, (sample, ids) in enumerate(zip(samples, encoded, strict=True)):
         inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
         start = len(sample.prompt)      # the position that reads the prompt's last character
         targets[row, start:len(ids) - 1] = torch.tensor(ids[start + 1:])
@@ -126,7 +127,7 @@ def notable_heads(model: TransformerWrapper, task: Task, top: int = 2) -> list[d
     _, trace = model.run_with_trace(inputs, stages=["attn"])
     attn = trace["attn"]                                             # [layers, b, heads, i, j]
     pairs = [(row, q, k) for row, s in enumerate(samples) for q, k in task.attention_targets(s)]
-    rows, queries, keys = (torch.tensor(x) for x in zip(*pairs))
+    rows, queries, keys = (torch.tensor(x) for x in zip(*pairs, strict=True))
     score = attn[:, rows, :, queries, keys].mean(dim=0).flatten()    # [layers × heads]
     heads = attn.shape[2]
     return [{"layer": i // heads, "head": i % heads, "attention_on_predicted_key": round(float(score[i]), 3),
@@ -204,7 +205,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         "train": {**asdict(config), "loss_first": round(sum(losses[:window]) / window, 4),
                   "loss_last": round(sum(losses[-window:]) / window, 4), "wall_clock_s": round(seconds, 1),
                   "torch": torch.__version__, "machine": platform.machine()},
-        "eval": {"accuracy": round(accuracy, 2), "metric": "% of answer characters predicted right (argmax, teacher-forced)",
+        "eval": {"accuracy": round(accuracy, 2),
+                 "metric": "% of answer characters predicted right (argmax, teacher-forced)",
                  "size": config.eval_size, "seed": config.eval_seed},
         "notable_heads": heads,
         "command": config.command(),

@@ -1,8 +1,9 @@
 """TransformerWrapper: token + position embedding → attention layers → logits, with tracing."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from einops import repeat
@@ -26,9 +27,9 @@ class TransformerWrapper(nn.Module):
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError("attn_layers must be an xattn Encoder, Decoder or AttentionLayers")
-        self.config = config = ModelConfig(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=attn_layers.config,
-                                           use_abs_pos_emb=use_abs_pos_emb, emb_dropout=emb_dropout,
-                                           tie_embedding=tie_embedding)
+        self.config = config = ModelConfig(num_tokens=num_tokens, max_seq_len=max_seq_len,
+                                           attn_layers=attn_layers.config, use_abs_pos_emb=use_abs_pos_emb,
+                                           emb_dropout=emb_dropout, tie_embedding=tie_embedding)
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.token_emb = nn.Embedding(num_tokens, dim)
@@ -48,7 +49,8 @@ class TransformerWrapper(nn.Module):
         if tokens.shape[1] > self.max_seq_len:
             raise ValueError(f"the input has {tokens.shape[1]} tokens; this model takes at most {self.max_seq_len}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.num_tokens):
-            raise ValueError(f"token ids must lie in [0, {self.num_tokens}); got {int(tokens.min())}..{int(tokens.max())}")
+            raise ValueError(f"token ids must lie in [0, {self.num_tokens}); "
+                             f"got {int(tokens.min())}..{int(tokens.max())}")
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
         """tokens [b, n] → logits [b, n, num_tokens]."""
@@ -78,7 +80,7 @@ class TransformerWrapper(nn.Module):
         """Forward pass that records the chosen stages (default all) of the chosen layers (default all)."""
         if layers is not None:
             count = self.attn_layers.num_attn_layers
-            bad = [l for l in layers if not 0 <= l < count]
+            bad = [layer for layer in layers if not 0 <= layer < count]
             if bad:
                 raise ValueError(f"layer(s) {bad} out of range: the model has attention layers 0..{count - 1}")
         with recording(self.attn_layers, stages, layers) as kept:
@@ -118,8 +120,10 @@ def load_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
     not_float = [k for k in expected if k in state and not state[k].is_floating_point()]
-    problems = [(missing, "missing"), (unexpected, "unexpected"), (wrong, "wrong shape"), (not_float, "not floating point")]
-    message = "; ".join(f"{what}: {', '.join(items[:6])}{' …' if len(items) > 6 else ''}" for items, what in problems if items)
+    problems = [(missing, "missing"), (unexpected, "unexpected"), (wrong, "wrong shape"),
+                (not_float, "not floating point")]
+    message = "; ".join(f"{what}: {', '.join(items[:6])}{' …' if len(items) > 6 else ''}"
+                        for items, what in problems if items)
     if message:
         raise ValueError(f"the checkpoint does not fit the model — {message}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})

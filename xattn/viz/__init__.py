@@ -4,9 +4,21 @@
     viz.heatmap(trace, layer=1, head=0, stage="attn").show()
 """
 from .export import save_trace, to_html, to_png
-from .figures import (FULL_RESOLUTION, MAX_CELLS, diff, grid, heatmap, js_divergence, layer_similarity, mask_breakdown,
-                      mask_figure,
-                      query_row, selection, stages, token_labels)
+from .figures import (
+    FULL_RESOLUTION,
+    MAX_CELLS,
+    diff,
+    grid,
+    heatmap,
+    js_divergence,
+    layer_similarity,
+    mask_breakdown,
+    mask_figure,
+    query_row,
+    selection,
+    stages,
+    token_labels,
+)
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
 

@@ -5,6 +5,7 @@ labelled in real values; focused single-head views also carry the exact float32 
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -17,8 +18,20 @@ from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
-from .style import (DIFF_STYLE, DIVERGENCE_STYLE, FLAG_COLOR, HEAD_COLORS, MASK_COLORS, MASKED_COLOR,
-                    PRUNE_COLORS, REMOVER_COLORS, STAGE_STYLE, TEMPLATE, StageStyle, stage_style)
+from .style import (
+    DIFF_STYLE,
+    DIVERGENCE_STYLE,
+    FLAG_COLOR,
+    HEAD_COLORS,
+    MASK_COLORS,
+    MASKED_COLOR,
+    PRUNE_COLORS,
+    REMOVER_COLORS,
+    STAGE_STYLE,
+    TEMPLATE,
+    StageStyle,
+    stage_style,
+)
 
 FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this many tokens
 MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
@@ -107,7 +120,8 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
         axes = dict(x=labels, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
-    position = "query %{y}<br>key %{x}" if factor == 1 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)"
+    position = ("query %{y}<br>key %{x}" if factor == 1
+                else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)")
     value = f"<br>{name}: %{{customdata:.4g}}" if exact else ""
     return go.Heatmap(z=z if scale is None else scale.encode(z), coloraxis=axis,
                       meta=None if scale is None else dict(lo=scale.lo, hi=scale.hi),
@@ -118,7 +132,7 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
 def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str = "y", legend: bool = True) -> None:
     """Outline every run of fully masked query rows (queries with no visible key) across a panel."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    for k, (start, stop) in enumerate(zip(edges[::2], edges[1::2])):
+    for k, (start, stop) in enumerate(zip(edges[::2], edges[1::2], strict=True)):   # edges come in pairs
         fig.add_shape(type="rect", xref=f"{xref} domain", x0=0, x1=1, yref=yref, y0=start - 0.5, y1=stop - 0.5,
                       line=dict(color=FLAG_COLOR, width=2), name="fully masked query (no visible key)",
                       showlegend=legend and k == 0)
@@ -199,9 +213,10 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.01, vertical_spacing=0.01,
-                        row_titles=[f"layer {l}" for l in layers], column_titles=[f"head {h}" for h in heads])
+                        row_titles=[f"layer {layer}" for layer in layers], column_titles=[f"head {h}" for h in heads])
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
-    fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, where=f"layer {layers[r]} · head {heads[c]}<br>")
+    fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor,
+                             where=f"layer {layers[r]} · head {heads[c]}<br>")
                     for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
@@ -246,7 +261,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(stacked).any()),
                                       title="logits" if style.diverging and len(members) > 1 else None)
         axes.append(axis)
-        for column, stage in zip(columns, members):
+        for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
                                    name=STAGE_STYLE[stage].name), row=1, col=column)
             if stage in MASKED_STAGES:
@@ -311,7 +326,8 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
                                       title="gate logits" if column == 1 else None)
-        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name), row=1, col=column)
+        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name),
+                      row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
@@ -376,10 +392,11 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
         "Consecutive layers<br><sup>each head vs the same head one layer up</sup>",
         "Heads within a layer<br><sup>each head vs the layer's other heads (mean)</sup>"])
-    for column, (matrix, names) in enumerate([(across, [f"L{a}→L{b}" for a, b in zip(trace.layers, trace.layers[1:])]),
-                                              (others, [f"layer {l}" for l in trace.layers])], start=1):
+    for column, (matrix, names) in enumerate([(across, [f"L{a}→L{b}" for a, b in itertools.pairwise(trace.layers)]),
+                                              (others, [f"layer {layer}" for layer in trace.layers])], start=1):
         fig.add_trace(go.Heatmap(z=matrix.astype(np.float32), x=head_names, y=names, coloraxis="coloraxis",
-                                 texttemplate="%{z:.3f}", hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
+                                 texttemplate="%{z:.3f}",
+                                 hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
     residual, _ = _flags(trace.config)
     fig.update_yaxes(autorange="reversed")
@@ -409,7 +426,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title(f"Effective mask · batch row {batch}", [
                           f"{int(visible.sum())} of {n * n} (query, key) pairs visible",
-                          f"{len(hidden)} fully masked queries: {', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
+                          f"{len(hidden)} fully masked queries: "
+                          f"{', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))
     _flag_rows(fig, fully_masked)
     return fig

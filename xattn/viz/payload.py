@@ -53,7 +53,7 @@ class Scale:
         return int(SAFE_CODES[int(self.level(np.array(value)))])
 
     @classmethod
-    def covering(cls, values: np.ndarray, *, diverging: bool, fixed: tuple[float, float] | None = None) -> "Scale":
+    def covering(cls, values: np.ndarray, *, diverging: bool, fixed: tuple[float, float] | None = None) -> Scale:
         """The fixed range, else ±max|v| (diverging) or [min(0, min v), max v], ignoring NaN."""
         if fixed is not None:
             return cls(*fixed)

@@ -48,7 +48,8 @@ HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377",
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
     paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=60),
-    hoverlabel=dict(font_size=12), showlegend=True, legend=dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right"),
+    hoverlabel=dict(font_size=12), showlegend=True,
+    legend=dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right"),
 ))
 
 
