@@ -184,6 +184,16 @@ def test_upload_xattn_checkpoint(client: Client, tmp_path: Any) -> None:
         client.predict(handle_file(str(tmp_path / "junk.safetensors")), None, "", api_name="/upload_model")
 
 
+def test_upload_restores_the_tokenizer_the_checkpoint_carries(client: Client, default: models.Loaded) -> None:
+    """A bundled checkpoint uploaded as a file reads text in its own alphabet, so its own example runs."""
+    path = xattn.registry.MODELS_DIR / f"{default.name}.safetensors"
+    uploaded = models.uploaded(str(path))
+    assert uploaded.tokenizer == default.tokenizer
+    dropdown, *_ = client.predict(handle_file(str(path)), None, "", api_name="/upload_model")
+    heatmap = client.predict(dropdown["value"], default.example, "attn", 0, 0, 3, api_name="/explore")[1]
+    same(exact(traces(heatmap)[0]), direct(default, default.example).drawable("attn")[0, 0, 0])
+
+
 def test_upload_x_transformers_checkpoint(client: Client, tmp_path: Any) -> None:
     x_transformers = pytest.importorskip("x_transformers")
     config = {"num_tokens": 12, "max_seq_len": 16, "attn_layers": {"kind": "Decoder", "dim": 32, "depth": 2,

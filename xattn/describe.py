@@ -1,11 +1,14 @@
 """Words for people, generated from the options table: one line per model, the README's options table.
 
 `python -m xattn.describe` prints the README's table of options (with x-transformers installed, also the
-x-transformers options xattn does not run yet, read off its constructors' signatures).
+x-transformers options xattn does not run yet, read off its constructors' signatures);
+`python -m xattn.describe --readme README.md` rewrites the table in place.
 """
 from __future__ import annotations
 
+import argparse
 import inspect
+from pathlib import Path
 from typing import Any
 
 from .config import OPTIONS, PLACES, LayersConfig, ModelConfig, changed_fields
@@ -80,7 +83,23 @@ def x_transformers_unsupported() -> list[str]:
     return sorted(offered - supported)
 
 
-def main() -> None:
+def write_readme(path: Path) -> None:
+    """Replace the options table between README's `<!-- options:start -->` and `<!-- options:end -->` markers."""
+    text = path.read_text()
+    start, end = "<!-- options:start -->\n", "<!-- options:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start.strip()} … {end} markers")
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + options_table() + "\n" + end + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xattn.describe", description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, help="rewrite the options table in this README instead of printing")
+    args = parser.parse_args(argv)
+    if args.readme:
+        write_readme(args.readme)
+        return
     print(options_table())
     try:
         missing = x_transformers_unsupported()
