@@ -19,11 +19,12 @@ from .figures import (
     stages,
     token_labels,
 )
+from .lod import SCREEN, heatmap_region
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
 
 __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
-    "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS",
+    "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region", "SCREEN",
 ]

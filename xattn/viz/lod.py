@@ -1,0 +1,132 @@
+"""Level of detail: one head's stage, or any rectangle of it, at screen resolution.
+
+A first view of a long input is max-pooled down to about a screen's worth of cells (each block keeps its
+peak, so a sharp stripe survives), and a zoomed-in view asks for the visible rectangle again: once it fits
+the budget it comes at full resolution. Every view of one head is encoded on the colour scale of the whole
+head, so colours do not jump while zooming, and carries its exact float32 values for hover. The axes are
+token positions (numbers), the same in every view, so a pooled overview and a full-resolution detail can lie
+on one plot; token labels become tick labels once few enough tokens are visible.
+
+    fig = viz.heatmap_region(trace, layer=2, head=0, stage="attn")                          # the whole head
+    fig = viz.heatmap_region(trace, layer=2, head=0, stage="attn", region=(100, 164, 0, 64))  # a detail
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ..stages import DESCRIPTIONS
+from ..trace import Trace
+from .figures import _coloraxis, _flag_rows, _head, _heatmap, _legend_masked, _pool_note, _title, token_labels
+from .payload import Scale, max_pool
+from .style import STAGE_STYLE, TEMPLATE
+
+SCREEN = 512                  # cells per side of a first view; beyond it, blocks are max-pooled
+SCREEN_CELLS = SCREEN * SCREEN
+LABELLED_TOKENS = 64          # tick labels are token labels when at most this many tokens are visible
+
+
+@dataclass(frozen=True)
+class Region:
+    """Queries i0 ≤ i < i1 and keys j0 ≤ j < j1 of one head (half-open, like Python slices)."""
+
+    i0: int
+    i1: int
+    j0: int
+    j1: int
+
+    @classmethod
+    def of(cls, region: tuple[int, int, int, int] | Region | None, n: int) -> Region:
+        """`region` (i0, i1, j0, j1) clipped to an n × n head; None is the whole head. An empty or inverted
+        rectangle is refused with a ValueError."""
+        if region is None:
+            return cls(0, n, 0, n)
+        if isinstance(region, Region):
+            region = (region.i0, region.i1, region.j0, region.j1)
+        if len(region) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in region):
+            raise ValueError(f"a region is four whole numbers (i0, i1, j0, j1); got {region!r}")
+        i0, i1, j0, j1 = (int(v) for v in region)
+        clipped = cls(max(i0, 0), min(i1, n), max(j0, 0), min(j1, n))
+        if clipped.rows <= 0 or clipped.cols <= 0:
+            raise ValueError(f"the region queries {i0}..{i1 - 1} × keys {j0}..{j1 - 1} shows no cell of this "
+                             f"{n}-token head")
+        return clipped
+
+    @property
+    def rows(self) -> int:
+        return self.i1 - self.i0
+
+    @property
+    def cols(self) -> int:
+        return self.j1 - self.j0
+
+    def whole(self, n: int) -> bool:
+        return (self.i0, self.i1, self.j0, self.j1) == (0, n, 0, n)
+
+
+def region_factor(rows: int, cols: int, max_cells: int) -> int:
+    """Smallest f such that a rows × cols rectangle pooled in f × f blocks has at most `max_cells` cells."""
+    if max_cells < 1:
+        raise ValueError(f"max_cells must be at least 1; got {max_cells}")
+    f = max(1, math.ceil(math.sqrt(rows * cols / max_cells)))
+    while math.ceil(rows / f) * math.ceil(cols / f) > max_cells:
+        f += 1
+    return f
+
+
+def head_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
+                region: tuple[int, int, int, int] | Region | None = None, max_cells: int = SCREEN_CELLS,
+                batch: int = 0) -> tuple[np.ndarray, Region, int, Scale]:
+    """The values drawn for `region` of one head's stage: (values max-pooled in factor × factor blocks, NaN
+    where masked; the region, clipped; the factor, 1 = full resolution; the colour scale of the whole head)."""
+    values = _head(trace, stage, layer, head, batch)
+    style = STAGE_STYLE[stage]
+    box = Region.of(region, values.shape[-1])
+    factor = region_factor(box.rows, box.cols, max_cells)
+    shown = max_pool(values[box.i0:box.i1, box.j0:box.j1], factor, signed=style.diverging)
+    return shown, box, factor, Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
+
+
+def _ticks(labels: list[str], start: int, stop: int) -> dict:
+    """Token labels as tick labels when few tokens are visible, else plain positions."""
+    if stop - start > LABELLED_TOKENS:
+        return dict(tickmode="auto", tickvals=None, ticktext=None)
+    return dict(tickmode="array", tickvals=list(range(start, stop)), ticktext=labels[start:stop])
+
+
+def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
+                   region: tuple[int, int, int, int] | Region | None = None, max_cells: int = SCREEN_CELLS,
+                   batch: int = 0) -> go.Figure:
+    """One head's stage over `region` (i0, i1, j0, j1) — default the whole head — with at most `max_cells`
+    cells: max-pooled in square blocks when the region is bigger (a block keeps its value of largest
+    magnitude for logits, its largest for attention and F), at full resolution once it fits. Colours use the
+    whole head's range; exact float32 values ride along for hover; axes are token positions.
+
+    `layout.meta["xattn"]` says what is drawn: n, region, factor and the token labels."""
+    shown, box, factor, scale = head_region(trace, layer, head, stage, region=region, max_cells=max_cells,
+                                            batch=batch)
+    style = STAGE_STYLE[stage]
+    labels = token_labels(trace, batch)
+    n = len(labels)
+    heat = _heatmap(shown, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name)
+    heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
+    fig = go.Figure(heat)
+    notes = [DESCRIPTIONS[stage], _pool_note(factor)]
+    if not box.whole(n):
+        notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n}")
+    ranges = {} if box.whole(n) else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
+    fig.update_layout(template=TEMPLATE, width=760, height=720,
+                      title=_title(f"{style.name} · layer {layer} · head {head}", notes),
+                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
+                      xaxis=dict(title="key", constrain="domain", range=ranges.get("x"),
+                                 **_ticks(labels, box.j0, box.j1)),
+                      yaxis=dict(title="query", scaleanchor="x", constrain="domain", range=ranges.get("y"),
+                                 autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
+                      meta=dict(xattn=dict(n=n, region=[box.i0, box.i1, box.j0, box.j1], factor=factor,
+                                           labels=labels, stage=stage, layer=layer, head=head)))
+    _legend_masked(fig, shown)
+    _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
+    return fig
