@@ -9,7 +9,7 @@ import gradio as gr
 
 from xattn.memory import reuse_freed_memory
 
-from . import limits
+from . import heatmap, limits
 from .ui import build
 
 
@@ -47,7 +47,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
               f"{queue_size} queued.")
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
-                            allowed_paths=[], show_error=True)
+                            allowed_paths=heatmap.static_paths(), show_error=True)
     return demo, url
 
 

@@ -14,6 +14,7 @@ import xattn
 from xattn import masks, registry
 
 from . import limits, models, texts, views
+from .heatmap import plotly_view
 from .models import Loaded, Session
 
 # Static slider ceilings: API clients are checked against these (the views check the real range);
@@ -31,19 +32,29 @@ def model_card(loaded: Loaded) -> str:
 class Controls:
     """Every layer, head and query slider on the page, so a model change can re-range them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, opening: Loaded) -> None:
         self.sliders: list[tuple[str, gr.Slider]] = []
+        self.opening = opening
 
     def slider(self, what: str, label: str | None = None) -> gr.Slider:
-        slider = gr.Slider(0, CEILING[what], value=0, step=1, label=label or what)
+        # Sliders start where the page's first model puts them: the Explore tab's own select event, which
+        # Gradio fires as the page opens, then explores the same head as the page load does.
+        slider = gr.Slider(0, CEILING[what], value=self.start(self.opening)[what], step=1, label=label or what)
         self.sliders.append((what, slider))
         return slider
 
+    @staticmethod
+    def top(loaded: Loaded) -> dict[str, int]:
+        return {"layer": loaded.depth - 1, "head": loaded.heads - 1, "query": loaded.max_seq_len - 1}
+
+    def start(self, loaded: Loaded) -> dict[str, int]:
+        """The last layer, head 0 and the example's last token."""
+        last = len(loaded.tokenizer.encode(loaded.example)) - 1
+        return {"layer": loaded.depth - 1, "head": 0, "query": min(last, self.top(loaded)["query"])}
+
     def fit(self, loaded: Loaded) -> list[dict[str, Any]]:
         """Updates that range each slider to `loaded`, the query slider landing on the example's last token."""
-        last = len(loaded.tokenizer.encode(loaded.example)) - 1
-        top = {"layer": loaded.depth - 1, "head": loaded.heads - 1, "query": loaded.max_seq_len - 1}
-        start = {"layer": loaded.depth - 1, "head": 0, "query": min(last, top["query"])}
+        top, start = self.top(loaded), self.start(loaded)
         # A slider needs maximum > minimum: a one-layer (or one-head) model gets a locked 0–1 slider.
         return [gr.update(maximum=max(top[what], 1), value=start[what], interactive=top[what] > 0)
                 for what, _ in self.sliders]
@@ -57,9 +68,19 @@ class Controls:
                 for _ in self.queries()]
 
 
+def element_id(label: str) -> str:
+    """An element id made from a label (e.g. `focused-head`), for browser tests."""
+    return re.sub(r"\W+", "-", label).strip("-")
+
+
 def plot(label: str) -> gr.Plot:
-    """A figure slot, with an element id made from its label (e.g. `focused-head`) for browser tests."""
-    return gr.Plot(label=label, show_label=True, elem_id=re.sub(r"\W+", "-", label).strip("-"))
+    """A figure slot."""
+    return gr.Plot(label=label, show_label=True, elem_id=element_id(label))
+
+
+def view(label: str, role: str) -> gr.HTML:
+    """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
+    return plotly_view(label, role=role, elem_id=element_id(label))
 
 
 def markdown(text: str) -> gr.Markdown:
@@ -85,7 +106,7 @@ def partner(loaded: Loaded) -> str | None:
 def build() -> gr.Blocks:
     """The whole app."""
     default = models.bundled(models.default_name())
-    controls = Controls()
+    controls = Controls(default)
     with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False,
                    delete_cache=limits.CACHE_CLEANUP) as demo:
         session = gr.State({}, time_to_live=limits.SESSION_TTL_S)
@@ -125,8 +146,8 @@ def build() -> gr.Blocks:
                 explore_button = gr.Button("Run", variant="primary")
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    grid, heatmap = plot("layers × heads"), plot("focused head")
-                strip, query_row = plot("stage strip"), plot("where the query looks")
+                    grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
+                strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
             with gr.Tab("RealFormer") as real_tab:
@@ -220,6 +241,14 @@ def build() -> gr.Blocks:
             card, example, _, *ranges = chosen(session, loaded.name)
             return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names), card, example,
                     *ranges]
+
+        # Clicks on the Explore views move the sliders and redraw the views in one request; a zoom on the
+        # focused head brings the visible region at the detail the screen shows.
+        for clickable in (grid, heatmap, strip):
+            clickable.pick(views.explore_pick, [session, *explore_inputs], [e_layer, e_head, e_query, *explore_outputs],
+                           api_visibility="private", trigger_mode="always_last")
+        heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head], [heatmap],
+                     api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 
         explore_inputs = [session, *explore_inputs]
         model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(

@@ -20,12 +20,13 @@ import torch
 import xattn
 from xattn import masks, viz
 
-from . import limits, models, texts
+from . import heatmap, limits, models, texts
 from .models import Loaded, Session
 
 Figure = go.Figure
 log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
+GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
 
 
 @dataclass
@@ -192,13 +193,80 @@ def load(session: Session | None, name: str, progress: gr.Progress | None) -> Lo
 def explore(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
             progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
     """Layers × heads grid, the focused head's heatmap, its stage strip and where one query looks."""
+    return explored(session, model, text, stage, layer, head, query, progress)
+
+
+def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
+             progress: gr.Progress | None = None, *, shown: dict | None = None) -> tuple[Any, ...]:
+    """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
+    the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
+    left as it is (`gr.update()`), so a click on a cell redraws only the query row."""
     run = trace_text(load(session, model, progress), text, progress=progress)
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
-    trace = run.trace
-    return (viz.grid(trace, stage), viz.heatmap(trace, layer, head, stage),
-            strip(run, layer, head, strip_stages(run.loaded)),
-            viz.query_row(trace, layer, query, stage=stage), run.summary())
+    trace, name, labels = run.trace, run.loaded.name, viz.token_labels(run.trace)
+    shown = shown if isinstance(shown, dict) else {}
+    keys = {"grid": heatmap.key_of(name, run.ids, stage), "head": heatmap.key_of(name, run.ids, stage, layer, head)}
+    focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
+    same = {what: shown.get(what) == key for what, key in keys.items()}
+    grid = gr.update() if same["grid"] else heatmap.tag_grid(
+        viz.grid(trace, stage, max_cells=grid_cells(run)), layers=list(trace.layers),
+        heads=list(range(run.loaded.heads)), stage=stage, labels=labels, key=keys["grid"], focus=focus)
+    focused = gr.update() if same["head"] else heatmap.tag_head(
+        viz.heatmap_region(trace, layer, head, stage), stage=stage, key=keys["head"], focus=focus)
+    stages = strip_stages(run.loaded)
+    strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
+        strip(run, layer, head, stages), stages=stages, labels=labels, key=keys["head"], focus=focus)
+    row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage), labels=labels, key=keys["head"],
+                          focus=focus)
+    return grid, focused, strip_fig, row, run.summary()
+
+
+def grid_cells(run: Run) -> int:
+    """The grid's cell budget: about a screen's worth for the whole grid (GRID_TILE_CELLS per side per tile),
+    never more than viz.grid's own."""
+    return min(viz.MAX_CELLS, run.loaded.depth * run.loaded.heads * GRID_TILE_CELLS ** 2)
+
+
+def clicked(data: Any, what: str, default: int) -> int:
+    """A whole number ≥ 0 from a click's event data, else `default` (the views check the range)."""
+    value = data.get(what) if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return default
+    return int(value)
+
+
+@friendly
+def explore_pick(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
+                 query: float, evt: gr.EventData, progress: gr.Progress = gr.Progress()) -> list[Any]:
+    """A click in the Explore tab: a grid tile focuses its layer and head (and the clicked query), a cell of
+    the focused head or its stage strip picks its query. Returns the layer, head and query sliders, then
+    explore's views (those that would show the same again are left as they are)."""
+    data = getattr(evt, "_data", None) or {}
+    layer, head = clicked(data, "layer", int(layer)), clicked(data, "head", int(head))
+    query = clicked(data, "query", int(query))
+    views = explored(session, model, text, stage, layer, head, query, progress, shown=data.get("shown"))
+    return [layer, head, query, *views]
+
+
+@friendly
+def explore_zoom(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
+                 evt: gr.EventData) -> Any:
+    """A zoom on the focused head: the visible region again, at the detail the plot's width can show (full
+    resolution once it fits). Nothing changes if the head shown is no longer the one chosen."""
+    data = getattr(evt, "_data", None) or {}
+    region = data.get("region")
+    if not (isinstance(region, list) and len(region) == 4 and all(isinstance(v, int) for v in region)):
+        raise ValueError("A zoom names its region as four whole numbers [i0, i1, j0, j1].")
+    run = trace_text(load(session, model, None), text)
+    layer, head = picks(run, layer, head)
+    stage = check_stage(stage)
+    key = heatmap.key_of(run.loaded.name, run.ids, stage, layer, head)
+    if data.get("head") != key:
+        return gr.update()
+    cells = heatmap.zoom_pixels(data.get("px")) ** 2
+    figure = viz.heatmap_region(run.trace, layer, head, stage, region=tuple(region), max_cells=cells)
+    return heatmap.tag_head(figure, stage=stage, key=key, focus={"layer": layer, "head": head, "key": key})
 
 
 @friendly

@@ -93,6 +93,7 @@ def test_wheel_holds_only_the_projects_names(wheel: Path):
     # The package list in pyproject.toml is explicit (it renames app/): every module of the checkout is in it.
     for name, folder in SOURCES.items():
         expected = {f"{name}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.py")}
+        expected |= {f"{name}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.js")}   # page scripts
         assert expected <= set(names), f"missing from the wheel: {sorted(expected - set(names))}"
     data = "xattn-0.1.0.data/data/share/xattn/models/"
     assert {f"{data}{m}.safetensors" for m in MODELS} <= set(names)

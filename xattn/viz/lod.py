@@ -27,6 +27,7 @@ from .style import STAGE_STYLE, TEMPLATE
 SCREEN = 512                  # cells per side of a first view; beyond it, blocks are max-pooled
 SCREEN_CELLS = SCREEN * SCREEN
 LABELLED_TOKENS = 64          # tick labels are token labels when at most this many tokens are visible
+TICK_LABELS = 40              # … at most this many of them on an axis (760 px wide figures)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,12 @@ def head_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
 
 
 def _ticks(labels: list[str], start: int, stop: int) -> dict:
-    """Token labels as tick labels when few tokens are visible, else plain positions."""
+    """Token labels as tick labels when few tokens are visible (every one up to TICK_LABELS, else every k-th),
+    else plain positions."""
     if stop - start > LABELLED_TOKENS:
         return dict(tickmode="auto", tickvals=None, ticktext=None)
-    return dict(tickmode="array", tickvals=list(range(start, stop)), ticktext=labels[start:stop])
+    shown = list(range(start, stop, math.ceil((stop - start) / TICK_LABELS)))
+    return dict(tickmode="array", tickvals=shown, ticktext=[labels[k] for k in shown])
 
 
 def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,

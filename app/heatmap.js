@@ -1,0 +1,310 @@
+// plotly_view's js_on_load (app/heatmap.py): gr.HTML runs it with element, trigger, props, server, upload, watch.
+const view = element.querySelector('.xattn-view');
+const plot = element.querySelector('.xattn-plot');
+const tip = element.querySelector('.xattn-tip');
+const role = props.role || 'plot';
+const X = window.xattnViews || (window.xattnViews = {bus: new EventTarget(), focus: null, key: null});
+const LEVEL = new Int16Array(256).fill(-1);      // code -> level (see xattn/viz/payload.py), -1 = masked
+for (let c = 0, k = 0; c < 256; c++) {
+  if (c < 224 && (c & 15) !== 15 && (c & 63) < 62) { if (k < 205) LEVEL[c] = k; k++; }
+}
+const CONFIG = {displaylogo: false, responsive: true, scrollZoom: role === 'head',
+                modeBarButtonsToRemove: ['select2d', 'lasso2d', 'toImage']};
+let info = {};          // layout.meta.xattn of the figure drawn
+let detail = null;      // meta of the full-resolution detail laid over a pooled head, if any
+let quiet = 0;          // relayouts of our own, which must not be taken for the user's
+let timer = null;
+let drawn = 0;
+let wired = false;
+
+const ready = () => new Promise(resolve => {
+  const wait = () => (window.Plotly ? resolve(window.Plotly) : setTimeout(wait, 20));
+  wait();
+});
+const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+const labels = () => info.labels || [];
+const label = k => (labels()[k] !== undefined ? labels()[k] : String(k));
+const position = v => (typeof v === 'number' ? Math.round(v) : parseInt(String(v).split('\u00b7').pop(), 10));
+const fmt = v => (v === null || v === undefined || Number.isNaN(v) ? 'masked'
+                  : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4));
+
+function parse(value) {
+  if (!value || !value.plot) return null;
+  return typeof value.plot === 'string' ? JSON.parse(value.plot) : value.plot;
+}
+
+async function quietly(fn) {
+  quiet++;
+  try { return await fn(); } finally { quiet--; }
+}
+
+// ---- what the figure shows, in token positions
+
+function cellOf(t, r, c) {
+  // trace `t` (full data), cell [r][c] -> {q0, q1, k0, k1, code, exact}
+  const rows = Array.isArray(t.y) ? null : [t.y0, t.dy];
+  const cols = Array.isArray(t.x) ? null : [t.x0, t.dx];
+  const span = (axis, arr, i) => {
+    if (!axis) { const p = position(arr[i]); return [p, p]; }
+    const step = axis[1], centre = axis[0] + i * step;
+    return [Math.round(centre - (step - 1) / 2), Math.round(centre + (step - 1) / 2)];
+  };
+  const [q0, q1] = span(rows, t.y, r), [k0, k1] = span(cols, t.x, c);
+  const code = t.z && t.z[r] ? t.z[r][c] : undefined;
+  const exact = t.customdata && t.customdata[r] ? t.customdata[r][c] : undefined;
+  return {q0, q1, k0, k1, code, exact};
+}
+
+function valueOf(t, cell) {
+  if (cell.exact !== undefined && cell.exact !== null) return cell.exact;
+  const m = t.meta || {};
+  if (cell.code === undefined || m.lo === undefined) return cell.code;
+  const level = LEVEL[cell.code];
+  return level < 0 ? NaN : m.lo + level * (m.hi - m.lo) / 204;
+}
+
+function headCell(q, k) {
+  // the topmost heatmap of a focused head holding (q, k): the detail if it covers it, else the overview
+  const traces = plot._fullData.filter(t => t.type === 'heatmap');
+  for (const t of traces.slice().reverse()) {
+    const rows = t.z.length, cols = t.z[0].length;
+    const r = Math.floor((q - t.y0 + t.dy / 2) / t.dy), c = Math.floor((k - t.x0 + t.dx / 2) / t.dx);
+    if (r >= 0 && r < rows && c >= 0 && c < cols) return [t, cellOf(t, r, c)];
+  }
+  return null;
+}
+
+function describe(t, cell) {
+  const m = t.meta || {};
+  const span = (a, b) => (a === b ? label(a) : `${a}\u2013${b} (${label(a)} \u2026 ${label(b)})`);
+  const block = cell.q1 > cell.q0 ? ` <i>(peak of a ${cell.q1 - cell.q0 + 1}\u00d7${cell.k1 - cell.k0 + 1} block)</i>` : '';
+  const where = m.layer !== undefined ? `layer ${m.layer} \u00b7 head ${m.head}<br>` : '';
+  const name = m.name || 'value';
+  return `${where}query ${span(cell.q0, cell.q1)}<br>key ${span(cell.k0, cell.k1)}<br>` +
+         `<b>${name}: ${fmt(valueOf(t, cell))}</b>${block}`;
+}
+
+function showTip(html, ev) {
+  const box = view.getBoundingClientRect();
+  tip.innerHTML = html;
+  tip.style.display = 'block';
+  const x = ev.clientX - box.left + 14, y = ev.clientY - box.top + 14;
+  tip.style.left = Math.min(x, box.width - tip.offsetWidth - 4) + 'px';
+  tip.style.top = Math.min(y, box.height - tip.offsetHeight - 4) + 'px';
+}
+
+function pointer(ev) {
+  // (query, key) under the mouse on a single-panel head
+  const fl = plot._fullLayout, xa = fl.xaxis, ya = fl.yaxis;
+  const box = plot.getBoundingClientRect();
+  const k = Math.round(xa.p2c(ev.clientX - box.left - xa._offset));
+  const q = Math.round(ya.p2c(ev.clientY - box.top - ya._offset));
+  return [q, k];
+}
+
+// ---- marks: the focused tile, the query row, the key column
+
+function marks() {
+  const out = [];
+  const line = {color: '#ff2d95', width: 2};
+  const focus = X.focus, key = X.key;
+  if (role === 'grid' && focus && focus.layer !== undefined) {
+    const t = plot._fullData.find(d => d.type === 'heatmap' && d.meta && d.meta.layer === focus.layer
+                                       && d.meta.head === focus.head);
+    if (t) out.push({type: 'rect', xref: `${t.xaxis} domain`, yref: `${t.yaxis} domain`, x0: 0, x1: 1, y0: 0,
+                     y1: 1, line: {color: '#ff2d95', width: 3}, name: 'xattn-mark'});
+  }
+  if ((role === 'head' || role === 'strip') && focus && info.focus && focus.key === info.focus.key) {
+    const axes = plot._fullData.filter(d => d.type === 'heatmap').map(d => [d.xaxis, d.yaxis]);
+    for (const [xa, ya] of new Map(axes)) {
+      if (focus.query !== undefined)
+        out.push({type: 'rect', xref: `${xa} domain`, x0: 0, x1: 1, yref: ya, y0: focus.query - 0.5,
+                  y1: focus.query + 0.5, line, name: 'xattn-mark'});
+      if (key !== null && key !== undefined)
+        out.push({type: 'rect', yref: `${ya} domain`, y0: 0, y1: 1, xref: xa, x0: key - 0.5, x1: key + 0.5,
+                  line: {color: '#ff2d95', width: 1.5, dash: 'dot'}, name: 'xattn-mark'});
+    }
+  }
+  if (role === 'row' && key !== null && key !== undefined && key < labels().length)
+    out.push({type: 'rect', xref: 'x', x0: key - 0.5, x1: key + 0.5, yref: 'y domain', y0: 0, y1: 1,
+              fillcolor: '#ff2d95', opacity: 0.12, line: {width: 0}, layer: 'below', name: 'xattn-mark'});
+  return out;
+}
+
+async function remark() {
+  if (!plot._fullLayout) return;
+  const own = (plot.layout.shapes || []).filter(s => s.name !== 'xattn-mark');
+  await quietly(() => Plotly.relayout(plot, {shapes: own.concat(marks())}));
+  stamp();
+}
+
+function stamp() {
+  // what is drawn, for tests and benchmarks: the focus marked, the last figure's size and cells
+  const f = X.focus;
+  element.dataset.focus = f ? [f.layer, f.head, f.query].join(',') : '';
+  element.dataset.key = info.key || '';
+  element.dataset.detail = detail ? JSON.stringify(detail.region) : '';
+}
+
+// ---- tick labels: token labels once few tokens are visible
+
+function visible(n) {
+  const fl = plot._fullLayout;
+  const [a, b] = fl.xaxis.range, [c, d] = fl.yaxis.range;
+  const j0 = clamp(Math.floor(Math.min(a, b) + 0.5), 0, n), j1 = clamp(Math.ceil(Math.max(a, b) + 0.5), 0, n);
+  const i0 = clamp(Math.floor(Math.min(c, d) + 0.5), 0, n), i1 = clamp(Math.ceil(Math.max(c, d) + 0.5), 0, n);
+  return [i0, i1, j0, j1];
+}
+
+async function relabel() {
+  if (role !== 'head' || !info.n) return;
+  const [i0, i1, j0, j1] = visible(info.n);
+  const fl = plot._fullLayout;
+  const ticks = (a, b, px) => {
+    if (b - a > 64 || b <= a) return {tickmode: 'auto', tickvals: null, ticktext: null};
+    const every = Math.max(1, Math.ceil((b - a) / Math.max(1, Math.floor(px / 15))));   // labels 15 px apart
+    const vals = [];
+    for (let v = a; v < b; v += every) vals.push(v);
+    return {tickmode: 'array', tickvals: vals, ticktext: vals.map(v => label(v))};
+  };
+  const update = {}, want = {xaxis: ticks(j0, j1, fl.xaxis._length), yaxis: ticks(i0, i1, fl.yaxis._length)};
+  for (const axis of ['xaxis', 'yaxis']) {
+    const now = plot.layout[axis] || {};
+    if (now.tickmode !== want[axis].tickmode || JSON.stringify(now.tickvals || null) !== JSON.stringify(want[axis].tickvals))
+      for (const [k, v] of Object.entries(want[axis])) update[`${axis}.${k}`] = v;
+  }
+  if (Object.keys(update).length) await quietly(() => Plotly.relayout(plot, update));
+}
+
+// ---- zoom for detail
+
+function factorFor(rows, cols, cells) {
+  let f = Math.max(1, Math.ceil(Math.sqrt(rows * cols / cells)));
+  while (Math.ceil(rows / f) * Math.ceil(cols / f) > cells) f++;
+  return f;
+}
+
+async function dropDetail() {
+  if (!detail) return;
+  detail = null;
+  const layout = Object.assign({}, plot.layout, {title: info.title});
+  await quietly(() => Plotly.react(plot, plot.data.filter(t => !(t.meta && t.meta.detail)), layout, CONFIG));
+  stamp();
+}
+
+async function zoomed() {
+  if (role !== 'head' || !info.n) return;
+  const [i0, i1, j0, j1] = visible(info.n);
+  if (i1 <= i0 || j1 <= j0) return;
+  if (i0 === 0 && j0 === 0 && i1 === info.n && j1 === info.n) { await dropDetail(); return; }
+  if ((info.factor || 1) === 1) return;                      // the first view is already at full resolution
+  const px = Math.round(clamp(plot._fullLayout._size.w, 64, 1024));
+  const need = factorFor(i1 - i0, j1 - j0, px * px);
+  if (detail) {
+    const [a, b, c, d] = detail.region;
+    if (a <= i0 && b >= i1 && c <= j0 && d >= j1 && detail.factor <= need) return;   // already drawn
+  }
+  if (need >= info.factor) return;                           // the first view shows as much here
+  element.dataset.zoomRequested = JSON.stringify([i0, i1, j0, j1]);
+  trigger('zoom', {region: [i0, i1, j0, j1], px, head: info.key});
+}
+
+// ---- drawing
+
+function cells(t) {
+  // cells of a heatmap trace as sent: a typed array's shape, or nested lists
+  const z = t.z;
+  if (z && z.shape) return String(z.shape).split(',').reduce((a, b) => a * parseInt(b, 10), 1);
+  return Array.isArray(z) ? z.reduce((sum, row) => sum + (row.length || 1), 0) : 0;
+}
+
+async function draw() {
+  const Plotly = await ready();
+  const fig = parse(props.value);
+  tip.style.display = 'none';
+  if (!fig) { Plotly.purge(plot); info = {}; detail = null; return; }
+  const meta = (fig.layout && fig.layout.meta && fig.layout.meta.xattn) || {};
+  for (const t of fig.data) {
+    if (t.type === 'heatmap') { t.hoverinfo = 'none'; delete t.hovertemplate; }
+  }
+  const layout = Object.assign({}, fig.layout, {autosize: true, width: undefined});
+  const region = meta.region || [0, meta.n, 0, meta.n];
+  const isDetail = role === 'head' && meta.n && !(region[0] === 0 && region[2] === 0 && region[1] === meta.n
+                                                   && region[3] === meta.n);
+  if (isDetail) {
+    // a zoomed-in region: lay it over the pooled first view of the same head, keeping the user's zoom
+    if (!plot._fullLayout || meta.key !== info.key) return;  // the head shown has changed since: stale
+    const heat = fig.data.find(t => t.type === 'heatmap');
+    heat.meta = Object.assign({}, heat.meta, {detail: true});
+    heat.coloraxis = 'coloraxis';
+    const kept = plot.data.filter(t => !(t.meta && t.meta.detail));
+    detail = meta;
+    const title = Object.assign({}, plot.layout.title, {text: fig.layout.title.text});   // says what the detail is
+    await quietly(() => Plotly.react(plot, kept.concat([heat]), Object.assign({}, plot.layout, {title}), CONFIG));
+  } else {
+    if (role === 'head') layout.uirevision = meta.key || 'head';
+    detail = null;
+    info = Object.assign({}, meta, {title: layout.title});
+    await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
+    if (meta.focus) {
+      if (!X.focus || X.focus.key !== meta.focus.key) X.key = null;  // another head: the key is forgotten
+      X.focus = meta.focus;
+      X.bus.dispatchEvent(new Event('focus'));
+    }
+  }
+  wire();
+  await relabel();
+  element.dataset.bytes = String(props.value.plot.length);
+  element.dataset.cells = String(fig.data.reduce((sum, t) => sum + (t.type === 'heatmap' ? cells(t) : 0), 0));
+  element.dataset.drawn = String(++drawn);
+  await remark();
+  if (role === 'head' && !isDetail) zoomed();                // a redraw of a zoomed head: ask for its detail
+}
+
+function wire() {
+  if (wired) return;
+  wired = true;
+  plot.on('plotly_click', ev => {
+    const p = ev.points && ev.points[0];
+    if (!p) return;
+    if (p.data.type === 'bar') {                              // the query row: a bar picks a key
+      X.key = p.pointNumber;
+      X.bus.dispatchEvent(new Event('key'));
+      return;
+    }
+    if (p.data.type !== 'heatmap') return;
+    let q, k, t = p.fullData;
+    if (role === 'head') [q, k] = pointer(ev.event);
+    else { const cell = cellOf(t, p.pointNumber[0], p.pointNumber[1]); q = cell.q0; k = cell.k0; }
+    const n = labels().length || info.n || 1;
+    q = clamp(q, 0, n - 1); k = clamp(k, 0, n - 1);
+    const m = t.meta || {};
+    X.key = k;
+    X.bus.dispatchEvent(new Event('key'));
+    const data = {query: q, key: k, shown: X.focus ? {grid: X.focus.grid, head: X.focus.key} : {}};
+    if (m.layer !== undefined) Object.assign(data, {layer: m.layer, head: m.head});
+    trigger('pick', data);
+  });
+  plot.on('plotly_hover', ev => {
+    const p = ev.points && ev.points[0];
+    if (!p || p.data.type !== 'heatmap') return;
+    let found;
+    if (role === 'head') { const [q, k] = pointer(ev.event); found = headCell(q, k); }
+    else found = [p.fullData, cellOf(p.fullData, p.pointNumber[0], p.pointNumber[1])];
+    if (found) showTip(describe(found[0], found[1]), ev.event);
+  });
+  plot.on('plotly_unhover', () => { tip.style.display = 'none'; });
+  plot.on('plotly_relayout', () => {
+    if (quiet) return;
+    relabel();
+    clearTimeout(timer);
+    timer = setTimeout(zoomed, 200);
+  });
+  for (const what of ['focus', 'key']) X.bus.addEventListener(what, () => { if (plot._fullLayout) remark(); });
+  new ResizeObserver(() => { if (plot._fullLayout) Plotly.Plots.resize(plot); }).observe(view);
+}
+
+let queue = Promise.resolve();
+const redraw = () => { queue = queue.then(draw).catch(err => console.error('xattn view:', err)); };
+watch('value', redraw);
+redraw();

@@ -1,0 +1,137 @@
+"""A figure slot of our own: Plotly.js in a `gr.HTML` custom component, with clicks, zooms and hover.
+
+`gr.Plot` sends no click or zoom events. `plotly_view` draws the same value a `gr.Plot` gets (`{"type":
+"plotly", "plot": <figure JSON>}`, so API clients see no difference) with the plotly.js that the installed
+plotly package ships, served by this app's own file route (no CDN: the page works offline), and sends back:
+
+- `pick`: a click on a heatmap cell or a grid tile, as {"query", "key"} (+ {"layer", "head"} for a tile of
+  the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows;
+- `zoom`: a zoom or pan on a focused head, as {"region": [i0, i1, j0, j1], "px": plot width in pixels,
+  "head": its key}; the answer (a `viz.heatmap_region` figure of that region) is laid over the first,
+  pooled view at the detail the screen can show.
+
+Views on one page share a focus (layer, head, query, from the figures' `layout.meta["xattn"]`) and a key
+(clicked in the page): the grid outlines the focused tile, a focused head outlines the query row and the key
+column, the bars of the query row mark the key. Hover shows the value and token labels everywhere, decoded
+from the one-byte codes where no exact values ride along.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import plotly
+import plotly.graph_objects as go
+from gradio.components.plot import PlotData
+
+from xattn import viz
+
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+# Relative to the page, so the app also works under a path prefix.
+HEAD = f'<script src="gradio_api/file={PLOTLY_JS.as_posix()}"></script>'
+ZOOM_PIXELS = (64, 1024)           # a zoom request's cells per side, whatever width the browser claims
+
+TEMPLATE = '<div class="xattn-view"><div class="xattn-plot"></div><div class="xattn-tip"></div></div>'
+CSS = """
+.xattn-view { position: relative; width: 100%; }
+.xattn-plot { width: 100%; }
+.xattn-tip { position: absolute; display: none; pointer-events: none; z-index: 20; padding: 4px 7px;
+  background: rgba(255, 255, 255, 0.96); border: 1px solid #888; border-radius: 3px; color: #222;
+  font: 12px/1.35 Inter, "Helvetica Neue", Arial, sans-serif; white-space: nowrap; box-shadow: 0 1px 4px #0003; }
+"""
+
+JS = (Path(__file__).parent / "heatmap.js").read_text(encoding="utf-8")
+
+
+def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None) -> gr.HTML:
+    """A Plotly figure slot with `pick` (click) and `zoom` (relayout) events, whose value is a go.Figure sent
+    as gr.Plot sends it. `role`: "grid", "head" (zoom for detail), "strip", "row" or "plot".
+
+    A plain gr.HTML whose postprocess and API description are gr.Plot's: a subclass of a Gradio component
+    would make Gradio write a .pyi stub next to this file at import."""
+    view = gr.HTML(None, label=label, show_label=True, container=True, html_template=TEMPLATE, css_template=CSS,
+                   js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id, role=role)
+    view.postprocess = as_plot                          # type: ignore[method-assign]
+    view.api_info = PLOT_API.copy                       # type: ignore[method-assign]
+    return view
+
+
+PLOT_API = gr.Plot(render=False).api_info()
+
+
+def as_plot(value: Any) -> PlotData | None:
+    """A figure as gr.Plot sends it: {"type": "plotly", "plot": <figure JSON>}."""
+    if value is None or isinstance(value, PlotData):
+        return value
+    if isinstance(value, dict):
+        return PlotData(**value)
+    return PlotData(type="plotly", plot=value.to_json())
+
+
+def static_paths() -> list[str]:
+    """The one file outside Gradio's own that the app serves: plotly.js, for plotly_view."""
+    return [str(PLOTLY_JS)]
+
+
+# Figure tags: what each drawn view is, for clicks, hover and marks in the page
+
+
+def key_of(*parts: Any) -> str:
+    """A short id of what a figure shows (model, text, stage, layer, head), to tell stale events apart."""
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def _tag(fig: go.Figure, **meta: Any) -> go.Figure:
+    old = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    fig.update_layout(meta={**old, "xattn": {**old.get("xattn", {}), **meta}})
+    return fig
+
+
+def _name_traces(fig: go.Figure, name_of: Any) -> None:
+    for trace in fig.data:
+        if trace.type == "heatmap":
+            trace.meta = {**(trace.meta or {}), **name_of(trace)}
+
+
+def tag_grid(fig: go.Figure, *, layers: list[int], heads: list[int], stage: str, labels: list[str], key: str,
+             focus: dict) -> go.Figure:
+    """viz.grid's tiles, in the order it adds them (layer by layer), learn their layer and head."""
+    tiles = iter([(layer, head) for layer in layers for head in heads])
+    name = viz.STAGE_STYLE[stage].name
+
+    def of(_: Any) -> dict:
+        layer, head = next(tiles)
+        return {"layer": layer, "head": head, "name": name}
+
+    _name_traces(fig, of)
+    return _tag(fig, kind="grid", key=key, labels=labels, n=len(labels), focus=focus)
+
+
+def tag_head(fig: go.Figure, *, stage: str, key: str, focus: dict) -> go.Figure:
+    _name_traces(fig, lambda _: {"name": viz.STAGE_STYLE[stage].name})
+    return _tag(fig, kind="head", key=key, focus=focus)
+
+
+def tag_strip(fig: go.Figure, *, stages: list[str], labels: list[str], key: str, focus: dict) -> go.Figure:
+    """viz.stages' panels learn their stage from their column."""
+    def of(trace: Any) -> dict:
+        column = int((trace.xaxis or "x")[1:] or 1)
+        return {"name": viz.STAGE_STYLE[stages[column - 1]].name}
+
+    _name_traces(fig, of)
+    return _tag(fig, kind="strip", key=key, labels=labels, n=len(labels), focus=focus)
+
+
+def tag_row(fig: go.Figure, *, labels: list[str], key: str, focus: dict) -> go.Figure:
+    return _tag(fig, kind="row", key=key, labels=labels, n=len(labels), focus=focus)
+
+
+def zoom_pixels(value: Any) -> int:
+    """A zoom request's claimed plot width, as cells per side within ZOOM_PIXELS."""
+    low, high = ZOOM_PIXELS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return low
+    return int(min(max(value, low), high))

@@ -1,0 +1,181 @@
+"""Clicks, zooms and hover on the Explore tab's own Plotly views (app/heatmap.py), in real chromium: a grid
+tile focuses its layer and head, a cell of the focused head picks its query, a zoom on a long input brings the
+visible region at full resolution — and the page asks nothing of any host but the app's own.
+
+Skips without chromium or Playwright, unless XATTN_REQUIRE_BROWSER=1 (CI). Screenshots as in test_browser.py.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import torch
+
+from app import models
+
+from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
+
+# Page-side helpers: where to point the mouse, and what a view holds.
+TILE = """([layer, head]) => {
+  const gd = document.querySelector('#layers-heads .js-plotly-plot');
+  const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
+  const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
+  const box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa._length * 0.5, box.top + ya._offset + ya._length * 0.5];
+}"""
+CELL = """([query, key]) => {
+  const gd = document.querySelector('#focused-head .js-plotly-plot');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
+}"""
+HEATMAPS = """(id) => {
+  const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+  return {title: gd._fullLayout.title.text, traces: gd._fullData.filter(d => d.type === 'heatmap').map(t => ({
+    x0: t.x0, dx: t.dx, y0: t.y0, dy: t.dy, rows: t.z.length, cols: t.z[0].length, meta: t.meta,
+    exact: t.customdata ? Array.from(t.customdata, r => Array.from(r, v => (v === null ? NaN : v))) : null}))};
+}"""
+STAMP = "(id) => Object.assign({}, document.querySelector('#' + id + ' .xattn-view').parentElement.dataset)"
+
+
+def title_has(page: Any, elem_id: str, text: str) -> None:
+    page.wait_for_function("([id, text]) => { const gd = document.querySelector('#' + id + ' .js-plotly-plot');"
+                           " return gd && gd._fullLayout && gd._fullLayout.title.text.includes(text); }",
+                           arg=[elem_id, text], timeout=DRAW_TIMEOUT_MS)
+
+
+def sliders(page: Any) -> list[int]:
+    """The Explore tab's layer, head and query number boxes."""
+    return [int(page.get_by_label(f"number input for {what}", exact=True).first.input_value())
+            for what in ("layer", "head", "query")]
+
+
+def local_only(requests: list[str], server: str) -> list[str]:
+    """The requests that went to a host other than the app's own loopback address."""
+    home = urlparse(server).hostname
+    return [u for u in requests if urlparse(u).scheme not in ("data", "blob") and urlparse(u).hostname != home]
+
+
+@pytest.fixture
+def browser_page(server: str) -> Iterator[tuple[Any, list[str]]]:
+    """A chromium page on the app, with every request it makes recorded."""
+    sync_api = need_browser()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(server)
+            yield page, requests
+        finally:
+            browser.close()
+
+
+def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]], server: str,
+                                              tmp_path: Path) -> None:
+    page, requests = browser_page
+    shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    default = models.bundled(models.default_name())
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+    labels = [f"{t}·{i}" for i, t in enumerate(default.tokenizer.labels(ids))]
+    title_has(page, "focused-head", f"layer {default.depth - 1} · head 0")
+
+    # hover on a grid tile: its layer and head, token labels and the value
+    x, y = page.evaluate(TILE, [0, 2])
+    page.mouse.move(x, y)
+    tip = page.locator("#layers-heads .xattn-tip")
+    tip.wait_for(state="visible", timeout=5_000)
+    assert "layer 0 · head 2" in tip.inner_text() and "Attention:" in tip.inner_text()
+
+    # a click on tile (layer 0, head 2) focuses that head: sliders, focused head and its values follow
+    page.mouse.click(x, y)
+    title_has(page, "focused-head", "layer 0 · head 2")
+    title_has(page, "stage-strip", "layer 0 · head 2")
+    shown = page.evaluate(HEATMAPS, "focused-head")["traces"][0]
+    np.testing.assert_allclose(np.array(shown["exact"], dtype=float), trace.drawable("attn")[0, 0, 2].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    layer, head, _ = sliders(page)
+    assert (layer, head) == (0, 2)
+    page.wait_for_function(f"() => ({STAMP})('layers-heads').focus.startsWith('0,2,')", timeout=DRAW_TIMEOUT_MS)
+
+    # a click on a cell of the focused head picks its query (row 9, key 4); hover names both tokens
+    x, y = page.evaluate(CELL, [9, 4])
+    page.mouse.move(x, y)
+    tip = page.locator("#focused-head .xattn-tip")
+    tip.wait_for(state="visible", timeout=5_000)
+    assert labels[9] in tip.inner_text() and labels[4] in tip.inner_text()
+    exact = float(trace.drawable("attn")[0, 0, 2, 9, 4])
+    assert f"{exact:.4g}"[:4] in tip.inner_text() or exact < 1e-3
+    page.mouse.click(x, y)
+    title_has(page, "where-the-query-looks", f"Where does {labels[9]} look?")
+    assert sliders(page) == [0, 2, 9]
+    for view in ("layers-heads", "focused-head", "stage-strip", "where-the-query-looks"):
+        page.wait_for_function(f"() => ({STAMP})('{view}').focus === '0,2,9'", timeout=DRAW_TIMEOUT_MS)
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)
+    assert local_only(requests, server) == [], "the page reached beyond the app's own host"
+    assert any(u.endswith("plotly.min.js") for u in requests), "plotly.js did not come from the app"
+
+
+def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list[str]], server: str,
+                                                   tmp_path: Path) -> None:
+    page, requests = browser_page
+    shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    title_has(page, "focused-head", "head 0")
+    # a fresh 1 × 2 model reading 700 tokens: its first view is pooled 2 × 2
+    page.get_by_text("Load another model").click()
+    for what, value in {"depth": 1, "heads": 2, "dim": 16, "max_seq_len": 1024, "seed": 0}.items():
+        page.get_by_label(what, exact=True).fill(str(value))
+    page.get_by_role("button", name="Build fresh model").click()
+    page.get_by_text("fresh 1×2 dim 16 seed 0").first.wait_for(timeout=DRAW_TIMEOUT_MS)
+    text = ("the quick brown fox jumps over the lazy dog; " * 16)[:699]
+    page.get_by_label("text", exact=True).fill(text)
+    page.get_by_role("button", name="Run").first.click()
+    title_has(page, "focused-head", "max-pooled 2×2")
+    first = page.evaluate(HEATMAPS, "focused-head")["traces"]
+    assert len(first) == 1 and (first[0]["rows"], first[0]["dx"]) == (350, 2)
+
+    fresh = models.fresh(1, 2, 16, models_options(), 0, 1024)
+    ids = fresh.tokenizer.encode(text)
+    _, trace = fresh.model.run_with_trace(torch.tensor([ids]))
+    layer, head, _ = sliders(page)
+    values = trace.drawable("attn")[layer, 0, head].numpy()
+
+    page.evaluate("() => Plotly.relayout(document.querySelector('#focused-head .js-plotly-plot'),"
+                  " {'xaxis.range': [99.5, 159.5], 'yaxis.range': [259.5, 199.5]})")
+    page.wait_for_function(f"() => ({STAMP})('focused-head').detail !== ''", timeout=DRAW_TIMEOUT_MS)
+    drawn = page.evaluate(HEATMAPS, "focused-head")["traces"]
+    assert len(drawn) == 2, "the detail lies over the pooled first view"
+    detail = drawn[1]
+    assert (detail["dx"], detail["dy"]) == (1, 1)
+    i0, j0 = int(detail["y0"]), int(detail["x0"])
+    assert i0 <= 200 and j0 <= 100 and i0 + detail["rows"] >= 260 and j0 + detail["cols"] >= 160
+    np.testing.assert_allclose(np.array(detail["exact"], dtype=float),
+                               values[i0:i0 + detail["rows"], j0:j0 + detail["cols"]], rtol=1e-5, atol=1e-6)
+    # few tokens visible: token labels on the axes
+    ticks = page.evaluate("() => document.querySelector('#focused-head .js-plotly-plot')._fullLayout.xaxis.ticktext")
+    assert ticks and ticks[0] == f"{fresh.tokenizer.labels(ids)[100]}·100"
+    page.wait_for_timeout(300)
+    page.locator("#focused-head").screenshot(path=str(shots / "explore-zoom.png"))
+
+    # zooming back out drops the detail
+    page.evaluate("() => Plotly.relayout(document.querySelector('#focused-head .js-plotly-plot'),"
+                  " {'xaxis.autorange': true, 'yaxis.autorange': 'reversed'})")
+    page.wait_for_function(f"() => ({STAMP})('focused-head').detail === ''", timeout=DRAW_TIMEOUT_MS)
+    assert len(page.evaluate(HEATMAPS, "focused-head")["traces"]) == 1
+    assert local_only(requests, server) == []
+
+
+def models_options() -> list[str]:
+    """The fresh-model form's options as the page starts with them (app/ui.py FRESH_OPTIONS)."""
+    from app.ui import FRESH_OPTIONS
+    return list(FRESH_OPTIONS)
