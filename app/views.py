@@ -27,6 +27,7 @@ Figure = go.Figure
 log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
 GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
+STRIP_PANEL_CELLS = 256 ** 2   # cells of one stage-strip panel in Explore (~250 px wide): beyond, max-pooled
 
 
 @dataclass
@@ -216,7 +217,8 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
         viz.heatmap_region(trace, layer, head, stage), stage=stage, key=keys["head"], focus=focus)
     stages = strip_stages(run.loaded)
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
-        strip(run, layer, head, stages), stages=stages, labels=labels, key=keys["head"], focus=focus)
+        viz.pool_figure(strip(run, layer, head, stages), STRIP_PANEL_CELLS), stages=stages, labels=labels,
+        key=keys["head"], focus=focus)
     row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage), labels=labels, key=keys["head"],
                           focus=focus)
     return grid, focused, strip_fig, row, run.summary()

@@ -115,3 +115,25 @@ def test_a_2048_token_head_is_as_light_as_a_512_token_one() -> None:
         assert np.asarray(heat(fig).customdata).shape == (512, 512)
         sizes[n] = len(fig.to_json())
     assert sizes[2048] < 1.1 * sizes[512]
+
+
+def test_pool_figure_brings_a_stage_strip_to_screen_resolution(long_trace: xattn.Trace) -> None:
+    strip = viz.stages(long_trace, 1, 0, stages=["pre_softmax", "attn"])
+    full = {t.xaxis: decode(t) for t in strip.data if t.type == "heatmap"}
+    viz.pool_figure(strip, 128 * 128)
+    panels = {t.xaxis: t for t in strip.data if t.type == "heatmap"}
+    for axis, stage in (("x", "pre_softmax"), ("x2", "attn")):
+        trace = panels[axis]
+        assert np.asarray(trace.z).shape == (120, 120) and (trace.x, trace.x0, trace.dx) == (None, 2, 5)
+        expected = viz.max_pool(full[axis], 5, signed=stage == "pre_softmax")
+        np.testing.assert_allclose(decode(trace), expected, rtol=1e-6, atol=1e-6)   # the same levels, pooled
+        values = long_trace.drawable(stage)[1, 0, 0].numpy()
+        assert np.nanmax(np.abs(decode(trace))) >= np.nanmax(np.abs(values)) - Scale_step(trace) / 2
+    assert "max-pooled 5×5" in strip.layout.title.text
+    small = viz.stages(long_trace, 0, 0, stages=["attn"])
+    before = small.to_json()
+    assert viz.pool_figure(small, 600 * 600).to_json() == before            # within the budget: untouched
+
+
+def Scale_step(trace) -> float:  # noqa: N802 -- reads as the Scale's step
+    return viz.Scale(trace.meta["lo"], trace.meta["hi"]).step

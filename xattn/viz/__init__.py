@@ -19,7 +19,7 @@ from .figures import (
     stages,
     token_labels,
 )
-from .lod import SCREEN, heatmap_region
+from .lod import SCREEN, heatmap_region, pool_figure
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
 
@@ -27,4 +27,5 @@ __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region", "SCREEN",
+    "pool_figure",
 ]

@@ -133,3 +133,34 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     _legend_masked(fig, shown)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
     return fig
+
+
+def pool_figure(fig: go.Figure, max_cells: int) -> go.Figure:
+    """Max-pool, in place, every heatmap of `fig` drawn in one-byte codes (`meta` holding its lo/hi) that has
+    more than `max_cells` cells, to at most that many: the level of detail of a screen for figures built at
+    full resolution (a stage strip of a long input). Blocks keep their peak (largest magnitude on a symmetric,
+    diverging scale); exact hover values are pooled alike; the title says so. Returns `fig`."""
+    factors = set()
+    for trace in fig.data:
+        if trace.type != "heatmap" or not isinstance(trace.meta, dict) or "lo" not in trace.meta:
+            continue
+        codes = np.asarray(trace.z)
+        factor = region_factor(*codes.shape, max_cells)
+        if factor == 1:
+            continue
+        scale = Scale(trace.meta["lo"], trace.meta["hi"])
+        signed = scale.lo == -scale.hi
+        pooled = max_pool(scale.decode(codes), factor, signed=signed)
+        exact = None if trace.customdata is None else max_pool(np.asarray(trace.customdata, dtype=np.float32),
+                                                               factor, signed=signed)
+        x0, dx = (0, 1) if trace.x is not None else (trace.x0 or 0, trace.dx or 1)
+        y0, dy = (0, 1) if trace.y is not None else (trace.y0 or 0, trace.dy or 1)
+        trace.update(z=scale.encode(pooled), customdata=exact, x=None, y=None, x0=x0 + (factor - 1) / 2 * dx,
+                     dx=factor * dx, y0=y0 + (factor - 1) / 2 * dy, dy=factor * dy)
+        factors.add(factor)
+    if factors and fig.layout.title.text:
+        note = _pool_note(max(factors))
+        text = fig.layout.title.text
+        fig.layout.title.text = (text.replace("</sup>", f" · {note}</sup>") if "</sup>" in text
+                                 else f"{text}<br><sup>{note}</sup>")
+    return fig
