@@ -1,0 +1,135 @@
+"""The Explore tab's click and zoom handlers as plain functions (app/views.py): what a click payload from the page
+(app/heatmap.js) does to the sliders and the views, and what a zoom brings back."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402
+
+from app import heatmap, models, views  # noqa: E402
+from app.heatmap import as_plot  # noqa: E402
+
+
+def event(**data: Any) -> gr.EventData:
+    return gr.EventData(None, data)
+
+
+def heat(value: Any) -> dict:
+    """The first heatmap of a figure the way the page receives it."""
+    return next(t for t in json.loads(as_plot(value).plot)["data"] if t["type"] == "heatmap")
+
+
+def exact(trace: dict) -> np.ndarray:
+    from test_app import array
+    return array(trace["customdata"]).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def default() -> models.Loaded:
+    return models.bundled(models.default_name())
+
+
+def explore_args(loaded: models.Loaded, layer: int = 2, head: int = 0, query: int = 5) -> list[Any]:
+    return [None, loaded.name, loaded.example, "attn", layer, head, query]
+
+
+def test_a_grid_tile_click_focuses_its_layer_head_and_query(default: models.Loaded) -> None:
+    layer, head, query, grid, focused, strip, row, info = views.explore_pick(
+        *explore_args(default), event(layer=0, head=3, query=9, key=4))
+    assert (layer, head, query) == (0, 3, 9)
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+    np.testing.assert_allclose(exact(heat(focused)), trace.drawable("attn")[0, 0, 3].numpy(), rtol=1e-5, atol=1e-6)
+    assert "layer 0 · head 3" in focused.layout.title.text and "layer 0 · head 3" in strip.layout.title.text
+    assert "Where does" in row.layout.title.text and "·9 look" in row.layout.title.text
+    assert row.layout.meta["xattn"]["focus"] == {**row.layout.meta["xattn"]["focus"], "layer": 0, "head": 3,
+                                                 "query": 9}
+    # nothing said about what the page shows: the grid is drawn too, its tiles knowing their layer and head
+    tiles = [t for t in grid.data if t.type == "heatmap"]
+    assert [(t.meta["layer"], t.meta["head"]) for t in tiles] == [(lr, h) for lr in range(default.depth)
+                                                                    for h in range(default.heads)]
+
+
+def test_a_click_redraws_only_what_changes(default: models.Loaded) -> None:
+    """The page says what it shows: a click on the grid it shows keeps the grid, one on the head it shows
+    redraws only the query row."""
+    *_, row, _ = views.explore_pick(*explore_args(default), event(query=1))
+    shown = {"grid": row.layout.meta["xattn"]["focus"]["grid"], "head": row.layout.meta["xattn"]["focus"]["key"]}
+    layer, head, query, grid, focused, strip, row, _ = views.explore_pick(
+        *explore_args(default), event(query=7, key=3, shown=shown))
+    assert (layer, head, query) == (2, 0, 7)
+    assert grid == gr.update() and focused == gr.update() and strip == gr.update()
+    assert "·7 look" in row.layout.title.text
+    # another head: the grid stays, the head and strip are redrawn
+    _, _, _, grid, focused, strip, _, _ = views.explore_pick(*explore_args(default),
+                                                             event(layer=1, head=1, query=7, shown=shown))
+    assert grid == gr.update() and focused != gr.update() and strip != gr.update()
+    # another text than the grid shows: everything is redrawn
+    args = explore_args(default)
+    args[2] = default.example[:-2]
+    _, _, _, grid, *_ = views.explore_pick(*args, event(layer=1, head=1, query=3, shown=shown))
+    assert grid != gr.update()
+
+
+@pytest.mark.parametrize("data", [{}, {"layer": "1"}, {"layer": -1, "head": None}, {"query": float("nan")},
+                                  {"layer": True}, "not a dict"])
+def test_a_click_with_nothing_usable_keeps_the_sliders(default: models.Loaded, data: Any) -> None:
+    layer, head, query, *_ = views.explore_pick(*explore_args(default, 1, 2, 3),
+                                                gr.EventData(None, data if isinstance(data, dict) else {}))
+    assert (layer, head, query) == (1, 2, 3)
+
+
+def test_a_click_past_the_model_gets_a_sentence(default: models.Loaded) -> None:
+    with pytest.raises(gr.Error, match="Layer 9 does not exist"):
+        views.explore_pick(*explore_args(default), event(layer=9, head=0))
+
+
+def long_model() -> tuple[models.Loaded, str]:
+    loaded = models.fresh(1, 2, 16, ["causal", "pre_norm", "use_abs_pos_emb"], 0, 1024)
+    return loaded, ("the quick brown fox jumps over the lazy dog. " * 20)[:899]     # + BOS = 900 tokens
+
+
+def test_a_zoom_brings_the_region_at_full_resolution() -> None:
+    loaded, text = long_model()
+    session = {loaded.name: loaded}
+    _, focused, *_ = views.explore(session, loaded.name, text, "pre_softmax", 0, 1, 5)
+    assert focused.layout.meta["xattn"]["factor"] == 2                             # 900 tokens, pooled 2 × 2
+    key = focused.layout.meta["xattn"]["key"]
+    detail = views.explore_zoom(session, loaded.name, text, "pre_softmax", 0, 1,
+                                event(region=[400, 480, 300, 390], px=600, head=key))
+    ids = loaded.tokenizer.encode(text)
+    _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
+    shown = heat(detail)
+    assert (shown["x0"], shown["dx"], shown["y0"], shown["dy"]) == (300, 1, 400, 1)
+    np.testing.assert_allclose(exact(shown), trace.drawable("pre_softmax")[0, 0, 1, 400:480, 300:390].numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert detail.layout.meta["xattn"]["key"] == key
+    # a narrow plot gets a coarser detail; a stale zoom (another head shown since) changes nothing
+    coarse = views.explore_zoom(session, loaded.name, text, "pre_softmax", 0, 1,
+                                event(region=[0, 900, 0, 900], px=10, head=key))
+    assert coarse.layout.meta["xattn"]["factor"] == 15                             # 64 cells a side at least
+    assert views.explore_zoom(session, loaded.name, text, "pre_softmax", 0, 0,
+                              event(region=[400, 480, 300, 390], px=600, head=key)) == gr.update()
+
+
+@pytest.mark.parametrize("region, message", [(None, "four whole numbers"), ([1, 2, 3], "four whole numbers"),
+                                             (["0", 1, 0, 1], "four whole numbers"),
+                                             ([2000, 3000, 0, 10], "shows no cell")])
+def test_a_bad_zoom_gets_a_sentence(region: Any, message: str) -> None:
+    loaded, text = long_model()
+    session = {loaded.name: loaded}
+    _, focused, *_ = views.explore(session, loaded.name, text, "attn", 0, 0, 5)
+    with pytest.raises(gr.Error, match=message):
+        views.explore_zoom(session, loaded.name, text, "attn", 0, 0,
+                           event(region=region, px=600, head=focused.layout.meta["xattn"]["key"]))
+
+
+def test_zoom_pixels_are_bounded() -> None:
+    assert [heatmap.zoom_pixels(v) for v in (600, 5, 10**9, "600", None, float("nan"), True)] == [
+        600, 64, 1024, 64, 64, 64, 64]
