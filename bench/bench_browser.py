@@ -1,0 +1,212 @@
+"""The Explore tab in real chromium (Playwright, Debian's /usr/bin/chromium): how long until every view is drawn
+after a page load, a Run, a click on a grid tile (focus another head), a click on a cell of the focused head (pick
+a query) and a zoom (a region at full resolution), and how many bytes of figure JSON each drawn heatmap cell
+costs. The server runs in its own process, as in bench_app.py.
+
+    python bench/bench_browser.py [--repeats 3]
+
+Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 1 × 2, dim 16
+model reading 2,048 tokens (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
+"Drawn" is read off the page: each view stamps what it has drawn (app/heatmap.js), and a click counts as done when
+the focused head, stage strip and query row are redrawn for the new focus and the grid has moved its outline.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import main as app_main  # noqa: E402
+from app import models  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+VIEWS = ["layers-heads", "focused-head", "stage-strip", "where-the-query-looks"]
+TIMEOUT_MS = 120_000
+STAMPS = """(views) => Object.fromEntries(views.map(id => {
+  const view = document.querySelector('#' + id + ' .xattn-view');
+  return [id, view ? Object.assign({}, view.parentElement.dataset) : {}];
+}))"""
+TILE = """([layer, head]) => {
+  const gd = document.querySelector('#layers-heads .js-plotly-plot');
+  const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
+  const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
+  const box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa._length * 0.5, box.top + ya._offset + ya._length * 0.5];
+}"""
+CELL = """([query, key]) => {
+  const gd = document.querySelector('#focused-head .js-plotly-plot');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
+}"""
+# Every view drawn since `before` (drawn counters), all showing focus `focus` ("layer,head,query" or a prefix).
+DONE = """([views, before, focus, redrawn]) => {
+  const now = Object.fromEntries(views.map(id => {
+    const view = document.querySelector('#' + id + ' .xattn-view');
+    return [id, view ? view.parentElement.dataset : {}];
+  }));
+  return views.every(id => (now[id].focus || '').startsWith(focus))
+    && redrawn.every(id => Number(now[id].drawn || 0) > Number((before[id] || {}).drawn || 0));
+}"""
+
+
+def stamps(page: Any) -> dict[str, dict[str, str]]:
+    return page.evaluate(STAMPS, VIEWS)
+
+
+def timed(page: Any, action: Any, focus: str, redrawn: list[str]) -> tuple[float, int, int]:
+    """Seconds from `action()` until every view is drawn for `focus` (the `redrawn` ones drawn anew), and the
+    bytes and heatmap cells of the figures redrawn."""
+    before = stamps(page)
+    start = time.perf_counter()
+    action()
+    page.wait_for_function(DONE, arg=[VIEWS, before, focus, redrawn], timeout=TIMEOUT_MS, polling=20)
+    elapsed = time.perf_counter() - start
+    after = stamps(page)
+    new = [v for v in VIEWS if int(after[v].get("drawn", 0)) > int(before[v].get("drawn", 0))]
+    return (elapsed, sum(int(after[v].get("bytes", 0)) for v in new),
+            sum(int(after[v].get("cells", 0)) for v in new))
+
+
+def fresh_model(page: Any, depth: int, heads: int, dim: int, max_seq_len: int) -> str:
+    """Build a fresh model with the page's form (default options) and wait until it is explored."""
+    if not page.get_by_label("depth", exact=True).is_visible():
+        page.get_by_text("Load another model").click()
+    for what, value in {"depth": depth, "heads": heads, "dim": dim, "max_seq_len": max_seq_len, "seed": 0}.items():
+        page.get_by_label(what, exact=True).fill(str(value))
+    page.get_by_role("button", name="Build fresh model").click()
+    name = f"fresh {depth}×{heads} dim {dim} seed 0"
+    page.get_by_text(name).first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("Load another model").click()          # fold the form away again
+    return name
+
+
+def slider(page: Any, what: str) -> int:
+    return int(page.get_by_label(f"number input for {what}", exact=True).first.input_value())
+
+
+def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int, *, text: str | None,
+            zoom: bool) -> dict[str, Any]:
+    """Run, click-to-focus, cell-to-query (and zoom) on the model the page shows."""
+    row: dict[str, Any] = {"model": label, "N": n}
+    if text is not None:
+        page.get_by_label("text", exact=True).fill(text)
+    layer = slider(page, "layer")
+    run_times = []
+    for _ in range(max(1, repeats - 1)):
+        elapsed, *_ = timed(page, lambda: page.get_by_role("button", name="Run").first.click(), f"{layer},",
+                            VIEWS)
+        run_times.append(elapsed)
+    row["run"] = statistics.median(run_times)
+    tiles = [((depth - 1 - k) % depth, (k + 1) % heads) for k in range(repeats)]
+    focus_times, sizes = [], []
+    for tile_layer, tile_head in tiles:
+        if (tile_layer, tile_head) == (slider(page, "layer"), slider(page, "head")):
+            tile_head = (tile_head + 1) % heads
+        x, y = page.evaluate(TILE, [tile_layer, tile_head])
+        elapsed, size, cells = timed(page, lambda x=x, y=y: page.mouse.click(x, y), f"{tile_layer},{tile_head},",
+                                     ["focused-head", "stage-strip", "where-the-query-looks"])
+        focus_times.append(elapsed)
+        sizes.append((size, cells))
+    row["focus"] = statistics.median(focus_times)
+    row["focus_bytes"] = statistics.median(s for s, _ in sizes)
+    row["per_cell"] = statistics.median(s / c for s, c in sizes if c)
+    query_times = []
+    for k in range(repeats):
+        query = (n // 3 + 7 * k) % n
+        x, y = page.evaluate(CELL, [query, max(query - 1, 0)])
+        focus = f"{slider(page, 'layer')},{slider(page, 'head')},{query}"
+        elapsed, *_ = timed(page, lambda x=x, y=y: page.mouse.click(x, y), focus, ["where-the-query-looks"])
+        query_times.append(elapsed)
+    row["query"] = statistics.median(query_times)
+    if zoom:
+        zoom_times = []
+        for k in range(repeats):
+            i0 = 300 + 100 * k
+            start = time.perf_counter()
+            ranges = {"xaxis.range": [i0 - 200.5, i0 - 100.5], "yaxis.range": [i0 + 99.5, i0 - 0.5]}
+            page.evaluate("(r) => Plotly.relayout(document.querySelector('#focused-head .js-plotly-plot'), r)", ranges)
+            page.wait_for_function(f"() => {STAMPS}(['focused-head'])['focused-head'].detail === '[{i0},{i0 + 100},"
+                                   f"{i0 - 200},{i0 - 100}]'", timeout=TIMEOUT_MS, polling=20)
+            zoom_times.append(time.perf_counter() - start)
+        row["zoom"] = statistics.median(zoom_times)
+    return row
+
+
+def wait_for(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    port = app_main.free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows, rng = [], random.Random(0)
+    try:
+        wait_for(url)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            default = models.bundled(models.default_name())
+            opening = f"{default.depth - 1},0,"
+            start = time.perf_counter()
+            page.goto(url)
+            page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)
+            load = time.perf_counter() - start
+            n = len(default.tokenizer.encode(default.example))
+            rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,
+                                                 text=None, zoom=False)})
+            for depth, heads, dim, n, zoom in ((6, 8, 256, 512, False), (1, 2, 16, 2048, True)):
+                name = fresh_model(page, depth, heads, dim, n)
+                text = "".join(rng.choice(models.ASCII) for _ in range(n - 1))       # + the BOS token = n tokens
+                rows.append(measure(page, name, n, depth, heads, args.repeats, text=text, zoom=zoom))
+            home = urlparse(url).hostname
+            elsewhere = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                         and urlparse(u).hostname != home]
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()
+
+    print(f"chromium {CHROMIUM}, server in its own process; median of {args.repeats}; "
+          f"requests beyond {home}: {len(elsewhere)}\n")
+    print("| model | N | page load | Run | click tile → all views | click cell → query row | zoom → detail "
+          "| bytes per drawn cell (tile click) | tile-click payload |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        cells = [row["model"], f"{row['N']:,}", f"{row['load']:.2f} s" if "load" in row else "—",
+                 f"{row['run']:.2f} s", f"{row['focus']:.2f} s", f"{row['query']:.2f} s",
+                 f"{row['zoom']:.2f} s" if "zoom" in row else "—", f"{row['per_cell']:.2f}",
+                 f"{row['focus_bytes'] / 1e6:.2f} MB"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
