@@ -17,14 +17,17 @@ from the one-byte codes where no exact values ride along.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import plotly
 import plotly.graph_objects as go
+from gradio import component_meta
 from gradio.components.plot import PlotData
 
 from xattn import viz
@@ -46,29 +49,57 @@ CSS = """
 JS = (Path(__file__).parent / "heatmap.js").read_text(encoding="utf-8")
 
 
-def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None) -> gr.HTML:
-    """A Plotly figure slot with `pick` (click) and `zoom` (relayout) events, whose value is a go.Figure sent
-    as gr.Plot sends it. `role`: "grid", "head" (zoom for detail), "strip", "row" or "plot".
+@contextlib.contextmanager
+def no_stub() -> Iterator[None]:
+    """Gradio writes a .pyi stub next to the source of every Component subclass it meets (for its own
+    components' type hints): here that would be a file written into the installed app at import."""
+    write = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        component_meta.create_or_modify_pyi = write
 
-    A plain gr.HTML whose postprocess and API description are gr.Plot's: a subclass of a Gradio component
-    would make Gradio write a .pyi stub next to this file at import."""
-    view = gr.HTML(None, label=label, show_label=True, container=True, html_template=TEMPLATE, css_template=CSS,
-                   js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id, role=role)
-    view.postprocess = as_plot                          # type: ignore[method-assign]
-    view.api_info = PLOT_API.copy                       # type: ignore[method-assign]
-    return view
+
+with no_stub():
+    class PlotlyView(gr.HTML):
+        """A Plotly figure slot with `pick` (click) and `zoom` (relayout) events, whose value is a go.Figure sent as
+        gr.Plot sends it. `role`: "grid", "head" (zoom for detail), "strip", "row" or "plot".
+
+        A subclass, not a patched gr.HTML: Gradio answers a `gr.update()` by building a fresh component of the
+        output's class for the session, and that copy must still turn figures into JSON."""
+
+        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, **kwargs: Any) -> None:
+            super().__init__(None, label=label, show_label=True, container=True, html_template=TEMPLATE,
+                             css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
+                             role=role, **kwargs)
+
+        def preprocess(self, payload: Any) -> Any:
+            return payload
+
+        def postprocess(self, value: Any) -> PlotData | None:   # type: ignore[override]
+            """A figure as gr.Plot sends it: {"type": "plotly", "plot": <figure JSON>}."""
+            if value is None or isinstance(value, PlotData):
+                return value
+            if isinstance(value, dict):
+                return PlotData(**value)
+            return PlotData(type="plotly", plot=value.to_json())
+
+        def api_info(self) -> dict[str, Any]:
+            return PLOT_API.copy()
+
+        def example_payload(self) -> Any:
+            return None
+
+        def example_value(self) -> Any:
+            return None
 
 
 PLOT_API = gr.Plot(render=False).api_info()
 
 
-def as_plot(value: Any) -> PlotData | None:
-    """A figure as gr.Plot sends it: {"type": "plotly", "plot": <figure JSON>}."""
-    if value is None or isinstance(value, PlotData):
-        return value
-    if isinstance(value, dict):
-        return PlotData(**value)
-    return PlotData(type="plotly", plot=value.to_json())
+def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None) -> PlotlyView:
+    return PlotlyView(label, role=role, elem_id=elem_id)
 
 
 def static_paths() -> list[str]:

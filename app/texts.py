@@ -10,6 +10,10 @@ INTRO = """# xattn — see every stage of attention
 Pick a model, type text, and look at what each layer and head computes, from the raw scores
 $QK^\\top/\\sqrt{d}$ to the softmax. Every view is also an API endpoint (see *Use via API* at the bottom)."""
 
+EXPLORE = ("*Click* a tile of the grid to focus that layer and head, a cell of the focused head (or of the stage "
+           "strip) to pick that query and key, a bar to mark a key; *drag or scroll* on the focused head to zoom — a "
+           "long input then comes back at full resolution for the part you see. Hover shows tokens and values.")
+
 STAGES = "\n".join(f"- **{stage}** — {xattn.DESCRIPTIONS[stage]}" for stage in xattn.STAGES)
 
 REALFORMER = """### Residual attention (RealFormer, He et al. 2020)

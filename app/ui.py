@@ -144,6 +144,7 @@ def build() -> gr.Blocks:
                     e_layer, e_head = controls.slider("layer"), controls.slider("head")
                     e_query = controls.slider("query")
                 explore_button = gr.Button("Run", variant="primary")
+                gr.Markdown(texts.EXPLORE)
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
                     grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")

@@ -33,13 +33,14 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 VIEWS = ["layers-heads", "focused-head", "stage-strip", "where-the-query-looks"]
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = 60_000
 STAMPS = """(views) => Object.fromEntries(views.map(id => {
   const view = document.querySelector('#' + id + ' .xattn-view');
   return [id, view ? Object.assign({}, view.parentElement.dataset) : {}];
 }))"""
 TILE = """([layer, head]) => {
   const gd = document.querySelector('#layers-heads .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
   const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
   const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
   const box = gd.getBoundingClientRect();
@@ -47,6 +48,7 @@ TILE = """([layer, head]) => {
 }"""
 CELL = """([query, key]) => {
   const gd = document.querySelector('#focused-head .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
   return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
 }"""
@@ -68,10 +70,15 @@ def stamps(page: Any) -> dict[str, dict[str, str]]:
 def timed(page: Any, action: Any, focus: str, redrawn: list[str]) -> tuple[float, int, int]:
     """Seconds from `action()` until every view is drawn for `focus` (the `redrawn` ones drawn anew), and the
     bytes and heatmap cells of the figures redrawn."""
+    page.wait_for_timeout(400)          # two clicks within 300 ms are a double click to plotly (it resets the zoom)
     before = stamps(page)
     start = time.perf_counter()
     action()
-    page.wait_for_function(DONE, arg=[VIEWS, before, focus, redrawn], timeout=TIMEOUT_MS, polling=20)
+    try:
+        page.wait_for_function(DONE, arg=[VIEWS, before, focus, redrawn], timeout=TIMEOUT_MS, polling=20)
+    except Exception:
+        print(f"waiting for {focus!r}, {redrawn}: before {before}, now {stamps(page)}", file=sys.stderr)
+        raise
     elapsed = time.perf_counter() - start
     after = stamps(page)
     new = [v for v in VIEWS if int(after[v].get("drawn", 0)) > int(before[v].get("drawn", 0))]
@@ -96,15 +103,16 @@ def slider(page: Any, what: str) -> int:
     return int(page.get_by_label(f"number input for {what}", exact=True).first.input_value())
 
 
-def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int, *, text: str | None,
+def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int, texts: list[str],
             zoom: bool) -> dict[str, Any]:
-    """Run, click-to-focus, cell-to-query (and zoom) on the model the page shows."""
+    """Run (a new text each time: the views redraw only what changed), click-to-focus, cell-to-query (and
+    zoom) on the model the page shows."""
+    print(f"{label}: N = {n}", file=sys.stderr, flush=True)
     row: dict[str, Any] = {"model": label, "N": n}
-    if text is not None:
-        page.get_by_label("text", exact=True).fill(text)
     layer = slider(page, "layer")
     run_times = []
-    for _ in range(max(1, repeats - 1)):
+    for text in texts:
+        page.get_by_label("text", exact=True).fill(text)
         elapsed, *_ = timed(page, lambda: page.get_by_role("button", name="Run").first.click(), f"{layer},",
                             VIEWS)
         run_times.append(elapsed)
@@ -181,12 +189,14 @@ def main() -> None:
             page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)
             load = time.perf_counter() - start
             n = len(default.tokenizer.encode(default.example))
+            texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(args.repeats)]
             rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,
-                                                 text=None, zoom=False)})
+                                                 texts, zoom=False)})
             for depth, heads, dim, n, zoom in ((6, 8, 256, 512, False), (1, 2, 16, 2048, True)):
                 name = fresh_model(page, depth, heads, dim, n)
-                text = "".join(rng.choice(models.ASCII) for _ in range(n - 1))       # + the BOS token = n tokens
-                rows.append(measure(page, name, n, depth, heads, args.repeats, text=text, zoom=zoom))
+                texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1))        # + the BOS token = n tokens
+                         for _ in range(max(1, args.repeats - 1))]
+                rows.append(measure(page, name, n, depth, heads, args.repeats, texts, zoom=zoom))
             home = urlparse(url).hostname
             elsewhere = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
                          and urlparse(u).hostname != home]

@@ -23,6 +23,7 @@ from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
 # Page-side helpers: where to point the mouse, and what a view holds.
 TILE = """([layer, head]) => {
   const gd = document.querySelector('#layers-heads .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
   const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
   const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
   const box = gd.getBoundingClientRect();
@@ -30,6 +31,7 @@ TILE = """([layer, head]) => {
 }"""
 CELL = """([query, key]) => {
   const gd = document.querySelector('#focused-head .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
   return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
 }"""
@@ -118,6 +120,13 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     assert sliders(page) == [0, 2, 9]
     for view in ("layers-heads", "focused-head", "stage-strip", "where-the-query-looks"):
         page.wait_for_function(f"() => ({STAMP})('{view}').focus === '0,2,9'", timeout=DRAW_TIMEOUT_MS)
+    # that click left the focused head as it was (nothing to redraw); the next tile click still redraws it
+    page.wait_for_timeout(400)                  # two clicks within 300 ms are a double click to plotly
+    x, y = page.evaluate(TILE, [1, 1])
+    page.mouse.click(x, y)
+    title_has(page, "focused-head", "layer 1 · head 1")
+    title_has(page, "stage-strip", "layer 1 · head 1")
+    assert sliders(page)[:2] == [1, 1]
     page.mouse.move(5, 5)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)

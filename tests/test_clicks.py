@@ -13,7 +13,7 @@ pytest.importorskip("gradio")
 import gradio as gr  # noqa: E402
 
 from app import heatmap, models, views  # noqa: E402
-from app.heatmap import as_plot  # noqa: E402
+from app.heatmap import PlotlyView  # noqa: E402
 
 
 def event(**data: Any) -> gr.EventData:
@@ -22,7 +22,8 @@ def event(**data: Any) -> gr.EventData:
 
 def heat(value: Any) -> dict:
     """The first heatmap of a figure the way the page receives it."""
-    return next(t for t in json.loads(as_plot(value).plot)["data"] if t["type"] == "heatmap")
+    sent = PlotlyView("figure", render=False).postprocess(value)
+    return next(t for t in json.loads(sent.plot)["data"] if t["type"] == "heatmap")
 
 
 def exact(trace: dict) -> np.ndarray:
@@ -133,3 +134,15 @@ def test_a_bad_zoom_gets_a_sentence(region: Any, message: str) -> None:
 def test_zoom_pixels_are_bounded() -> None:
     assert [heatmap.zoom_pixels(v) for v in (600, 5, 10**9, "600", None, float("nan"), True)] == [
         600, 64, 1024, 64, 64, 64, 64]
+
+
+def test_the_session_copy_gradio_makes_on_an_update_still_sends_figures(default: models.Loaded) -> None:
+    """Gradio answers gr.update() by building the output's class again from its constructor arguments; that
+    copy must turn a figure into gr.Plot's JSON, as the original does (else the next figure reaches the page as
+    its repr)."""
+    view = PlotlyView("focused head", role="head", elem_id="focused-head", render=False)
+    copy = type(view)(**{**view.constructor_args, "render": False})
+    figure = views.explore(None, *explore_args(default)[1:])[1]
+    assert copy.postprocess(figure).model_dump() == view.postprocess(figure).model_dump()
+    assert copy.postprocess(figure).model_dump()["type"] == "plotly"
+    assert copy.get_config()["props"]["role"] == "head"
