@@ -176,9 +176,10 @@ def strip_stages(loaded: Loaded) -> list[str]:
     return [stage for stage in loaded.model.config.attn_layers.stages_in_use() if stage not in xattn.TERMS]
 
 
-def strip(run: Run, layer: int, head: int, stages: list[str]) -> Figure:
-    """viz.stages for one head (exact hover values only while panels are wide enough to point at a cell)."""
-    return viz.stages(run.trace, layer, head, stages=stages)
+def strip(run: Run, layer: int, head: int, stages: list[str], max_cells: int | None = None) -> Figure:
+    """viz.stages for one head (exact hover values only while panels are wide enough to point at a cell),
+    each panel max-pooled to `max_cells`."""
+    return viz.stages(run.trace, layer, head, stages=stages, max_cells=max_cells)
 
 
 def load(session: Session | None, name: str, progress: gr.Progress | None) -> Loaded:
@@ -217,8 +218,8 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
         viz.heatmap_region(trace, layer, head, stage), stage=stage, key=keys["head"], focus=focus)
     stages = strip_stages(run.loaded)
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
-        viz.pool_figure(strip(run, layer, head, stages), STRIP_PANEL_CELLS), stages=stages, labels=labels,
-        key=keys["head"], focus=focus)
+        strip(run, layer, head, stages, STRIP_PANEL_CELLS), stages=stages, labels=labels, key=keys["head"],
+        focus=focus)
     row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage), labels=labels, key=keys["head"],
                           focus=focus)
     return grid, focused, strip_fig, row, run.summary()

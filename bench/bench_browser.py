@@ -134,7 +134,7 @@ def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int,
     for k in range(repeats):
         query = (n // 3 + 7 * k) % n
         x, y = page.evaluate(CELL, [query, max(query - 1, 0)])
-        focus = f"{slider(page, 'layer')},{slider(page, 'head')},{query}"
+        focus = f"{slider(page, 'layer')},{slider(page, 'head')},"      # at 512 tokens a cell is about a pixel
         elapsed, *_ = timed(page, lambda x=x, y=y: page.mouse.click(x, y), focus, ["where-the-query-looks"])
         query_times.append(elapsed)
     row["query"] = statistics.median(query_times)

@@ -137,3 +137,18 @@ def test_pool_figure_brings_a_stage_strip_to_screen_resolution(long_trace: xattn
 
 def Scale_step(trace) -> float:  # noqa: N802 -- reads as the Scale's step
     return viz.Scale(trace.meta["lo"], trace.meta["hi"]).step
+
+
+def test_stage_strip_pooled_before_it_is_built(long_trace: xattn.Trace) -> None:
+    """viz.stages(max_cells=…) pools each panel from the trace's own values: every block its peak."""
+    pooled = viz.stages(long_trace, 1, 0, stages=["pre_softmax", "attn"], max_cells=128 * 128)
+    panels = sorted((t for t in pooled.data if t.type == "heatmap"), key=lambda t: t.xaxis)
+    for trace, stage in zip(panels, ["pre_softmax", "attn"], strict=True):
+        assert (trace.x, trace.x0, trace.dx, trace.y0, trace.dy) == (None, 2, 5, 2, 5)
+        peaks = viz.max_pool(long_trace.drawable(stage)[1, 0, 0].numpy(), 5, signed=stage == "pre_softmax")
+        drawn = decode(trace)
+        assert drawn.shape == (120, 120) and (np.isnan(drawn) == np.isnan(peaks)).all()
+        assert np.nanmax(np.abs(drawn - peaks)) <= Scale_step(trace) / 2 + 1e-6
+    assert "max-pooled 5×5" in pooled.layout.title.text
+    full = viz.stages(long_trace, 1, 0, stages=["attn"], max_cells=N * N)
+    assert np.asarray(full.data[0].z).shape == (N, N) and "max-pooled" not in full.layout.title.text

@@ -228,16 +228,19 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
 
 
 def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0,
-           exact: bool | None = None) -> go.Figure:
+           exact: bool | None = None, max_cells: int | None = None) -> go.Figure:
     """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
     each titled with what it changes. Stages drawn with the same colour scale share one range.
 
     `exact` adds float32 values for hover; by default only up to EXACT_HOVER_TOKENS tokens, past which a
-    panel's cells are under a pixel wide and the exact values would be most of the payload."""
+    panel's cells are under a pixel wide and the exact values would be most of the payload. With `max_cells`,
+    panels above that many cells are max-pooled down to it (peaks kept), and the title says so."""
     chosen = [s for s in DEFAULT_STAGES if s in trace] if stages is None else list(stages)
     if not chosen:
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
+    factor = 1 if max_cells is None else pool_factor(trace.visible.shape[-1], 1, max_cells)
+    values = {s: max_pool(v, factor, signed=STAGE_STYLE[s].diverging) for s, v in values.items()}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
     residual, selective = _flags(trace.config)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
@@ -263,7 +266,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name), row=1, col=column)
+                                   name=STAGE_STYLE[stage].name, factor=factor), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
@@ -272,7 +275,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
-                      title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes"]))
+                      title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
+                                                                             _pool_note(factor)]))
     return fig
 
 
