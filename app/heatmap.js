@@ -220,6 +220,7 @@ function cells(t) {
 
 async function draw() {
   const Plotly = await ready();
+  const started = performance.now();
   const fig = parse(props.value);
   tip.style.display = 'none';
   if (!fig) { Plotly.purge(plot); info = {}; detail = null; return; }
@@ -256,6 +257,7 @@ async function draw() {
   await relabel();
   element.dataset.bytes = String(props.value.plot.length);
   element.dataset.cells = String(fig.data.reduce((sum, t) => sum + (t.type === 'heatmap' ? cells(t) : 0), 0));
+  element.dataset.ms = String(Math.round(performance.now() - started));   // parse and draw, in the page
   element.dataset.drawn = String(++drawn);
   await remark();
   if (role === 'head' && !isDetail) zoomed();                // a redraw of a zoomed head: ask for its detail
@@ -267,7 +269,7 @@ function wire() {
   plot.on('plotly_click', ev => {
     const p = ev.points && ev.points[0];
     if (!p) return;
-    if (p.data.type === 'bar') {                              // the query row: a bar picks a key
+    if (role === 'row') {                                     // the query row: a bar (or step) picks a key
       X.key = p.pointNumber;
       X.bus.dispatchEvent(new Event('key'));
       return;

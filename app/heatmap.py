@@ -160,6 +160,23 @@ def tag_row(fig: go.Figure, *, labels: list[str], key: str, focus: dict) -> go.F
     return _tag(fig, kind="row", key=key, labels=labels, n=len(labels), focus=focus)
 
 
+def bars_as_steps(fig: go.Figure, labels: list[str]) -> go.Figure:
+    """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
+    draws a path per head instead of heads × keys bars (the query row of a long input)."""
+    steps = []
+    for bar in fig.data:
+        if bar.type != "bar":
+            steps.append(bar)
+            continue
+        hover = bar.hovertemplate.replace("key %{x}", "key %{text}")
+        steps.append(go.Scatter(x=list(range(len(bar.y))), y=bar.y, text=labels, name=bar.name, mode="lines",
+                                line=dict(color=bar.marker.color, width=1.2, shape="hvh"), hovertemplate=hover))
+    fig.data = []
+    fig.add_traces(steps)
+    fig.update_xaxes(type="linear", range=[-0.5, len(labels) - 0.5])
+    return fig
+
+
 def zoom_pixels(value: Any) -> int:
     """A zoom request's claimed plot width, as cells per side within ZOOM_PIXELS."""
     low, high = ZOOM_PIXELS

@@ -6,9 +6,12 @@ sentence (see `friendly`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,7 @@ Figure = go.Figure
 log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
 GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
+ROW_BARS = 256             # a query row over more keys is drawn as one step line per head, not bars
 STRIP_PANEL_CELLS = 256 ** 2   # cells of one stage-strip panel in Explore (~250 px wide): beyond, max-pooled
 
 
@@ -132,6 +136,34 @@ def trace_text(loaded: Loaded, text: str, *, padding: int = 0, pad_left: bool = 
     return Run(loaded, ids, labels, logits, trace, pad_mask, attn_mask, notes)
 
 
+# The Explore tab's latest traces, so that a click or a zoom on what the page shows does not trace it again.
+RECENT: OrderedDict[tuple[int, str], Run] = OrderedDict()
+RECENT_LOCK = threading.Lock()
+
+
+def explore_run(loaded: Loaded, text: str, progress: gr.Progress | None = None, *, reuse: bool = True) -> Run:
+    """`trace_text(loaded, text)`, kept among the RECENT ones (at most limits.RECENT_RUNS, limits.RECENT_BYTES
+    counting twice the recorded stages for the drawable copies made from them); with `reuse`, a kept one is
+    used again. Each caller gets its own notes."""
+    key = (id(loaded.model), text)
+    if reuse:
+        with RECENT_LOCK:
+            run = RECENT.get(key)
+            if run is not None and run.loaded.model is loaded.model:     # the same model, not one reusing its id
+                RECENT.move_to_end(key)
+                return dataclasses.replace(run, notes=list(run.notes))
+    run = trace_text(loaded, text, progress=progress)
+    size = 2 * run.trace.nbytes()
+    with RECENT_LOCK:
+        RECENT.pop(key, None)
+        if size <= limits.RECENT_BYTES:
+            RECENT[key] = dataclasses.replace(run, notes=list(run.notes))
+        while len(RECENT) > limits.RECENT_RUNS or sum(2 * r.trace.nbytes() for r in RECENT.values()) > \
+                limits.RECENT_BYTES:
+            RECENT.popitem(last=False)
+    return run
+
+
 def index(value: float | None, count: int, what: str, owner: str) -> int:
     """A layer, head or query index checked against `count`, with a sentence saying the valid range."""
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
@@ -203,11 +235,11 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row."""
-    run = trace_text(load(session, model, progress), text, progress=progress)
+    run = explore_run(load(session, model, progress), text, progress, reuse=shown is not None)
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
     trace, name, labels = run.trace, run.loaded.name, viz.token_labels(run.trace)
-    shown = shown if isinstance(shown, dict) else {}
+    shown = shown or {}
     keys = {"grid": heatmap.key_of(name, run.ids, stage), "head": heatmap.key_of(name, run.ids, stage, layer, head)}
     focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
     same = {what: shown.get(what) == key for what, key in keys.items()}
@@ -220,8 +252,10 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
         strip(run, layer, head, stages, STRIP_PANEL_CELLS), stages=stages, labels=labels, key=keys["head"],
         focus=focus)
-    row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage), labels=labels, key=keys["head"],
-                          focus=focus)
+    row = viz.query_row(trace, layer, query, stage=stage)
+    if run.n > ROW_BARS:
+        row = heatmap.bars_as_steps(row, labels)
+    row = heatmap.tag_row(row, labels=labels, key=keys["head"], focus=focus)
     return grid, focused, strip_fig, row, run.summary()
 
 
@@ -248,7 +282,8 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
     data = getattr(evt, "_data", None) or {}
     layer, head = clicked(data, "layer", int(layer)), clicked(data, "head", int(head))
     query = clicked(data, "query", int(query))
-    views = explored(session, model, text, stage, layer, head, query, progress, shown=data.get("shown"))
+    shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
+    views = explored(session, model, text, stage, layer, head, query, progress, shown=shown)
     return [layer, head, query, *views]
 
 
@@ -261,7 +296,7 @@ def explore_zoom(session: Session | None, model: str, text: str, stage: str, lay
     region = data.get("region")
     if not (isinstance(region, list) and len(region) == 4 and all(isinstance(v, int) for v in region)):
         raise ValueError("A zoom names its region as four whole numbers [i0, i1, j0, j1].")
-    run = trace_text(load(session, model, None), text)
+    run = explore_run(load(session, model, None), text)
     layer, head = picks(run, layer, head)
     stage = check_stage(stage)
     key = heatmap.key_of(run.loaded.name, run.ids, stage, layer, head)

@@ -146,3 +146,16 @@ def test_the_session_copy_gradio_makes_on_an_update_still_sends_figures(default:
     assert copy.postprocess(figure).model_dump() == view.postprocess(figure).model_dump()
     assert copy.postprocess(figure).model_dump()["type"] == "plotly"
     assert copy.get_config()["props"]["role"] == "head"
+
+
+def test_a_long_query_row_is_one_step_line_per_head() -> None:
+    loaded, text = long_model()
+    _, _, _, row, _ = views.explore({loaded.name: loaded}, loaded.name, text, "attn", 0, 1, 500)
+    ids = loaded.tokenizer.encode(text)
+    _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
+    lines = [t for t in row.data if t.type == "scatter" and t.mode == "lines"]
+    assert len(lines) == loaded.heads and not [t for t in row.data if t.type == "bar"]
+    for h, line in enumerate(lines):
+        np.testing.assert_allclose(np.asarray(line.y, dtype=float), trace.drawable("attn")[0, 0, h, 500].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert list(line.x) == list(range(len(ids))) and line.text[500].endswith("·500")
