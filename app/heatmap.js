@@ -248,7 +248,6 @@ async function draw() {
     info = Object.assign({}, meta, {title: layout.title});
     await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
     if (meta.focus) {
-      if (!X.focus || X.focus.key !== meta.focus.key) X.key = null;  // another head: the key is forgotten
       X.focus = meta.focus;
       X.bus.dispatchEvent(new Event('focus'));
     }

@@ -13,6 +13,7 @@ the focused head, stage strip and query row are redrawn for the new focus and th
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -205,8 +206,9 @@ def main() -> None:
         server.terminate()
         server.wait()
 
-    print(f"chromium {CHROMIUM}, server in its own process; median of {args.repeats}; "
-          f"requests beyond {home}: {len(elsewhere)}\n")
+    busy = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"chromium {CHROMIUM}, server in its own process; median of {args.repeats}; {os.cpu_count()} CPUs, "
+          f"load average {busy} at the end; requests beyond {home}: {len(elsewhere)}\n")
     print("| model | N | page load | Run | click tile → all views | click cell → query row | zoom → detail "
           "| bytes per drawn cell (tile click) | tile-click payload |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
