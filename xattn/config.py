@@ -70,10 +70,52 @@ class AttentionConfig:
                              "Leviathan et al. 2024: head 0's positive scores, summed down the sequence, are "
                              "subtracted from every head's logits", stages=("selection", "pre_softmax"), form=True)
     dropout: float = option(0.0, "attention dropout", "softmax", "on the attention pattern, training only")
+    num_mem_kv: int = option(0, "memory key/values", "queries and keys",
+                             "learned key/value pairs per head in front of every layer's keys and values, "
+                             "visible to every query", stages=("scores",),
+                             weights=("layers.*.branch.mem_k", "layers.*.branch.mem_v"))
+    add_zero_kv: bool = option(False, "zero key/value", "queries and keys",
+                               "an all-zero key and value in front: a query may put weight on nothing (its score is 0)",
+                               stages=("scores",), form=True)
+    head_learned_sink: bool = option(False, "learned attention sink", "softmax",
+                                     "a learned logit per head joins the softmax as a column in front, taking weight "
+                                     "without adding a value", stages=("pre_softmax",),
+                                     weights=("layers.*.branch.sink",), form=True)
+    pre_talking_heads: bool = option(False, "pre-softmax talking heads", "scores",
+                                     "adds a learned mix of all heads' scores to each head's scores",
+                                     stages=("talking_heads_pre",), weights=("layers.*.branch.pre_talking_heads",),
+                                     form=True)
+    post_talking_heads: bool = option(False, "post-softmax talking heads", "softmax",
+                                      "each head's pattern is a learned mix of all heads' softmax",
+                                      stages=("softmax", "attn"), weights=("layers.*.branch.post_talking_heads",),
+                                      form=True)
+    pre_scale_post_talking_heads: bool = option(False, "pre-scale-post talking heads", "softmax",
+                                                "the pattern is multiplied by a learned head mix of the scores "
+                                                "(before bias and masks)", stages=("softmax", "attn"),
+                                                weights=("layers.*.branch.pre_scale_post_talking_heads",), form=True)
+    use_cope: bool = option(False, "CoPE", "position bias",
+                            "contextual positions (Golovneva et al. 2024): a key's position counts the gated keys "
+                            "from it to the query, and q · its position embedding is added after masking",
+                            stages=("cope",), weights=("layers.*.branch.cope.pos_emb",), form=True)
+    cope_max_pos: int = option(16, "CoPE positions", "position bias", "CoPE's positions stop at this count minus one")
+    cope_talking_heads: bool = option(False, "CoPE talking heads", "position bias",
+                                      "CoPE counts positions on a learned head mix of the masked logits",
+                                      weights=("layers.*.branch.cope.talking_heads",))
 
     def __post_init__(self) -> None:
         check_whole("attn_dim_head", self.dim_head)
         check_number("attn_dropout", self.dropout, 0.0, 1.0)
+        check_whole("attn_num_mem_kv", self.num_mem_kv, low=0)
+        check_whole("attn_cope_max_pos", self.cope_max_pos)
+        if not self.use_cope and (self.cope_talking_heads or self.cope_max_pos != 16):
+            raise ValueError("attn_cope_max_pos and attn_cope_talking_heads have no effect without attn_use_cope=True")
+
+    @property
+    def key_extras(self) -> list[str]:
+        """Names of the key columns each attention layer puts in front of the tokens, in x-transformers'
+        order: the learned sink, the zero key, the memory keys."""
+        return (["sink"] * self.head_learned_sink + ["zero"] * self.add_zero_kv
+                + [f"mem {k}" for k in range(self.num_mem_kv)])
 
 
 @dataclass(frozen=True)
@@ -149,6 +191,13 @@ class LayersConfig:
         if self.attn.selective and not self.causal:
             raise ValueError("Selective attention (attn_selective) needs a causal model (a Decoder): it lets a token "
                              "stop later tokens from attending to earlier ones, which has no meaning without an order")
+        if self.attn.use_cope and not self.causal:
+            raise ValueError("CoPE (attn_use_cope) needs a causal model (a Decoder): it counts positions back from "
+                             "the query over the keys before it")
+        if self.attn.head_learned_sink and self.residual_attn:
+            raise ValueError("attn_head_learned_sink cannot be combined with residual_attn: the sink column makes each "
+                             "layer's pre-softmax logits one key wider than the next layer's scores "
+                             "(x-transformers fails the same way)")
         if self.rotary_pos_emb and self.alibi_pos_bias:
             raise ValueError("choose one relative position scheme: rotary_pos_emb or alibi_pos_bias, not both")
         for name, needs in (("rotary_emb_dim", "rotary_pos_emb"), ("alibi_num_heads", "alibi_pos_bias")):

@@ -137,6 +137,11 @@ class AttentionLayers(nn.Module):
     def selective(self) -> bool:
         return self.config.selective
 
+    @property
+    def key_extras(self) -> list[str]:
+        """Names of the key columns every attention layer puts in front of the tokens (sink, zero, memory)."""
+        return self.config.attn.key_extras
+
     def visible_mask(self, batch: int, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                      device: torch.device | None = None) -> Tensor | None:
         """[b|1, 1, i, j] True where key j is visible to query i: padding, custom and causal masks combined.
