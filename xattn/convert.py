@@ -94,6 +94,8 @@ def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: flo
     rest = re.sub(r"^1\.fn\.", "1.", rest)       # Macaron wraps its feed-forwards in Scale(0.5, …)
     if block.is_attention and (a := re.fullmatch(r"1\.(to_[qkvo]\w*)\.weight", rest)):
         return {f"{prefix}branch.{a[1]}.weight": value}
+    if block.is_attention and rest[2:] in ATTENTION_KEYS:        # 1×1 Conv2d head mixes become [h, h] matrices
+        return {f"{prefix}branch.{ATTENTION_KEYS[rest[2:]]}": value.flatten(1) if value.ndim == 4 else value}
     if not block.is_attention and (f := re.fullmatch(r"1\.ff\.(\d)\.(?:0\.|proj\.)?(weight|bias|gamma)", rest)):
         position, what = int(f[1]), f[2]
         if position == 0:
@@ -240,12 +242,14 @@ ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "qk_norm": "attn_qk_norm", "
                    "orthog_projected_values": "attn_orthog_projected_values",
                    "orthog_projected_values_per_head": "attn_orthog_projected_values_per_head",
                    "qkv_receive_diff_residuals": "qkv_receive_diff_residuals"}
-ATTEND_MODULES = {"pre_softmax_talking_heads": "attn_pre_talking_heads",
-                  "post_softmax_talking_heads": "attn_post_talking_heads",
-                  "pre_scale_post_talking_heads": "attn_pre_scale_post_talking_heads", "cope": "attn_use_cope"}
-ATTEND_FLAGS = {"l2_distance": "attn_l2_distance", "cog_signed": "attn_cog_signed", "add_zero_kv": "attn_add_zero_kv",
-                "head_learned_sink": "attn_head_learned_sink", "softclamp_logits": "attn_softclamp_logits",
-                "inverted_attention": "cross_attn_inverted_attention"}
+ATTEND_FLAGS = {"l2_distance": "attn_l2_distance", "cog_signed": "attn_cog_signed",
+                "softclamp_logits": "attn_softclamp_logits", "inverted_attention": "cross_attn_inverted_attention"}
+# x-transformers' weights inside an Attention (after `layers.{k}.1.`) → xattn's inside the branch.
+ATTENTION_KEYS = {"mem_k": "mem_k", "mem_v": "mem_v", "attend.head_attn_sink": "sink",
+                  "attend.pre_softmax_talking_heads.weight": "pre_talking_heads",
+                  "attend.post_softmax_talking_heads.weight": "post_talking_heads",
+                  "attend.pre_scale_post_talking_heads.weight": "pre_scale_post_talking_heads",
+                  "attend.cope.pos_emb": "cope.pos_emb", "attend.cope.talking_heads.weight": "cope.talking_heads"}
 
 
 def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
@@ -260,8 +264,8 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
         fn = fn.func
     need(fn is torch.nn.functional.softmax,
          "attn_sparse_topk / attn_sigmoid / attn_hard / attn_gumbel_softmax (a non-softmax attention function)")
-    for name, keyword in ATTEND_MODULES.items():
-        need(getattr(attend, name, None) is None, keyword)
+    cope = attend.cope
+    need(cope is None or not cope.soft_onehot, "attn_cope_soft_onehot_pos (x-transformers 2.31.10 cannot run it)")
     for name, keyword in ATTEND_FLAGS.items():
         need(not getattr(attend, name, False), keyword)
     for name, keyword in ATTENTION_MODULES.items():
@@ -270,10 +274,16 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
         if name == "qk_norm" and getattr(attn, name, False):
             keyword += " (attn_qk_norm_groups, attn_qk_norm_scale, attn_qk_norm_dim_scale)"
         need(not getattr(attn, name, False), keyword)
-    need(attn.num_mem_kv == 0, "attn_num_mem_kv")
     need(attn.rotate_num_heads == heads, "rotate_num_heads")
     need(isinstance(attn.to_out, (nn.Linear, nn.Identity)), "attn_on_attn")
-    return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout))
+    return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout),
+                num_mem_kv=attn.num_mem_kv, add_zero_kv=bool(attend.add_zero_kv),
+                head_learned_sink=bool(attend.head_learned_sink),
+                pre_talking_heads=attend.pre_softmax_talking_heads is not None,
+                post_talking_heads=attend.post_softmax_talking_heads is not None,
+                pre_scale_post_talking_heads=attend.pre_scale_post_talking_heads is not None,
+                use_cope=cope is not None, **({} if cope is None else dict(
+                    cope_max_pos=cope.max_pos, cope_talking_heads=cope.talking_heads is not None)))
 
 
 def feedforward_config(ff: nn.Module, dim: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
