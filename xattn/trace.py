@@ -2,7 +2,8 @@
 
 `trace[stage]` is a float tensor [layers, batch, heads, query, key] holding exactly what the model
 computed (masked cells keep the fill value −finfo.max, so numbers compare with x-transformers);
-`trace.drawable(stage)` is the same with masked cells as NaN, for drawing.
+`trace.drawable(stage)` is the same with masked cells as NaN, for drawing. The key axis starts with the
+layer's extra key columns (`trace.key_extras`: sink, zero, memory keys), then the tokens.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Trace:
     layers: list[int]
     config: ModelConfig
     labels: list[list[str]] | None = None  # token strings per batch row, for axes
+    key_extras: list[str] = field(default_factory=list)  # names of the key columns in front of the tokens
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, stage: str) -> Tensor:
@@ -136,11 +138,14 @@ def recording(model: nn.Module, stages: Sequence[str] | None = None,
 
 
 def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
-                config: ModelConfig, labels: list[list[str]] | None = None) -> Trace:
-    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
+                config: ModelConfig, labels: list[list[str]] | None = None,
+                key_extras: list[str] | None = None) -> Trace:
+    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read. `visible` [b, i, j] covers
+    the `key_extras` columns in front of the tokens."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
     stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()})
-    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
+    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels,
+                 key_extras=list(key_extras or []))
 
 
 __all__ = ["Trace", "recording", "build_trace", "STAGES"]

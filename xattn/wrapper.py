@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-from einops import repeat
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
@@ -88,8 +88,10 @@ class TransformerWrapper(nn.Module):
         b, n = tokens.shape
         visible = self.attn_layers.visible_mask(b, n, mask, attn_mask, tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
-            else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
-        return logits, build_trace(kept, visible, tokens, self.config, labels)
+            else visible[:, 0].expand(b, n, n).contiguous()       # padding alone gives [b, 1, 1, j]
+        extras = self.attn_layers.key_extras          # visible to every query
+        visible = F.pad(visible, (len(extras), 0), value=True) if extras else visible
+        return logits, build_trace(kept, visible, tokens, self.config, labels, extras)
 
     def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options

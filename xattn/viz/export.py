@@ -62,11 +62,13 @@ def trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
 
 
 def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
-    """Write the trace's tensors to `.npz` (compressed) or `.safetensors`, chosen by suffix. Labels and the
-    model config go along (as arrays in .npz, as JSON header metadata in .safetensors)."""
+    """Write the trace's tensors to `.npz` (compressed) or `.safetensors`, chosen by suffix. Labels, the
+    model config and the extra key columns' names go along (as arrays in .npz, as JSON header metadata in
+    .safetensors)."""
     path = Path(path)
     tensors = trace_tensors(trace)
-    meta = {"config": json.dumps(trace.config.to_dict(), sort_keys=True), "labels": json.dumps(trace.labels)}
+    meta = {"config": json.dumps(trace.config.to_dict(), sort_keys=True), "labels": json.dumps(trace.labels),
+            "key_extras": json.dumps(trace.key_extras)}
     if path.suffix == ".npz":
         arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
         np.savez_compressed(path, **arrays, **{k: np.array(v) for k, v in meta.items()})

@@ -1,4 +1,5 @@
 """Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
+Key axes start with the model's extra key columns (sink, zero, memory keys), named as such.
 
 Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
 labelled in real values; focused single-head views also carry the exact float32 values for hover.
@@ -83,6 +84,11 @@ def token_labels(trace: Trace, batch: int = 0) -> list[str]:
     return [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
+def key_labels(trace: Trace, batch: int = 0) -> list[str]:
+    """Key-axis labels: the names of the extra key columns in front (`trace.key_extras`), then token_labels."""
+    return [*trace.key_extras, *token_labels(trace, batch)]
+
+
 def _flags(config: ModelConfig) -> tuple[bool, bool]:
     """(residual attention on, selective attention on) from a trace's model config."""
     return config.attn_layers.residual_attn, config.attn_layers.selective
@@ -112,12 +118,14 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
-             factor: int = 1, exact: bool = False, name: str = "value", where: str = "") -> go.Heatmap:
+             keys: list[str] | None = None, factor: int = 1, exact: bool = False, name: str = "value",
+             where: str = "") -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes at full resolution, positions
-    when pooled; with `exact` the float32 values ride along as customdata for hover."""
+    category codes when there is no scale. Token labels on the axes (`labels` for queries, `keys` for keys,
+    default the same) at full resolution, positions when pooled; with `exact` the float32 values ride
+    along as customdata for hover."""
     if labels is not None and factor == 1:
-        axes = dict(x=labels, y=labels)
+        axes = dict(x=labels if keys is None else keys, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
     position = ("query %{y}<br>key %{x}" if factor == 1
@@ -160,14 +168,14 @@ def _pool_note(factor: int) -> str:
     return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
 
 
-def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
+def _focused(values: np.ndarray, style: StageStyle, labels: list[str], keys: list[str], fully_masked: np.ndarray,
              main: str, notes: list[str]) -> tuple[go.Figure, int]:
     """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
     Returns the figure and the pooling factor."""
     factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
-    fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
+    fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, keys=keys, factor=factor, exact=True,
                              name=style.name))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(main, notes + [_pool_note(factor)]),
@@ -186,7 +194,8 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
     fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
-    fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
+    fig, _ = _focused(values, style, token_labels(trace, batch), key_labels(trace, batch),
+                      trace.fully_masked[batch].cpu().numpy(),
                       f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
     return fig
 
@@ -246,7 +255,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
-    labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
+    fully_masked = trace.fully_masked[batch].cpu().numpy()
 
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
@@ -262,7 +272,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                                       title="logits" if style.diverging and len(members) > 1 else None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
-            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
+            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, keys=keys, exact=exact,
                                    name=STAGE_STYLE[stage].name), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
@@ -288,18 +298,18 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
         raise ValueError(f"the traces differ in length ({va.shape[-1]} vs {vb.shape[-1]} tokens); "
                          f"diff needs inputs of equal length")
     delta = va - vb
-    labels = token_labels(a, batch)
+    labels, keys = token_labels(a, batch), key_labels(a, batch)
     source = "" if b is a else " (b: other trace)"
     main = f"Δ = {STAGE_STYLE[stage].name} − {STAGE_STYLE[stage_b].name}{source} · layer {layer} · head {head}"
     magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
     top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
     rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
-    biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {labels[cols[0]]} (circled)"
+    biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {keys[cols[0]]} (circled)"
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
-    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest])
-    place = (lambda k: labels[k]) if factor == 1 else (lambda k: k)
-    fig.add_trace(go.Scatter(x=[place(c) for c in cols], y=[place(r) for r in rows], mode="markers",
+    fig, factor = _focused(delta, DIFF_STYLE, labels, keys, fully_masked, main, [biggest])
+    fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
+                             y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
                              marker=dict(symbol="circle-open", size=16, color="black", line=dict(width=2)),
                              hovertemplate="query %{y}<br>key %{x}<br>Δ: %{customdata:.4g}<extra>large change</extra>"))
@@ -316,7 +326,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
     state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
     _, selective = _flags(trace.config)
-    labels = token_labels(trace, batch)
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
         "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
         f"{STAGE_STYLE['selection'].name}<br><sup>summed gate of earlier queries, subtracted from every head</sup>",
@@ -326,10 +336,10 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
                                       title="gate logits" if column == 1 else None)
-        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name),
+        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, keys=keys, exact=True, name=style.name),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
-    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels), row=1, col=3)
+    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
@@ -349,9 +359,9 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     """Where does one token look? Its row of `stage` over the keys, one bar per head."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
-    style, labels = STAGE_STYLE[stage], token_labels(trace, batch)
+    style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=labels, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                             hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                      for h in range(row.shape[0])])
     masked = int(np.isnan(row[0]).sum())
@@ -418,14 +428,13 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
     fully_masked = trace.fully_masked[batch].cpu().numpy()
     state = np.where(visible, 0, np.where(fully_masked[:, None], 2, 1)).astype(np.uint8)
     labels = token_labels(trace, batch)
-    n = visible.shape[0]
     hidden = [labels[i] for i in np.flatnonzero(fully_masked)]
-    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels))
+    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch)))
     fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title(f"Effective mask · batch row {batch}", [
-                          f"{int(visible.sum())} of {n * n} (query, key) pairs visible",
+                          f"{int(visible.sum())} of {visible.size} (query, key) pairs visible",
                           f"{len(hidden)} fully masked queries: "
                           f"{', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))

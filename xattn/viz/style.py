@@ -28,11 +28,16 @@ STAGE_STYLE: dict[str, StageStyle] = {
     "scores": StageStyle("Scores", LOGITS, diverging=True, adds="q·kᵀ/√d of this layer"),
     "residual": StageStyle("Residual", LOGITS, diverging=True, adds="previous layer's logits, carried in"),
     "scores_residual": StageStyle("Scores + residual", LOGITS, diverging=True, adds="+ previous layer's logits"),
+    "talking_heads_pre": StageStyle("Talking heads (pre-softmax)", LOGITS, diverging=True,
+                                    adds="+ a learned mix of the heads"),
     "biased": StageStyle("Biased", LOGITS, diverging=True, adds="+ position bias (ALiBi)"),
     "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom and causal masks applied"),
+    "cope": StageStyle("CoPE position logits", "PRGn", diverging=True, adds="q · embedding of a gate-counted position"),
     "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head"),
-    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="− selective penalty F"),
-    "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="+ CoPE − selective penalty F, + sink"),
+    "softmax": StageStyle("Softmax", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+    "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0),
+                       adds="softmax over the keys, then post-softmax head mixes"),
 }
 assert set(STAGE_STYLE) == set(STAGES)
 
