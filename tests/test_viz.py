@@ -294,7 +294,7 @@ def test_layer_similarity_is_jensen_shannon(trace):
 @pytest.mark.parametrize("call, message", [
     (lambda t: viz.heatmap(t, 3, 0), "layer 3"),
     (lambda t: viz.heatmap(t, 0, 4), "head 4"),
-    (lambda t: viz.heatmap(t, 0, 0, "softmax"), "unknown stage"),
+    (lambda t: viz.heatmap(t, 0, 0, "logits"), "unknown stage"),
     (lambda t: viz.heatmap(t, 0, 0, batch=2), "batch 2"),
     (lambda t: viz.query_row(t, 0, N), f"query {N}"),
     (lambda t: viz.grid(t, heads=[0, -1]), "head -1"),
