@@ -2,6 +2,7 @@
 hand-written formula on a small model, the key axis of traces and figures, and the refused combinations."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -154,6 +155,9 @@ def test_post_talking_heads_and_pre_scale_post_make_the_final_pattern(tokens):
             factor = sum(scale[h, g] * trace["scores_residual"][layer, :, g] for g in range(4))
             torch.testing.assert_close(trace["attn"][layer, :, h], mixed * factor, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(trace["attn"].sum(-1), torch.ones(softmax.shape[:-1]))
+    assert (trace["attn"] < 0).any()
+    across, within = viz.layer_similarity(trace).data          # JS divergence of the softmax distributions
+    assert np.isfinite(across.z).all() and np.isfinite(within.z).all()
 
 
 def test_post_mix_leaves_the_sink_column_unscaled(tokens):

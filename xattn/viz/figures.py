@@ -388,10 +388,12 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
     key): each head against the same head in the next traced layer — the RealFormer view — and each
-    head against the other heads of its layer."""
-    _check_stage(trace, "attn")
+    head against the other heads of its layer. Compares the `softmax` stage (a distribution even where
+    post-softmax talking heads mix `attn`), or `attn` in a trace without it."""
+    stage = "softmax" if "softmax" in trace else "attn"
+    _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    p = np.nan_to_num(trace.drawable("attn")[:, batch].double().cpu().numpy())   # [layer, head, query, key]
+    p = np.nan_to_num(trace.drawable(stage)[:, batch].double().cpu().numpy())    # [layer, head, query, key]
     rows = ~trace.fully_masked[batch].cpu().numpy()
     heads = p.shape[1]
     across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
