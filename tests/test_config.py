@@ -10,7 +10,7 @@ import torch
 
 import xattn
 from xattn.config import OPTIONS, PLACES, LayersConfig, ModelConfig
-from xattn.describe import describe, options_table
+from xattn.describe import README_TABLES, describe
 from xattn.stages import STAGES, TERMS
 
 from conftest import tiny_config
@@ -148,8 +148,9 @@ def test_describe_says_what_is_special():
     assert describe(one) == "bidirectional, 1 layer × 1 head, dim 32, up to 16 tokens; plain attention"
 
 
-def test_readme_options_table_is_the_generated_one():
-    assert options_table() in README.read_text(), "regenerate it: python -m xattn.describe --readme README.md"
+def test_readme_tables_are_the_generated_ones():
+    for name, table in README_TABLES.items():
+        assert table() in README.read_text(), f"regenerate the {name} table: python -m xattn.describe --readme README.md"
 
 
 def test_memory_tuning_is_reachable_as_the_readme_writes_it():

@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 x_transformers = pytest.importorskip("x_transformers")
 
-MATCHING = {"scores_residual": "qk_similarities", "pre_softmax": "pre_softmax_attn", "attn": "post_softmax_attn"}
+MATCHING = xattn.stages.X_TRANSFORMERS_FIELDS
 
 CASES = [
     ("Encoder", {}), ("Encoder", {"residual_attn": True}), ("Encoder", {"rotary_pos_emb": True}),

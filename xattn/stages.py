@@ -7,14 +7,19 @@ STAGES: tuple[str, ...] = (
 
 DESCRIPTIONS: dict[str, str] = {
     "scores": "q·kᵀ × scale of this layer alone",
-    "residual": "previous layer's pre-softmax logits, added by residual attention (RealFormer)",
+    "residual": "what residual attention (RealFormer) adds: the previous attention layer's pre-softmax logits "
+                "(zeros where off, and in the first layer)",
     "scores_residual": "scores + residual",
-    "biased": "after position bias (ALiBi)",
-    "masked": "after padding, custom and causal masks",
-    "selection": "selective-attention penalty F subtracted from every head",
+    "biased": "after the position bias (ALiBi)",
+    "masked": "after the padding, custom and causal masks (hidden cells hold −finfo.max, as x-transformers)",
+    "selection": "the selective-attention penalty F this layer subtracts from every head (zeros where off)",
     "pre_softmax": "the logits that enter softmax",
     "attn": "the attention pattern (softmax)",
 }
+
+# Stages x-transformers also exposes, by the field of its attention intermediates that holds them.
+X_TRANSFORMERS_FIELDS: dict[str, str] = {"scores_residual": "qk_similarities", "pre_softmax": "pre_softmax_attn",
+                                         "attn": "post_softmax_attn"}
 
 # Stages that hold one term of a sum rather than the running logits: {term: the stage that adds it in}.
 TERMS: dict[str, str] = {"residual": "scores_residual", "selection": "pre_softmax"}
