@@ -150,7 +150,7 @@ def test_describe_says_what_is_special():
 
 def test_readme_tables_are_the_generated_ones():
     for name, table in README_TABLES.items():
-        assert table() in README.read_text(), f"regenerate the {name} table: python -m xattn.describe --readme README.md"
+        assert table() in README.read_text(), f"regenerate {name}: python -m xattn.describe --readme README.md"
 
 
 def test_memory_tuning_is_reachable_as_the_readme_writes_it():
