@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 STAGES: tuple[str, ...] = (
-    "scores", "residual", "scores_residual", "biased", "masked", "selection", "pre_softmax", "attn",
+    "scores", "residual", "scores_residual", "position_bias", "biased", "masked", "selection", "pre_softmax", "attn",
 )
 
 DESCRIPTIONS: dict[str, str] = {
-    "scores": "q·kᵀ × scale of this layer alone",
+    "scores": "q·kᵀ × scale of this layer alone (queries and keys rotated by rotary, and scaled by xPos, first)",
     "residual": "previous layer's pre-softmax logits, added by residual attention (RealFormer)",
     "scores_residual": "scores + residual",
-    "biased": "after position bias (ALiBi)",
+    "position_bias": "the position bias term alone: ALiBi's distance penalty, T5's learned bucket bias, the dynamic "
+                     "bias MLP's output, or data-dependent ALiBi's summed forget gates; added before any mask",
+    "biased": "after position bias (ALiBi, T5 relative, dynamic or data-dependent ALiBi)",
     "masked": "after padding, custom and causal masks",
     "selection": "selective-attention penalty F subtracted from every head",
     "pre_softmax": "the logits that enter softmax",
@@ -17,7 +19,7 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 # Stages that hold one term of a sum rather than the running logits: {term: the stage that adds it in}.
-TERMS: dict[str, str] = {"residual": "scores_residual", "selection": "pre_softmax"}
+TERMS: dict[str, str] = {"residual": "scores_residual", "position_bias": "biased", "selection": "pre_softmax"}
 
 # Stages whose values are probabilities rather than logits.
 PROBABILITY_STAGES = frozenset({"attn"})
