@@ -77,8 +77,8 @@ def test_stages_in_use_follow_the_options():
     plain = LayersConfig.from_kwargs("Decoder", dim=16, depth=1)
     assert plain.stages_in_use() == ("scores", "masked", "attn")
     both = plain.replace(residual_attn=True, attn_selective=True, alibi_pos_bias=True)
-    assert both.stages_in_use() == ("scores", "residual", "scores_residual", "biased", "masked", "selection",
-                                    "pre_softmax", "attn")
+    assert both.stages_in_use() == ("scores", "residual", "scores_residual", "position_bias", "biased", "masked",
+                                    "selection", "pre_softmax", "attn")
     assert set(TERMS) <= set(STAGES) and set(TERMS.values()) <= set(STAGES)
 
 

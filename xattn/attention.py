@@ -1,7 +1,8 @@
 """One self-attention layer, computed stage by stage so every stage can be observed or replaced.
 
 The numerics follow x-transformers' `Attention` + `Attend` (math path): scores, + residual
-(RealFormer), + position bias, masks filled with -finfo.max, - selective penalty, softmax in float32.
+(RealFormer), + position bias (ALiBi, T5, dynamic or data-dependent), masks filled with -finfo.max,
+- selective penalty, softmax in float32.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import Tensor, einsum, nn
 
 from .config import AttentionConfig
 from .hooks import HookPoint
+from .positions import DataDependentAlibi
 from .stages import STAGES
 
 
@@ -67,21 +69,29 @@ def alibi_bias(n: int, alibi_heads: int, total_heads: int, device: torch.device 
     return rearrange(bias, "h i j -> 1 h i j")
 
 
-def rotary_frequencies(n: int, rotary_dim: int, base: float = 10000.0, device: torch.device | None = None) -> Tensor:
-    """[n, rotary_dim] angles, each frequency repeated for its pair of interleaved features."""
+def rotary_frequencies(n: int, rotary_dim: int, base: float = 10000.0, interpolation_factor: float = 1.0,
+                       device: torch.device | None = None) -> Tensor:
+    """[n, rotary_dim] angles, each frequency repeated for its pair of interleaved features.
+
+    `interpolation_factor` divides the positions (stretching the trained range over longer inputs)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=device).float() / rotary_dim))
     angles = einsum("i, f -> i f", torch.arange(n, device=device).float(), inv_freq)
+    if interpolation_factor != 1.0:
+        angles = angles / interpolation_factor
     return torch.repeat_interleave(angles, 2, dim=-1)
 
 
-def apply_rotary(t: Tensor, angles: Tensor) -> Tensor:
-    """Rotate the first `angles.shape[-1]` features of t [b, h, n, d] in interleaved pairs."""
+def apply_rotary(t: Tensor, angles: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Rotate the first `angles.shape[-1]` features of t [b, h, n, d] in interleaved pairs, then multiply
+    them by `scale` [n, rotary_dim] if given (xPos)."""
     rot_dim = angles.shape[-1]
     rotated, rest = t[..., :rot_dim], t[..., rot_dim:]
     pairs = rearrange(rotated, "... (d r) -> ... d r", r=2)
     x1, x2 = pairs.unbind(-1)
     half_turn = rearrange(torch.stack((-x2, x1), dim=-1), "... d r -> ... (d r)")
     rotated = rotated * angles.cos() + half_turn * angles.sin()
+    if scale is not None:
+        rotated = rotated * scale
     return torch.cat((rotated, rest), dim=-1).type(t.dtype)
 
 
@@ -103,10 +113,12 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.dropout = nn.Dropout(config.dropout)
+        self.data_dependent_alibi = DataDependentAlibi(dim, heads, causal) if config.data_dependent_alibi else None
         point = partial(HookPoint, layer)
         self.hook_scores = point("scores")                    # [b, h, i, j] q·kᵀ × scale
         self.hook_residual = point("residual")                # [b, h, i, j] previous layer's pre-softmax logits
         self.hook_scores_residual = point("scores_residual")  # [b, h, i, j] scores + residual
+        self.hook_position_bias = point("position_bias")      # [b, h, i, j] position bias term (broadcast over b)
         self.hook_biased = point("biased")                    # [b, h, i, j] + position bias
         self.hook_masked = point("masked")                    # [b, h, i, j] invisible keys filled with −finfo.max
         self.hook_selection = point("selection")              # [b, h, i, j] selective penalty F (same for every head)
@@ -136,25 +148,28 @@ class Attention(nn.Module):
         return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
 
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
-                query_mask: Tensor | None = None, rotary: Tensor | None = None, bias: Tensor | None = None,
-                prev_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                query_mask: Tensor | None = None, rotary: Tensor | None = None, xpos: Tensor | None = None,
+                bias: Tensor | None = None, prev_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention).
 
         visible [b|1, 1, i, j]: True where a key may be seen (padding, custom and causal combined);
         fully_masked [b|1, 1, i]: rows with no visible key, whose output is zeroed;
-        query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers).
+        query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers);
+        rotary [n, r]: rotary angles, xpos [n, r]: xPos factors (queries × xpos, keys ÷ xpos);
+        bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead).
         """
         q, k, v = map(self.split_heads, (self.to_q(x), self.to_k(x), self.to_v(x)))
         if rotary is not None:
-            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+            q = apply_rotary(q, rotary, xpos)
+            k = apply_rotary(k, rotary, None if xpos is None else xpos ** -1.0)
 
         logits = self.hook_scores(einsum("b h i d, b h j d -> b h i j", q, k) * self.scale)
 
         logits = self.hook_scores_residual(self.add_stage(logits, prev_logits, self.hook_residual))
 
-        if bias is not None:
-            logits = logits + bias
-        logits = self.hook_biased(logits)
+        if self.data_dependent_alibi is not None:
+            bias = self.data_dependent_alibi(x)
+        logits = self.hook_biased(self.add_stage(logits, bias, self.hook_position_bias))
 
         if visible is not None:
             logits = logits.masked_fill(~visible, mask_fill_value(logits.dtype))

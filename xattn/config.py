@@ -70,6 +70,11 @@ class AttentionConfig:
                              "Leviathan et al. 2024: head 0's positive scores, summed down the sequence, are "
                              "subtracted from every head's logits", stages=("selection", "pre_softmax"), form=True)
     dropout: float = option(0.0, "attention dropout", "softmax", "on the attention pattern, training only")
+    data_dependent_alibi: bool = option(False, "data-dependent ALiBi", "position bias",
+                                        "Forgetting Transformer: each token's learned forget gates, summed between "
+                                        "key and query, are a per-layer, input-dependent distance penalty",
+                                        stages=("position_bias", "biased"),
+                                        weights=("layers.*.branch.data_dependent_alibi.to_gates.*",))
 
     def __post_init__(self) -> None:
         check_whole("attn_dim_head", self.dim_head)
@@ -111,9 +116,36 @@ class LayersConfig:
                                   "queries and keys are rotated by their position", form=True)
     rotary_emb_dim: int | None = option(None, "rotary features", "queries and keys",
                                         "features per head that rotary rotates (default dim_head / 2)")
+    rotary_xpos: bool = option(False, "xPos", "queries and keys",
+                               "rotary whose rotated features decay with distance: queries × s^t, keys ÷ s^t, "
+                               "s < 1 per feature pair (causal only; implies rotary)")
+    rotary_xpos_scale_base: float = option(512, "xPos scale base", "queries and keys",
+                                           "positions are divided by it before the power: larger, slower decay")
+    rotary_interpolation_factor: float = option(1.0, "rotary interpolation", "queries and keys",
+                                                "rotary positions are divided by it (position interpolation)")
+    rotary_base_rescale_factor: float = option(1.0, "rotary base rescale", "queries and keys",
+                                               "rotary's base 10000 × factor^(r / (r − 2)) (NTK-aware scaling)")
     alibi_pos_bias: bool = option(False, "ALiBi", "position bias", "a linear distance penalty per head",
-                                  stages=("biased",), form=True)
+                                  stages=("position_bias", "biased"), form=True)
     alibi_num_heads: int | None = option(None, "ALiBi heads", "position bias", "heads that get the bias (default all)")
+    rel_pos_bias: bool = option(False, "T5 relative position bias", "position bias",
+                                "a learned bias per head and distance bucket (exact near, logarithmic far), shared "
+                                "by all layers", stages=("position_bias", "biased"),
+                                weights=("rel_pos.buckets.weight",), form=True)
+    rel_pos_num_buckets: int = option(32, "T5 buckets", "position bias",
+                                      "distance buckets (an Encoder gives half to future keys)")
+    rel_pos_max_distance: int = option(128, "T5 max distance", "position bias",
+                                       "distances from it on share the last bucket")
+    dynamic_pos_bias: bool = option(False, "dynamic position bias", "position bias",
+                                    "a small MLP maps each query − key distance to a bias per head, shared by all "
+                                    "layers", stages=("position_bias", "biased"),
+                                    weights=("rel_pos.hidden.*", "rel_pos.out.*"), form=True)
+    dynamic_pos_bias_log_distance: bool = option(False, "dynamic bias on log distance", "position bias",
+                                                 "the MLP sees sign(d)·log(|d| + 1) instead of d")
+    dynamic_pos_bias_mlp_depth: int = option(2, "dynamic bias MLP depth", "position bias",
+                                             "hidden layers of the MLP (width dim / 4)")
+    dynamic_pos_bias_norm: bool = option(False, "dynamic bias MLP norm", "position bias",
+                                         "a LayerNorm after each hidden layer of the MLP", weights=("rel_pos.norms.*",))
     use_rmsnorm: bool = option(False, "RMSNorm", "norm", "instead of LayerNorm", weights=("layers.*.norm.g",),
                                form=True)
     use_scalenorm: bool = option(False, "ScaleNorm", "norm", "one learned gain per norm, instead of LayerNorm",
@@ -149,17 +181,17 @@ class LayersConfig:
         if self.attn.selective and not self.causal:
             raise ValueError("Selective attention (attn_selective) needs a causal model (a Decoder): it lets a token "
                              "stop later tokens from attending to earlier ones, which has no meaning without an order")
-        if self.rotary_pos_emb and self.alibi_pos_bias:
-            raise ValueError("choose one relative position scheme: rotary_pos_emb or alibi_pos_bias, not both")
-        for name, needs in (("rotary_emb_dim", "rotary_pos_emb"), ("alibi_num_heads", "alibi_pos_bias")):
-            if getattr(self, name) is not None and not getattr(self, needs):
-                raise ValueError(f"{name} has no effect without {needs}=True")
+        if self.rotary_dim is not None and self.alibi_pos_bias:
+            rotary = "rotary_xpos" if self.rotary_xpos else "rotary_pos_emb"
+            raise ValueError(f"choose one relative position scheme: {rotary} or alibi_pos_bias, not both")
+        self.check_sub_options()
         rotary = self.rotary_dim
         if rotary is not None and not (2 <= rotary <= self.attn.dim_head and rotary % 2 == 0):
             raise ValueError(f"rotary_emb_dim must be even and at most attn_dim_head ({self.attn.dim_head}), "
                              f"got {rotary}")
         if self.alibi_pos_bias and not 1 <= self.alibi_heads <= self.heads:
             raise ValueError(f"alibi_num_heads must be between 1 and heads ({self.heads}), got {self.alibi_heads}")
+        self.check_positions()
         norms = [n for n in ("use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm") if getattr(self, n)]
         if len(norms) > 1:
             raise ValueError(f"choose one norm: {' or '.join(norms)}")
@@ -179,6 +211,46 @@ class LayersConfig:
         if "a" not in self.layer_types:
             raise ValueError("the layer pattern has no attention layer")
 
+    # Position sub-options and the scheme each needs: set without it, they are refused naming both.
+    SUB_OPTIONS = (("rotary_emb_dim", "rotary_pos_emb"), ("rotary_interpolation_factor", "rotary_pos_emb"),
+                   ("rotary_base_rescale_factor", "rotary_pos_emb"), ("rotary_xpos_scale_base", "rotary_xpos"),
+                   ("alibi_num_heads", "alibi_pos_bias"), ("rel_pos_num_buckets", "rel_pos_bias"),
+                   ("rel_pos_max_distance", "rel_pos_bias"), ("dynamic_pos_bias_log_distance", "dynamic_pos_bias"),
+                   ("dynamic_pos_bias_mlp_depth", "dynamic_pos_bias"), ("dynamic_pos_bias_norm", "dynamic_pos_bias"))
+
+    def check_sub_options(self) -> None:
+        """Refuse a position sub-option changed from its default without its scheme (rotary_xpos is rotary)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, needs in self.SUB_OPTIONS:
+            on = self.rotary_dim is not None if needs == "rotary_pos_emb" else getattr(self, needs)
+            if getattr(self, name) != defaults[name] and not on:
+                raise ValueError(f"{name} has no effect without {needs}=True")
+
+    def check_positions(self) -> None:
+        """Validate the position schemes: one position bias at most, and each scheme's numbers."""
+        biases = [name for name, on in (("alibi_pos_bias", self.alibi_pos_bias), ("rel_pos_bias", self.rel_pos_bias),
+                                        ("dynamic_pos_bias", self.dynamic_pos_bias),
+                                        ("attn_data_dependent_alibi", self.attn.data_dependent_alibi)) if on]
+        if len(biases) > 1:
+            raise ValueError(f"choose one position bias: {' or '.join(biases)}, not both")
+        if self.rotary_xpos and not self.causal:
+            raise ValueError("rotary_xpos needs a causal model (a Decoder): its decay assumes keys come before queries")
+        check_number("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0, 1e6)
+        check_number("rotary_base_rescale_factor", self.rotary_base_rescale_factor, 1e-6, 1e6)
+        check_number("rotary_xpos_scale_base", self.rotary_xpos_scale_base, 1e-6, 1e9)
+        if self.rotary_base_rescale_factor != 1 and self.rotary_dim == 2:
+            raise ValueError("rotary_base_rescale_factor needs rotary_emb_dim > 2 (its exponent is r / (r − 2))")
+        if self.rel_pos_bias:
+            check_whole("rel_pos_num_buckets", self.rel_pos_num_buckets, low=2 if self.causal else 4)
+            check_whole("rel_pos_max_distance", self.rel_pos_max_distance)
+            if self.rel_pos_max_distance < self.rel_pos_num_buckets:
+                raise ValueError(f"rel_pos_max_distance ({self.rel_pos_max_distance}) must be at least "
+                                 f"rel_pos_num_buckets ({self.rel_pos_num_buckets})")
+        if self.dynamic_pos_bias:
+            check_whole("dynamic_pos_bias_mlp_depth", self.dynamic_pos_bias_mlp_depth)
+            if self.dim < 4:
+                raise ValueError(f"dynamic_pos_bias needs dim ≥ 4 (its MLP is dim / 4 wide); got dim {self.dim}")
+
     # derived facts, asked for everywhere instead of being re-read from keywords
 
     @property
@@ -188,7 +260,13 @@ class LayersConfig:
     @property
     def rotary_dim(self) -> int | None:
         """Features per head rotary rotates, or None without rotary."""
-        return (self.rotary_emb_dim or self.attn.dim_head // 2) if self.rotary_pos_emb else None
+        return (self.rotary_emb_dim or self.attn.dim_head // 2) if self.rotary_pos_emb or self.rotary_xpos else None
+
+    @property
+    def rotary_base(self) -> float:
+        """Rotary's frequency base: 10000, times factor^(r / (r − 2)) with rotary_base_rescale_factor."""
+        factor, r = self.rotary_base_rescale_factor, self.rotary_dim
+        return 10000.0 * factor ** (r / (r - 2)) if factor != 1 and r is not None else 10000.0
 
     @property
     def alibi_heads(self) -> int | None:
@@ -290,7 +368,7 @@ class ModelConfig:
     max_seq_len: int
     attn_layers: LayersConfig
     use_abs_pos_emb: bool = option(True, "absolute positions", "embedding",
-                                   "a learned position embedding (off by itself with rotary)",
+                                   "a learned position embedding (off by itself with rotary or T5 bias)",
                                    weights=("pos_emb.weight",), form=True)
     emb_dropout: float = option(0.0, "embedding dropout", "embedding", "training only")
     tie_embedding: bool = option(False, "tied embedding", "output", "logits by the token embedding's transpose")
@@ -306,8 +384,10 @@ class ModelConfig:
 
     @property
     def absolute_positions(self) -> bool:
-        """Whether a learned absolute position embedding is added (rotary switches it off, as x-transformers)."""
-        return self.use_abs_pos_emb and not self.attn_layers.rotary_pos_emb
+        """Whether a learned absolute position embedding is added (rotary and T5's bias switch it off, as
+        x-transformers; ALiBi and the other biases keep it)."""
+        layers = self.attn_layers
+        return self.use_abs_pos_emb and layers.rotary_dim is None and not layers.rel_pos_bias
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: x-transformers' TransformerWrapper keywords, `attn_layers` as keywords with `kind`."""

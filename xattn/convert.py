@@ -60,9 +60,11 @@ def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper,
     blocks = model.attn_layers.layers
     mapped: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        if key.endswith("rotary_pos_emb.inv_freq"):
+        if key.endswith(("rotary_pos_emb.inv_freq", "rotary_pos_emb.scale")):
             continue  # recomputed from the config
-        if key in ("token_emb.emb.weight", "pos_emb.emb.weight"):
+        if key.startswith("attn_layers.rel_pos."):
+            mapped[map_rel_pos_key(key, model.attn_layers.config.dynamic_pos_bias_mlp_depth)] = value
+        elif key in ("token_emb.emb.weight", "pos_emb.emb.weight"):
             mapped[key.replace(".emb.", ".")] = value
         elif key == "to_logits.weight":
             mapped[key] = value
@@ -77,6 +79,20 @@ def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper,
         if block.is_attention and key not in mapped and key.replace("to_out", "to_q") in mapped:
             mapped[key] = torch.eye(block.branch.to_out.weight.shape[0], dtype=block.branch.to_out.weight.dtype)
     return mapped
+
+
+def map_rel_pos_key(key: str, depth: int) -> str:
+    """An x-transformers key of the shared position bias → xattn's: T5's bucket table, or the dynamic bias MLP
+    (`mlp.{k}.0` hidden linear, `mlp.{k}.1` its norm, `mlp.{depth}` the output linear)."""
+    if key == "attn_layers.rel_pos.relative_attention_bias.weight":
+        return "attn_layers.rel_pos.buckets.weight"
+    if (m := re.fullmatch(r"attn_layers\.rel_pos\.mlp\.(\d+)\.(?:([01])\.)?(weight|bias|gamma)", key)):
+        layer, part, what = int(m[1]), m[2], m[3].replace("gamma", "weight")
+        if layer == depth and part is None:
+            return f"attn_layers.rel_pos.out.{what}"
+        if layer < depth and part is not None:
+            return f"attn_layers.rel_pos.{'hidden' if part == '0' else 'norms'}.{layer}.{what}"
+    raise ValueError(f"x-transformers weight {key} has no counterpart in xattn")
 
 
 def norm_gain_name(norm: nn.Module) -> str:
@@ -94,6 +110,8 @@ def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: flo
     rest = re.sub(r"^1\.fn\.", "1.", rest)       # Macaron wraps its feed-forwards in Scale(0.5, …)
     if block.is_attention and (a := re.fullmatch(r"1\.(to_[qkvo]\w*)\.weight", rest)):
         return {f"{prefix}branch.{a[1]}.weight": value}
+    if block.is_attention and (a := re.fullmatch(r"1\.data_dependent_alibi\.to_forget_gates\.0\.(weight|bias)", rest)):
+        return {f"{prefix}branch.data_dependent_alibi.to_gates.{a[1]}": value}
     if not block.is_attention and (f := re.fullmatch(r"1\.ff\.(\d)\.(?:0\.|proj\.)?(weight|bias|gamma)", rest)):
         position, what = int(f[1]), f[2]
         if position == 0:
@@ -163,19 +181,10 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     need(layers.polar_pos_emb is None, "polar_pos_emb")
     need(all(m is None for m in layers.layer_integrators), "integrate_layers / attn_aggregated_residuals")
     rel_pos = layers.rel_pos
-    need(type(rel_pos) is not xt.RelativePositionBias, "rel_pos_bias")
-    need(type(rel_pos) is not xt.DynamicPositionBias, "dynamic_pos_bias")
     need(rel_pos is None or type(rel_pos) in (xt.AlibiPositionalBias, xt.RelativePositionBias, xt.DynamicPositionBias),
          f"a {type(rel_pos).__name__} position bias")
     alibi = rel_pos if type(rel_pos) is xt.AlibiPositionalBias else None
-    rotary = layers.rotary_pos_emb
-    rotary_dim = None
-    if rotary is not None:
-        rotary_dim = rotary.inv_freq.numel() * 2
-        expected = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
-        need(rotary.scale is None, "rotary_xpos")
-        need(rotary.interpolation_factor == 1.0 and torch.allclose(rotary.inv_freq.cpu(), expected),
-             "rotary_interpolation_factor / rotary_base_rescale_factor")
+    positions = position_config(layers, need)
 
     norm_types = {xt.LayerNorm: "layernorm", xt.RMSNorm: "rmsnorm", xt.ScaleNorm: "scalenorm",
                   xt.SimpleRMSNorm: "simple_rmsnorm"}
@@ -215,9 +224,8 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     pattern = dict(depth=repeats) if types == default_block * repeats \
         else dict(depth=max(types.count("a"), 1), custom_layers=types)
     layer_kwargs = dict(kind=kind, dim=dim, heads=layers.attn_heads, **pattern,
-                        residual_attn=layers.residual_attn, rotary_pos_emb=rotary is not None,
-                        rotary_emb_dim=rotary_dim, alibi_pos_bias=alibi is not None,
-                        alibi_num_heads=alibi.heads if alibi is not None else None,
+                        residual_attn=layers.residual_attn, alibi_pos_bias=alibi is not None,
+                        alibi_num_heads=alibi.heads if alibi is not None else None, **positions,
                         **({f"use_{norm}": True} if norm != "layernorm" else {}),
                         pre_norm=layers.pre_norm, sandwich_norm=layers.sandwich_norm,
                         scale_residual=scaled, gate_residual=residual_kind == "GRUGating", macaron=macaron,
@@ -232,7 +240,6 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
 ATTENTION_MODULES = {"to_v_gate": "attn_gate_values", "to_output_gate": "attn_output_gate",
                      "to_v_head_gate": "attn_gate_value_heads", "q_rmsnorm": "attn_qk_rmsnorm",
                      "k_rmsnorm": "attn_k_rmsnorm", "value_rmsnorm": "attn_value_rmsnorm",
-                     "data_dependent_alibi": "attn_data_dependent_alibi",
                      "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
                      "hybrid_module": "attn_hybrid_module", "max_attend_past": "attn_max_attend_past",
                      "to_latent_q": "attn_dim_latent_q", "to_latent_kv": "attn_dim_latent_kv"}
@@ -273,7 +280,46 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
     need(attn.num_mem_kv == 0, "attn_num_mem_kv")
     need(attn.rotate_num_heads == heads, "rotate_num_heads")
     need(isinstance(attn.to_out, (nn.Linear, nn.Identity)), "attn_on_attn")
-    return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout))
+    dda = attn.data_dependent_alibi
+    need(dda is None or type(dda).__name__ == "DataDependentAlibi" and dda.post_log_scale == 1,
+         "attn_data_dependent_alibi_per_row / attn_data_dependent_alibi_kwargs")
+    return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout),
+                data_dependent_alibi=dda is not None)
+
+
+def position_config(layers: nn.Module, need: Callable[[bool, str], None]) -> dict[str, Any]:
+    """The rotary, T5 and dynamic position keywords of x-transformers AttentionLayers (ALiBi is read by the caller).
+
+    Rotary's base rescale factor is not stored: it is read back from `inv_freq` and must reproduce it."""
+    import x_transformers.x_transformers as xt
+
+    kwargs: dict[str, Any] = {}
+    rotary, rel_pos = layers.rotary_pos_emb, layers.rel_pos
+    if rotary is not None:
+        r = rotary.inv_freq.numel() * 2
+        base = float(rotary.inv_freq[1]) ** (-r / 2) if r > 2 else 10000.0
+        factor = float(f"{(base / 10000) ** ((r - 2) / r):.5g}") if r > 2 else 1.0
+        kwargs.update(rotary_pos_emb=True, rotary_emb_dim=r, rotary_interpolation_factor=rotary.interpolation_factor,
+                      rotary_base_rescale_factor=factor)
+        if rotary.scale is not None:
+            kwargs.update(rotary_xpos=True, rotary_xpos_scale_base=rotary.scale_base)
+        expected = 1.0 / ((10000.0 * factor ** (r / (r - 2)) if factor != 1 else 10000.0)
+                          ** (torch.arange(0, r, 2).float() / r))
+        need(torch.allclose(rotary.inv_freq.cpu().float(), expected, rtol=1e-5, atol=0),
+             "rotary_base_rescale_factor (one that xattn cannot read back from inv_freq)")
+    if type(rel_pos) is xt.RelativePositionBias:
+        heads, dim_head = layers.attn_heads, layers.attn_dim_head
+        need(rel_pos.causal == layers.causal and abs(rel_pos.scale - dim_head ** 0.5) < 1e-12
+             and rel_pos.relative_attention_bias.weight.shape[1] == heads, "rel_pos_kwargs (with rel_pos_bias)")
+        kwargs.update(rel_pos_bias=True, rel_pos_num_buckets=rel_pos.num_buckets,
+                      rel_pos_max_distance=rel_pos.max_distance)
+    elif type(rel_pos) is xt.DynamicPositionBias:
+        first = list(rel_pos.mlp[0])
+        need(first[0].out_features == layers.dim // 4, "rel_pos_kwargs (with dynamic_pos_bias)")
+        kwargs.update(dynamic_pos_bias=True, dynamic_pos_bias_log_distance=rel_pos.log_distance,
+                      dynamic_pos_bias_mlp_depth=len(rel_pos.mlp) - 1,
+                      dynamic_pos_bias_norm=isinstance(first[1], (xt.LayerNorm, nn.LayerNorm)))
+    return kwargs
 
 
 def feedforward_config(ff: nn.Module, dim: int, need: Callable[[bool, str], None]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies
 from .config import FeedForwardConfig, LayersConfig
 from .norms import LayerNorm, make_norm
+from .positions import shared_position_bias, xpos_scale
 
 
 class FeedForward(nn.Module):
@@ -110,6 +111,7 @@ class AttentionLayers(nn.Module):
         self.dim, self.heads, self.causal = config.dim, config.heads, config.causal
         self.residual_attn = config.residual_attn
         self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
+        self.rel_pos = shared_position_bias(config)
         self.num_attn_layers = config.num_attn_layers
         blocks, attention_index = [], 0
         for kind in config.layer_types:
@@ -172,13 +174,21 @@ class AttentionLayers(nn.Module):
         fully_masked = None if visible is None else ~visible.any(dim=-1)
         if fully_masked is not None and not fully_masked.any():
             fully_masked = None
-        rotary = rotary_frequencies(n, self.rotary_dim, device=x.device) if self.rotary_dim else None
+        config = self.config
+        rotary = xpos = None
+        if self.rotary_dim:
+            rotary = rotary_frequencies(n, self.rotary_dim, config.rotary_base, config.rotary_interpolation_factor,
+                                        device=x.device)
+        if config.rotary_xpos:
+            xpos = xpos_scale(n, self.rotary_dim, config.rotary_xpos_scale_base, x.device)
         bias = alibi_bias(n, self.alibi_heads, self.heads, x.device).to(x.dtype) if self.alibi_heads else None
+        if self.rel_pos is not None:
+            bias = self.rel_pos(n, n)
 
         prev_logits = None
         for block in self.layers:
             x, logits = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
-                              bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
+                              xpos=xpos, bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
             if logits is not None and self.residual_attn:
                 prev_logits = logits
         return x if self.final_norm is None else self.final_norm(x)

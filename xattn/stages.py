@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 STAGES: tuple[str, ...] = (
-    "scores", "residual", "scores_residual", "biased", "masked", "selection", "pre_softmax", "attn",
+    "scores", "residual", "scores_residual", "position_bias", "biased", "masked", "selection", "pre_softmax", "attn",
 )
 
 DESCRIPTIONS: dict[str, str] = {
-    "scores": "q·kᵀ × scale of this layer alone",
+    "scores": "q·kᵀ × scale of this layer alone (queries and keys rotated by rotary, and scaled by xPos, first)",
     "residual": "what residual attention (RealFormer) adds: the previous attention layer's pre-softmax logits "
                 "(zeros where off, and in the first layer)",
     "scores_residual": "scores + residual",
-    "biased": "after the position bias (ALiBi)",
+    "position_bias": "the position bias term alone: ALiBi's distance penalty, T5's learned bucket bias, the dynamic "
+                     "bias MLP's output, or data-dependent ALiBi's summed forget gates; added before any mask",
+    "biased": "after the position bias (ALiBi, T5 relative, dynamic or data-dependent ALiBi)",
     "masked": "after the padding, custom and causal masks (hidden cells hold −finfo.max, as x-transformers)",
     "selection": "the selective-attention penalty F this layer subtracts from every head (zeros where off)",
     "pre_softmax": "the logits that enter softmax",
@@ -22,7 +24,7 @@ X_TRANSFORMERS_FIELDS: dict[str, str] = {"scores_residual": "qk_similarities", "
                                          "attn": "post_softmax_attn"}
 
 # Stages that hold one term of a sum rather than the running logits: {term: the stage that adds it in}.
-TERMS: dict[str, str] = {"residual": "scores_residual", "selection": "pre_softmax"}
+TERMS: dict[str, str] = {"residual": "scores_residual", "position_bias": "biased", "selection": "pre_softmax"}
 
 # Stages whose values are probabilities rather than logits.
 PROBABILITY_STAGES = frozenset({"attn"})

@@ -18,7 +18,7 @@ from .trace import Trace, build_trace, recording
 class TransformerWrapper(nn.Module):
     """x-transformers' TransformerWrapper for the options xattn supports.
 
-    Absolute position embedding (scaled by dim ** -0.5) unless the layers use rotary embeddings or
+    Absolute position embedding (scaled by dim ** -0.5) unless the layers use rotary embeddings, T5 bias or
     `use_abs_pos_emb=False`; logits by a bias-less projection, or tied to the token embedding.
     """
 
