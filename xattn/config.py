@@ -118,8 +118,8 @@ class AttentionConfig:
                 raise ValueError(f"attn_{name} has no effect without attn_{needs}=True")
         check_whole("attn_qk_norm_groups", self.qk_norm_groups)
         if self.qk_norm and (self.dim_head % self.qk_norm_groups or self.dim_head // self.qk_norm_groups <= 2):
-            raise ValueError(f"attn_qk_norm_groups must divide attn_dim_head ({self.dim_head}) into slices of more "
-                             f"than 2 features; got {self.qk_norm_groups}")
+            raise ValueError(f"attn_qk_norm needs attn_qk_norm_groups ({self.qk_norm_groups}) to divide "
+                             f"attn_dim_head ({self.dim_head}) into slices of more than 2 features")
         check_number("attn_qk_norm_scale", self.qk_norm_scale, 1e-6, 1e6)
         if self.qk_norm_dim_scale and self.qk_norm_scale != defaults["qk_norm_scale"]:
             raise ValueError("attn_qk_norm_scale has no effect with attn_qk_norm_dim_scale=True "
