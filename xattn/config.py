@@ -97,7 +97,7 @@ class AttentionConfig:
     logit_softclamp_value: float = option(50.0, "soft-cap value", "scores", "the v of logit soft-capping",
                                           stages=("softclamped",))
     cog_signed: bool = option(False, "signed attention (Cog)", "scores",
-                              "softmax over the logits' magnitudes |x|, then the signs come back: attention "
+                              "softmax over the logits' absolute values, then the signs come back: attention "
                               "weights may be negative", stages=("magnitude", "attn"))
     max_attend_past: int | None = option(None, "attention window", "mask",
                                          "keys more than this many positions before a query are masked",

@@ -13,7 +13,7 @@ DESCRIPTIONS: dict[str, str] = {
     "scores_residual": "scores + residual",
     "biased": "after position bias (ALiBi)",
     "softclamped": "soft-capped: v·tanh(logit / v), after position bias and before masking",
-    "magnitude": "the logits' magnitudes |x| (Cog signed attention; their signs return after softmax)",
+    "magnitude": "the logits' absolute values (Cog signed attention; their signs return after softmax)",
     "masked": "after padding, custom, window (max_attend_past) and causal masks",
     "selection": "selective-attention penalty F subtracted from every head",
     "pre_softmax": "the logits that enter softmax (sparse top-k cuts them first)",
