@@ -120,7 +120,7 @@ def test_state_dict_and_config_route(tmp_path):
 
 
 @pytest.mark.parametrize("option,named", [
-    ({"attn_qk_norm": True}, "qk_norm"), ({"attn_num_mem_kv": 2}, "num_mem_kv"),
+    ({"attn_laser": True}, "attn_laser"), ({"attn_num_mem_kv": 2}, "num_mem_kv"),
     ({"polar_pos_emb": True}, "polar_pos_emb"), ({"attn_pre_talking_heads": True}, "talking_heads"),
     ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"shift_tokens": 1}, "shift_tokens"),
 ])
@@ -132,16 +132,16 @@ def test_unsupported_options_are_listed(option, named):
 
 
 def test_several_unsupported_options_listed_together():
-    reference = reference_model(tiny_config("Decoder", attn_qk_norm=True, use_dynamic_tanh=True))
+    reference = reference_model(tiny_config("Decoder", attn_laser=True, use_dynamic_tanh=True))
     with pytest.raises(ValueError) as err:
         xattn.from_x_transformers(reference)
-    assert "qk_norm" in str(err.value) and "DynamicTanh" in str(err.value)
+    assert "attn_laser" in str(err.value) and "DynamicTanh" in str(err.value)
 
 
 def test_unsupported_config_in_state_dict_route():
-    config = tiny_config("Decoder", attn_qk_norm=True)
+    config = tiny_config("Decoder", attn_laser=True)
     reference = reference_model(config)
-    with pytest.raises(ValueError, match="attn_qk_norm"):
+    with pytest.raises(ValueError, match="attn_laser"):
         xattn.from_x_transformers_state_dict(reference.state_dict(), config)
 
 

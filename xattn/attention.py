@@ -1,8 +1,10 @@
 """One self-attention layer, computed stage by stage so every stage can be observed or replaced.
 
-The numerics follow x-transformers' `Attention` + `Attend` (math path): scores, + residual
-(RealFormer), + position bias (ALiBi, T5, dynamic or data-dependent), masks filled with -finfo.max,
-- selective penalty, softmax in float32.
+The numerics follow x-transformers' `Attention` + `Attend` (math path): scores (q·k, or −‖q − k‖²;
+qk-norm first, grouped key/value heads shared), + residual (RealFormer), + position bias (ALiBi, T5,
+dynamic or data-dependent), soft-capping,
+|·| for Cog, masks filled with -finfo.max, - selective penalty, sparse top-k, softmax in float32 (or sigmoid),
+× the signs for Cog.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, einsum, nn
 
 from .config import AttentionConfig
@@ -28,6 +30,32 @@ def mask_fill_value(dtype: torch.dtype) -> float:
 def causal_visible(n: int, device: torch.device | None = None) -> Tensor:
     """[i, j] True where key j is visible to query i under causal attention (j ≤ i)."""
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def window_visible(n: int, max_attend_past: int, device: torch.device | None = None) -> Tensor:
+    """[i, j] True unless key j lies more than `max_attend_past` positions before query i (later keys stay
+    visible: causality is a mask of its own)."""
+    pos = torch.arange(n, device=device)
+    return pos[:, None] - pos[None, :] <= max_attend_past
+
+
+def l2norm(t: Tensor, groups: int = 1) -> Tensor:
+    """t [..., d] with each of `groups` equal slices of its last axis scaled to unit length (qk-norm)."""
+    t = rearrange(t, "... (g d) -> ... g d", g=groups)
+    return rearrange(F.normalize(t, dim=-1), "... g d -> ... (g d)")
+
+
+def softclamp(logits: Tensor, value: float) -> Tensor:
+    """v·tanh(logits / v): logits near 0 unchanged, large ones bent towards ±v."""
+    return (logits / value).tanh() * value
+
+
+def sparse_topk(logits: Tensor, k: int) -> Tensor:
+    """Each query's k largest logits (ties included, masked keys never), the rest filled like masked keys
+    (x-transformers' `sparse_topk_attn`; a row with fewer than k visible keys keeps them all)."""
+    fill = mask_fill_value(logits.dtype)
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(~((logits >= kth) & (logits > fill)), fill)
 
 
 def selective_penalty(logits: Tensor) -> Tensor:
@@ -105,24 +133,37 @@ class Attention(nn.Module):
     def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int) -> None:
         super().__init__()
         self.heads, self.dim_head, self.causal, self.selective = heads, config.dim_head, causal, config.selective
+        self.kv_heads = config.key_value_heads(heads)
         self.layer = layer
-        self.scale = config.dim_head ** -0.5
+        self.scale = config.scale
+        self.qk_norm_groups = config.qk_norm_groups if config.qk_norm else None
+        self.l2_distance, self.cog_signed, self.sigmoid = config.l2_distance, config.cog_signed, config.sigmoid
+        self.softclamp = config.logit_softclamp_value if config.softclamp_logits else None
+        self.sparse_topk = config.sparse_topk
         inner = heads * config.dim_head
         self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, self.kv_heads * config.dim_head, bias=False)
+        self.to_v = nn.Linear(dim, self.kv_heads * config.dim_head, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.dropout = nn.Dropout(config.dropout)
         self.data_dependent_alibi = DataDependentAlibi(dim, heads, causal) if config.data_dependent_alibi else None
+        # qk-norm's learned per-feature scales of queries and keys, initialised so that q·k starts at dim_head ** 0.5
+        self.q_scale = self.k_scale = None
+        if config.qk_norm_dim_scale:
+            self.q_scale = nn.Parameter(torch.full((heads, 1, config.dim_head), config.dim_head ** 0.25))
+            self.k_scale = nn.Parameter(torch.full((self.kv_heads, 1, config.dim_head), config.dim_head ** 0.25))
         point = partial(HookPoint, layer)
         self.hook_scores = point("scores")                    # [b, h, i, j] q·kᵀ × scale
         self.hook_residual = point("residual")                # [b, h, i, j] previous layer's pre-softmax logits
         self.hook_scores_residual = point("scores_residual")  # [b, h, i, j] scores + residual
         self.hook_position_bias = point("position_bias")      # [b, h, i, j] position bias term (broadcast over b)
         self.hook_biased = point("biased")                    # [b, h, i, j] + position bias
+        self.hook_softclamped = point("softclamped")          # [b, h, i, j] v·tanh(logits / v)
+        self.hook_magnitude = point("magnitude")              # [b, h, i, j] |logits| (Cog signed attention)
         self.hook_masked = point("masked")                    # [b, h, i, j] invisible keys filled with −finfo.max
         self.hook_selection = point("selection")              # [b, h, i, j] selective penalty F (same for every head)
-        self.hook_pre_softmax = point("pre_softmax")          # [b, h, i, j] the logits softmax sees
+        self.hook_pre_softmax = point("pre_softmax")          # [b, h, i, j] the logits after every score stage
+        self.hook_topk = point("topk")                        # [b, h, i, j] all but each query's top k filled
         self.hook_attn = point("attn")                        # [b, h, i, j] the attention pattern
 
     def hook_points(self) -> list[HookPoint]:
@@ -145,31 +186,70 @@ class Attention(nn.Module):
         return logits - seen if subtract else logits + seen
 
     def split_heads(self, t: Tensor) -> Tensor:
-        return rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+        return rearrange(t, "b n (h d) -> b h n d", d=self.dim_head)
+
+    def queries_and_keys(self, x: Tensor, rotary: Tensor | None,
+                         xpos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """q [b, h, n, d] and k [b, kv_heads, n, d]: projected, qk-normed, then rotated (x-transformers' order),
+        xPos scaling q by its factors and k by their inverse."""
+        q, k = self.split_heads(self.to_q(x)), self.split_heads(self.to_k(x))
+        if self.qk_norm_groups is not None:
+            q, k = l2norm(q, self.qk_norm_groups), l2norm(k, self.qk_norm_groups)
+            if self.q_scale is not None:
+                q, k = q * self.q_scale, k * self.k_scale
+        if rotary is not None:
+            q = apply_rotary(q, rotary, xpos)
+            k = apply_rotary(k, rotary, None if xpos is None else xpos ** -1.0)
+        return q, k
+
+    def share_kv_heads(self, t: Tensor) -> Tensor:
+        """Keys or values [b, kv_heads, n, d] → one per query head [b, h, n, d]: head h uses kv head h mod kv_heads."""
+        return repeat(t, "b g n d -> b (r g) n d", r=self.heads // self.kv_heads)
+
+    def similarity(self, q: Tensor, k: Tensor) -> Tensor:
+        """[b, h, i, j]: q·k, or −‖q − k‖² with L2-distance attention (before the scale)."""
+        if self.l2_distance:
+            return -torch.cdist(q, k) ** 2
+        return einsum("b h i d, b h j d -> b h i j", q, k)
+
+    def pattern(self, logits: Tensor) -> Tensor:
+        """The attention pattern: softmax over the keys (float32 as x-transformers, except with qk-norm and
+        sparse top-k, which it runs in the model's dtype), or an independent sigmoid per cell."""
+        if self.sigmoid:
+            return logits.sigmoid()
+        if self.qk_norm_groups is not None or self.sparse_topk is not None:
+            return logits.softmax(dim=-1)
+        return logits.softmax(dim=-1, dtype=torch.float32).type(logits.dtype)
 
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
                 query_mask: Tensor | None = None, rotary: Tensor | None = None, xpos: Tensor | None = None,
                 bias: Tensor | None = None, prev_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention).
 
-        visible [b|1, 1, i, j]: True where a key may be seen (padding, custom and causal combined);
+        visible [b|1, 1, i, j]: True where a key may be seen (padding, custom, window and causal combined);
         fully_masked [b|1, 1, i]: rows with no visible key, whose output is zeroed;
         query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers);
         rotary [n, r]: rotary angles, xpos [n, r]: xPos factors (queries × xpos, keys ÷ xpos);
         bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead).
         """
-        q, k, v = map(self.split_heads, (self.to_q(x), self.to_k(x), self.to_v(x)))
-        if rotary is not None:
-            q = apply_rotary(q, rotary, xpos)
-            k = apply_rotary(k, rotary, None if xpos is None else xpos ** -1.0)
+        q, k = self.queries_and_keys(x, rotary, xpos)
+        v = self.split_heads(self.to_v(x))
+        if self.kv_heads != self.heads:
+            k, v = self.share_kv_heads(k), self.share_kv_heads(v)
 
-        logits = self.hook_scores(einsum("b h i d, b h j d -> b h i j", q, k) * self.scale)
+        logits = self.hook_scores(self.similarity(q, k) * self.scale)
 
         logits = self.hook_scores_residual(self.add_stage(logits, prev_logits, self.hook_residual))
 
         if self.data_dependent_alibi is not None:
             bias = self.data_dependent_alibi(x)
         logits = self.hook_biased(self.add_stage(logits, bias, self.hook_position_bias))
+        logits = self.hook_softclamped(logits if self.softclamp is None else softclamp(logits, self.softclamp))
+
+        sign = None
+        if self.cog_signed:
+            sign, logits = logits.sign(), logits.abs()
+        logits = self.hook_magnitude(logits)
 
         if visible is not None:
             logits = logits.masked_fill(~visible, mask_fill_value(logits.dtype))
@@ -178,7 +258,9 @@ class Attention(nn.Module):
         penalty = selective_penalty(logits) if self.selective else None
         logits = self.hook_pre_softmax(self.add_stage(logits, penalty, self.hook_selection, subtract=True))
 
-        attn = self.hook_attn(logits.softmax(dim=-1, dtype=torch.float32).type(logits.dtype))
+        kept = self.hook_topk(logits if self.sparse_topk is None else sparse_topk(logits, self.sparse_topk))
+        attn = self.pattern(kept)
+        attn = self.hook_attn(attn if sign is None else attn * sign)
         out = einsum("b h i j, b h j d -> b h i d", self.dropout(attn), v)
         if fully_masked is not None:
             out = out.masked_fill(rearrange(fully_masked, "... i -> ... i 1"), 0.0)

@@ -75,10 +75,83 @@ class AttentionConfig:
                                         "key and query, are a per-layer, input-dependent distance penalty",
                                         stages=("position_bias", "biased"),
                                         weights=("layers.*.branch.data_dependent_alibi.to_gates.*",))
+    qk_norm: bool = option(False, "qk-norm", "queries and keys",
+                           "queries and keys are l2-normalised, so scores are cosine similarities times a scale "
+                           "(attn_qk_norm_scale) instead of dim_head ** -0.5", stages=("scores",), form=True)
+    qk_norm_groups: int = option(1, "qk-norm groups", "queries and keys",
+                                 "normalise each of this many equal slices of a head's features separately",
+                                 stages=("scores",))
+    qk_norm_scale: float = option(10, "qk-norm scale", "queries and keys",
+                                  "the fixed scale of qk-norm's cosine similarities", stages=("scores",))
+    qk_norm_dim_scale: bool = option(False, "qk-norm learned scales", "queries and keys",
+                                     "learned per-feature scales on the normalised queries and keys, and the "
+                                     "usual dim_head ** -0.5", stages=("scores",),
+                                     weights=("layers.*.branch.q_scale", "layers.*.branch.k_scale"))
+    l2_distance: bool = option(False, "L2-distance attention", "queries and keys",
+                               "the similarity is the negative squared distance −‖q − k‖² instead of q·k",
+                               stages=("scores",))
+    kv_heads: int | None = option(None, "key/value heads (GQA)", "queries and keys",
+                                  "grouped-query attention: fewer key/value heads, query head h uses kv head "
+                                  "h mod kv_heads", stages=("scores",))
+    one_kv_head: bool = option(False, "one key/value head (MQA)", "queries and keys",
+                               "multi-query attention: every head shares one key and one value", stages=("scores",),
+                               form=True)
+    softclamp_logits: bool = option(False, "logit soft-capping", "scores",
+                                    "logits become v·tanh(logit / v), so none exceeds ±v (attn_logit_softclamp_value)",
+                                    stages=("softclamped",), form=True)
+    logit_softclamp_value: float = option(50.0, "soft-cap value", "scores", "the v of logit soft-capping",
+                                          stages=("softclamped",))
+    cog_signed: bool = option(False, "signed attention (Cog)", "scores",
+                              "softmax over the logits' absolute values, then the signs come back: attention "
+                              "weights may be negative", stages=("magnitude", "attn"))
+    max_attend_past: int | None = option(None, "attention window", "mask",
+                                         "keys more than this many positions before a query are masked",
+                                         stages=("masked",))
+    sparse_topk: int | None = option(None, "sparse top-k", "softmax",
+                                     "only each query's k largest logits enter the softmax", stages=("topk",))
+    sigmoid: bool = option(False, "sigmoid attention", "softmax",
+                           "each weight is sigmoid(logit) on its own instead of a softmax: rows need not sum to 1",
+                           stages=("attn",))
 
     def __post_init__(self) -> None:
         check_whole("attn_dim_head", self.dim_head)
         check_number("attn_dropout", self.dropout, 0.0, 1.0)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, needs in (("qk_norm_groups", "qk_norm"), ("qk_norm_scale", "qk_norm"),
+                            ("qk_norm_dim_scale", "qk_norm"), ("logit_softclamp_value", "softclamp_logits")):
+            if getattr(self, name) != defaults[name] and not getattr(self, needs):
+                raise ValueError(f"attn_{name} has no effect without attn_{needs}=True")
+        check_whole("attn_qk_norm_groups", self.qk_norm_groups)
+        if self.qk_norm and (self.dim_head % self.qk_norm_groups or self.dim_head // self.qk_norm_groups <= 2):
+            raise ValueError(f"attn_qk_norm needs attn_qk_norm_groups ({self.qk_norm_groups}) to divide "
+                             f"attn_dim_head ({self.dim_head}) into slices of more than 2 features")
+        check_number("attn_qk_norm_scale", self.qk_norm_scale, 1e-6, 1e6)
+        if self.qk_norm_dim_scale and self.qk_norm_scale != defaults["qk_norm_scale"]:
+            raise ValueError("attn_qk_norm_scale has no effect with attn_qk_norm_dim_scale=True "
+                             "(its learned scales replace it)")
+        check_number("attn_logit_softclamp_value", self.logit_softclamp_value, 1e-6, 1e6)
+        if self.kv_heads is not None:
+            check_whole("attn_kv_heads", self.kv_heads)
+            if self.one_kv_head:
+                raise ValueError("choose attn_kv_heads or attn_one_kv_head, not both")
+        if self.max_attend_past is not None:
+            check_whole("attn_max_attend_past", self.max_attend_past, low=0)
+        if self.sparse_topk is not None:
+            check_whole("attn_sparse_topk", self.sparse_topk)
+        functions = [f"attn_{n}" for n in ("l2_distance", "sigmoid") if getattr(self, n)]
+        functions += ["attn_sparse_topk"] * (self.sparse_topk is not None)
+        if len(functions) > 1:
+            raise ValueError(f"choose at most one of attn_l2_distance, attn_sigmoid and attn_sparse_topk "
+                             f"(as x-transformers); got {' and '.join(functions)}")
+
+    def key_value_heads(self, heads: int) -> int:
+        """How many key/value heads a layer of `heads` query heads has (grouped- or multi-query attention)."""
+        return 1 if self.one_kv_head else self.kv_heads or heads
+
+    @property
+    def scale(self) -> float:
+        """The factor on q·kᵀ: qk-norm's fixed scale, else dim_head ** -0.5."""
+        return self.qk_norm_scale if self.qk_norm and not self.qk_norm_dim_scale else self.dim_head ** -0.5
 
 
 @dataclass(frozen=True)
@@ -189,6 +262,8 @@ class LayersConfig:
         if rotary is not None and not (2 <= rotary <= self.attn.dim_head and rotary % 2 == 0):
             raise ValueError(f"rotary_emb_dim must be even and at most attn_dim_head ({self.attn.dim_head}), "
                              f"got {rotary}")
+        if self.heads % self.attn.key_value_heads(self.heads):
+            raise ValueError(f"attn_kv_heads ({self.attn.kv_heads}) must divide heads ({self.heads})")
         if self.alibi_pos_bias and not 1 <= self.alibi_heads <= self.heads:
             raise ValueError(f"alibi_num_heads must be between 1 and heads ({self.heads}), got {self.alibi_heads}")
         self.check_positions()

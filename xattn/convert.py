@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import OPTIONS, ModelConfig
@@ -112,6 +113,8 @@ def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: flo
         return {f"{prefix}branch.{a[1]}.weight": value}
     if block.is_attention and (a := re.fullmatch(r"1\.data_dependent_alibi\.to_forget_gates\.0\.(weight|bias)", rest)):
         return {f"{prefix}branch.data_dependent_alibi.to_gates.{a[1]}": value}
+    if block.is_attention and (a := re.fullmatch(r"1\.qk_norm_([qk])_scale", rest)):
+        return {f"{prefix}branch.{a[1]}_scale": value}
     if not block.is_attention and (f := re.fullmatch(r"1\.ff\.(\d)\.(?:0\.|proj\.)?(weight|bias|gamma)", rest)):
         position, what = int(f[1]), f[2]
         if position == 0:
@@ -241,32 +244,35 @@ ATTENTION_MODULES = {"to_v_gate": "attn_gate_values", "to_output_gate": "attn_ou
                      "to_v_head_gate": "attn_gate_value_heads", "q_rmsnorm": "attn_qk_rmsnorm",
                      "k_rmsnorm": "attn_k_rmsnorm", "value_rmsnorm": "attn_value_rmsnorm",
                      "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
-                     "hybrid_module": "attn_hybrid_module", "max_attend_past": "attn_max_attend_past",
+                     "hybrid_module": "attn_hybrid_module",
                      "to_latent_q": "attn_dim_latent_q", "to_latent_kv": "attn_dim_latent_kv"}
-ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "qk_norm": "attn_qk_norm", "laser": "attn_laser",
+ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "laser": "attn_laser",
                    "orthog_projected_values": "attn_orthog_projected_values",
                    "orthog_projected_values_per_head": "attn_orthog_projected_values_per_head",
                    "qkv_receive_diff_residuals": "qkv_receive_diff_residuals"}
 ATTEND_MODULES = {"pre_softmax_talking_heads": "attn_pre_talking_heads",
                   "post_softmax_talking_heads": "attn_post_talking_heads",
                   "pre_scale_post_talking_heads": "attn_pre_scale_post_talking_heads", "cope": "attn_use_cope"}
-ATTEND_FLAGS = {"l2_distance": "attn_l2_distance", "cog_signed": "attn_cog_signed", "add_zero_kv": "attn_add_zero_kv",
-                "head_learned_sink": "attn_head_learned_sink", "softclamp_logits": "attn_softclamp_logits",
+ATTEND_FLAGS = {"add_zero_kv": "attn_add_zero_kv", "head_learned_sink": "attn_head_learned_sink",
                 "inverted_attention": "cross_attn_inverted_attention"}
 
 
 def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
     """The attn_ keywords of one x-transformers Attention; `need` collects what xattn cannot run, by keyword."""
+    from x_transformers.attend import sparse_topk_attn
+
     attend = attn.attend
     dim_head = attn.to_q.weight.shape[0] // heads
-    need(attn.kv_heads == heads, "attn_kv_heads / attn_one_kv_head")
-    need(abs(attend.scale - dim_head ** -0.5) < 1e-12 or attn.qk_norm,
-         "attn_qk_norm_scale or a custom scale")
-    fn = attend.attn_fn
+    qk_norm = bool(attn.qk_norm)
+    fixed_qk_scale = qk_norm and not attn.qk_norm_dim_scale     # otherwise the scale is dim_head ** -0.5
+    need(abs(attend.scale - dim_head ** -0.5) < 1e-12 or fixed_qk_scale, "a custom scale")
+    fn, fn_keywords = attend.attn_fn, {}
     while isinstance(fn, partial):
-        fn = fn.func
-    need(fn is torch.nn.functional.softmax,
-         "attn_sparse_topk / attn_sigmoid / attn_hard / attn_gumbel_softmax (a non-softmax attention function)")
+        fn, fn_keywords = fn.func, {**fn.keywords, **fn_keywords}
+    need(fn in (F.softmax, F.sigmoid, sparse_topk_attn),
+         "attn_hard / attn_gumbel_softmax / attn_custom_attn_fn (an attention function other than softmax, sigmoid "
+         "or sparse top-k)")
+    need(not fn_keywords.get("straight_through"), "attn_sparse_topk_straight_through")
     for name, keyword in ATTEND_MODULES.items():
         need(getattr(attend, name, None) is None, keyword)
     for name, keyword in ATTEND_FLAGS.items():
@@ -274,8 +280,6 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
     for name, keyword in ATTENTION_MODULES.items():
         need(getattr(attn, name, None) is None, keyword)
     for name, keyword in ATTENTION_FLAGS.items():
-        if name == "qk_norm" and getattr(attn, name, False):
-            keyword += " (attn_qk_norm_groups, attn_qk_norm_scale, attn_qk_norm_dim_scale)"
         need(not getattr(attn, name, False), keyword)
     need(attn.num_mem_kv == 0, "attn_num_mem_kv")
     need(attn.rotate_num_heads == heads, "rotate_num_heads")
@@ -283,8 +287,21 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
     dda = attn.data_dependent_alibi
     need(dda is None or type(dda).__name__ == "DataDependentAlibi" and dda.post_log_scale == 1,
          "attn_data_dependent_alibi_per_row / attn_data_dependent_alibi_kwargs")
-    return dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout),
-                data_dependent_alibi=dda is not None)
+    options = dict(dim_head=dim_head, selective=bool(attend.selective), dropout=float(attend.dropout),
+                   l2_distance=bool(attend.l2_distance), cog_signed=bool(attend.cog_signed),
+                   max_attend_past=attn.max_attend_past, sigmoid=fn is F.sigmoid,
+                   sparse_topk=fn_keywords["sparse_topk"] if fn is sparse_topk_attn else None,
+                   data_dependent_alibi=dda is not None)
+    if qk_norm:
+        options.update(qk_norm=True, qk_norm_groups=attn.qk_norm_groups, qk_norm_dim_scale=bool(attn.qk_norm_dim_scale),
+                       **({"qk_norm_scale": attend.scale} if fixed_qk_scale else {}))
+    if attend.softclamp_logits:
+        options.update(softclamp_logits=True, logit_softclamp_value=float(attend.logit_softclamp_value))
+    if attn.kv_heads == 1 < heads:
+        options["one_kv_head"] = True
+    elif attn.kv_heads != heads:
+        options["kv_heads"] = attn.kv_heads
+    return options
 
 
 def position_config(layers: nn.Module, need: Callable[[bool, str], None]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies
+from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies, window_visible
 from .config import FeedForwardConfig, LayersConfig
 from .norms import LayerNorm, make_norm
 from .positions import shared_position_bias, xpos_scale
@@ -141,7 +141,8 @@ class AttentionLayers(nn.Module):
 
     def visible_mask(self, batch: int, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                      device: torch.device | None = None) -> Tensor | None:
-        """[b|1, 1, i, j] True where key j is visible to query i: padding, custom and causal masks combined.
+        """[b|1, 1, i, j] True where key j is visible to query i: padding, custom, window (attn_max_attend_past)
+        and causal masks combined.
 
         mask [b, n]: key padding, True = a real token. attn_mask [i, j] or [b, i, j]: True = may attend.
         Returns None when nothing is masked.
@@ -158,6 +159,8 @@ class AttentionLayers(nn.Module):
                 raise ValueError(f"attn_mask must be a boolean tensor of shape [seq, seq] or [batch, seq, seq] "
                                  f"with seq = {n}, batch = {batch}; got {attn_mask.dtype} {tuple(attn_mask.shape)}")
             parts.append(attn_mask.view(-1, 1, n, n))
+        if self.config.attn.max_attend_past is not None:
+            parts.append(window_visible(n, self.config.attn.max_attend_past, device)[None, None])
         if self.causal:
             parts.append(causal_visible(n, device)[None, None])
         if not parts:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .attention import causal_visible
+from .attention import causal_visible, window_visible
 
 
 def no_mask(n: int) -> Tensor:
@@ -64,7 +64,8 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
 
-    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only).
+    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only),
+    `window` hides keys more than attn_max_attend_past positions back.
     """
     layers = getattr(model, "attn_layers", model)
     batch = 1
@@ -74,9 +75,11 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
         batch = attn_mask.shape[0]
     full = torch.ones(batch, n, n, dtype=torch.bool)
     effective = layers.visible_mask(batch, n, mask, attn_mask)
+    window = layers.config.attn.max_attend_past
     return {
         "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
         "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
         "causal": causal_visible(n).expand(batch, n, n) if layers.causal else full,
+        "window": full if window is None else window_visible(n, window).expand(batch, n, n),
         "effective": full if effective is None else effective[:, 0].expand(batch, n, n),
     }

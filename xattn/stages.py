@@ -2,21 +2,28 @@
 from __future__ import annotations
 
 STAGES: tuple[str, ...] = (
-    "scores", "residual", "scores_residual", "position_bias", "biased", "masked", "selection", "pre_softmax", "attn",
+    "scores", "residual", "scores_residual", "position_bias", "biased", "softclamped", "magnitude", "masked",
+    "selection", "pre_softmax", "topk", "attn",
 )
 
 DESCRIPTIONS: dict[str, str] = {
-    "scores": "q·kᵀ × scale of this layer alone (queries and keys rotated by rotary, and scaled by xPos, first)",
+    "scores": "q·kᵀ × scale of this layer alone, or as the options define similarity (qk-norm: cosine "
+              "similarity × its scale; L2 distance: −‖q − k‖² × scale); queries and keys rotated by rotary, and "
+              "scaled by xPos, first",
     "residual": "what residual attention (RealFormer) adds: the previous attention layer's pre-softmax logits "
                 "(zeros where off, and in the first layer)",
     "scores_residual": "scores + residual",
     "position_bias": "the position bias term alone: ALiBi's distance penalty, T5's learned bucket bias, the dynamic "
                      "bias MLP's output, or data-dependent ALiBi's summed forget gates; added before any mask",
     "biased": "after the position bias (ALiBi, T5 relative, dynamic or data-dependent ALiBi)",
-    "masked": "after the padding, custom and causal masks (hidden cells hold −finfo.max, as x-transformers)",
+    "softclamped": "soft-capped: v·tanh(logit / v), after position bias and before masking",
+    "magnitude": "the logits' absolute values (Cog signed attention; their signs return after softmax)",
+    "masked": "after the padding, custom, window (max_attend_past) and causal masks (hidden cells hold −finfo.max, "
+              "as x-transformers)",
     "selection": "the selective-attention penalty F this layer subtracts from every head (zeros where off)",
-    "pre_softmax": "the logits that enter softmax",
-    "attn": "the attention pattern (softmax)",
+    "pre_softmax": "the logits that enter softmax (sparse top-k cuts them first)",
+    "topk": "sparse top-k: only each query's k largest logits kept, the rest filled like masked ones",
+    "attn": "the attention pattern (softmax, or sigmoid; × the logits' signs with Cog signed attention)",
 }
 
 # Stages x-transformers also exposes, by the field of its attention intermediates that holds them.
@@ -26,10 +33,11 @@ X_TRANSFORMERS_FIELDS: dict[str, str] = {"scores_residual": "qk_similarities", "
 # Stages that hold one term of a sum rather than the running logits: {term: the stage that adds it in}.
 TERMS: dict[str, str] = {"residual": "scores_residual", "position_bias": "biased", "selection": "pre_softmax"}
 
-# Stages whose values are probabilities rather than logits.
+# Stages whose values are attention weights rather than logits: in [0, 1] (rows need not sum to 1 with sigmoid;
+# signed, in [-1, 1], with Cog signed attention).
 PROBABILITY_STAGES = frozenset({"attn"})
 # Stages from which invisible cells carry the mask's fill value.
-MASKED_STAGES = frozenset({"masked", "pre_softmax", "attn"})
+MASKED_STAGES = frozenset({"masked", "pre_softmax", "topk", "attn"})
 
 
 def check_stages(stages: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:

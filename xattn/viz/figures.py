@@ -435,7 +435,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
 
 def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *, batch: int = 0) -> go.Figure:
     """What each mask removes: every hidden (query, key) cell coloured by the first mask that hides it
-    (padding, then custom, then causal). `parts` is `xattn.masks.breakdown(...)`."""
+    (padding, then custom, then causal, then the attn_max_attend_past window). `parts` is
+    `xattn.masks.breakdown(...)`."""
     _check_index("batch", batch, parts["effective"].shape[0], "batch rows")
     hidden = np.stack([~parts[name][batch].cpu().numpy() for name in REMOVER_COLORS])
     code = np.where(hidden.any(0), hidden.argmax(0) + 1, 0).astype(np.uint8)
