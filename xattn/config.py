@@ -72,15 +72,17 @@ class AttentionConfig:
     dropout: float = option(0.0, "attention dropout", "softmax", "on the attention pattern, training only")
     head_scale: bool = option(False, "head scale", "output",
                               "each head's output is multiplied by a learned scale before the heads are merged "
-                              "(NormFormer); no score stage: scores and pattern are unchanged",
+                              "(NormFormer); no score stage: it changes what the heads output, not this layer's scores",
                               weights=("layers.*.branch.head_scale",), form=True)
     gate_values: bool = option(False, "gated values", "values",
                                "the merged heads' output is multiplied by sigmoid(W x) of the layer input before the "
-                               "output projection; no score stage: scores and pattern are unchanged",
+                               "output projection; no score stage: it changes what the heads output, not this "
+                               "layer's scores",
                                weights=("layers.*.branch.to_v_gate.weight",), form=True)
     on_attn: bool = option(False, "attention on attention", "output",
-                           "the output projection is doubled and gates itself (a GLU); no score stage: scores and "
-                           "pattern are unchanged", weights=("layers.*.branch.to_out.weight",), form=True)
+                           "the output projection is doubled and gates itself (a GLU); no score stage: it changes "
+                           "what the heads output, not this layer's scores", weights=("layers.*.branch.to_out.weight",),
+                           form=True)
 
     def __post_init__(self) -> None:
         check_whole("attn_dim_head", self.dim_head)
@@ -151,7 +153,7 @@ class LayersConfig:
         "along the sequence (also −1 … −s in an Encoder) before the branch; one number, or one per layer")
     add_value_residual: bool = option(False, "value residual (ResFormer)", "values",
                                       "every attention layer after the first mixes the first layer's values into its "
-                                      "own; no score stage: scores and pattern are unchanged, the heads' output is",
+                                      "own; no score stage: it changes what the heads output, not this layer's scores",
                                       weights=("layers.*.branch.to_value_residual_mix.*",), form=True)
     learned_value_residual_mix: bool = option(True, "learned value-residual mix", "values",
                                               "the value-residual mix is sigmoid(W x) per token and head; "
