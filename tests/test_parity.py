@@ -122,7 +122,7 @@ def test_state_dict_and_config_route(tmp_path):
 @pytest.mark.parametrize("option,named", [
     ({"attn_laser": True}, "attn_laser"), ({"attn_num_mem_kv": 2}, "num_mem_kv"),
     ({"polar_pos_emb": True}, "polar_pos_emb"), ({"attn_pre_talking_heads": True}, "talking_heads"),
-    ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"shift_tokens": 1}, "shift_tokens"),
+    ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"attn_output_gate": True}, "attn_output_gate"),
 ])
 def test_unsupported_options_are_listed(option, named):
     reference = reference_model(tiny_config("Decoder", **option))

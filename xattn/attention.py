@@ -130,7 +130,9 @@ class Attention(nn.Module):
     attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`); they fire in `STAGES` order.
     """
 
-    def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int) -> None:
+    def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int,
+                 value_mix: bool = False) -> None:
+        """value_mix: learn the per-token mix of the value residual (add_value_residual, layers after the first)."""
         super().__init__()
         self.heads, self.dim_head, self.causal, self.selective = heads, config.dim_head, causal, config.selective
         self.kv_heads = config.key_value_heads(heads)
@@ -144,7 +146,13 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(dim, self.kv_heads * config.dim_head, bias=False)
         self.to_v = nn.Linear(dim, self.kv_heads * config.dim_head, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_out = nn.Linear(inner, dim * 2 if config.on_attn else dim, bias=False)   # on_attn: a GLU
+        self.on_attn = config.on_attn
+        self.head_scale = nn.Parameter(torch.ones(heads)) if config.head_scale else None
+        self.to_v_gate = nn.Linear(dim, inner, bias=False) if config.gate_values else None
+        if self.to_v_gate is not None:
+            nn.init.zeros_(self.to_v_gate.weight)             # gates start at ½, as x-transformers
+        self.to_value_residual_mix = nn.Linear(dim, heads) if value_mix else None
         self.dropout = nn.Dropout(config.dropout)
         self.data_dependent_alibi = DataDependentAlibi(dim, heads, causal) if config.data_dependent_alibi else None
         # qk-norm's learned per-feature scales of queries and keys, initialised so that q·k starts at dim_head ** 0.5
@@ -223,19 +231,27 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
                 query_mask: Tensor | None = None, rotary: Tensor | None = None, xpos: Tensor | None = None,
-                bias: Tensor | None = None, prev_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention).
+                bias: Tensor | None = None, prev_logits: Tensor | None = None, value_residual: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention,
+        this layer's own values [b, h, n, d] for the value residual).
 
         visible [b|1, 1, i, j]: True where a key may be seen (padding, custom, window and causal combined);
         fully_masked [b|1, 1, i]: rows with no visible key, whose output is zeroed;
         query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers);
         rotary [n, r]: rotary angles, xpos [n, r]: xPos factors (queries × xpos, keys ÷ xpos);
-        bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead).
+        bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead);
+        value_residual [b, h, n, d]: the first attention layer's values, mixed into this layer's (ResFormer).
         """
         q, k = self.queries_and_keys(x, rotary, xpos)
         v = self.split_heads(self.to_v(x))
         if self.kv_heads != self.heads:
             k, v = self.share_kv_heads(k), self.share_kv_heads(v)
+        values = v
+        if value_residual is not None:
+            mix = 0.5 if self.to_value_residual_mix is None \
+                else rearrange(self.to_value_residual_mix(x).sigmoid(), "b n h -> b h n 1")
+            v = value_residual.lerp(v, mix)
 
         logits = self.hook_scores(self.similarity(q, k) * self.scale)
 
@@ -264,7 +280,14 @@ class Attention(nn.Module):
         out = einsum("b h i j, b h j d -> b h i d", self.dropout(attn), v)
         if fully_masked is not None:
             out = out.masked_fill(rearrange(fully_masked, "... i -> ... i 1"), 0.0)
-        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        if self.head_scale is not None:
+            out = out * rearrange(self.head_scale, "h -> h 1 1")
+        out = rearrange(out, "b h n d -> b n (h d)")
+        if self.to_v_gate is not None:
+            out = out * self.to_v_gate(x).sigmoid()
+        out = self.to_out(out)
+        if self.on_attn:
+            out = F.glu(out, dim=-1)                          # first half × sigmoid(second half)
         if query_mask is not None:
             out = out.masked_fill(~rearrange(query_mask, "b n -> b n 1"), 0.0)
-        return out, logits
+        return out, logits, values

@@ -112,6 +112,19 @@ class AttentionConfig:
     sigmoid: bool = option(False, "sigmoid attention", "softmax",
                            "each weight is sigmoid(logit) on its own instead of a softmax: rows need not sum to 1",
                            stages=("attn",))
+    head_scale: bool = option(False, "head scale", "output",
+                              "each head's output is multiplied by a learned scale before the heads are merged "
+                              "(NormFormer); no score stage: it changes what the heads output, not this layer's scores",
+                              weights=("layers.*.branch.head_scale",), form=True)
+    gate_values: bool = option(False, "gated values", "values",
+                               "the merged heads' output is multiplied by sigmoid(W x) of the layer input before the "
+                               "output projection; no score stage: it changes what the heads output, not this "
+                               "layer's scores",
+                               weights=("layers.*.branch.to_v_gate.weight",), form=True)
+    on_attn: bool = option(False, "attention on attention", "output",
+                           "the output projection is doubled and gates itself (a GLU); no score stage: it changes "
+                           "what the heads output, not this layer's scores", weights=("layers.*.branch.to_out.weight",),
+                           form=True)
 
     def __post_init__(self) -> None:
         check_whole("attn_dim_head", self.dim_head)
@@ -240,6 +253,16 @@ class LayersConfig:
                                                    "an explicit list of 'a' (attention) and 'f' (feed-forward)")
     par_ratio: int | None = option(None, "PAR pattern", "block",
                                    "attention only in the first two thirds, feed-forwards after (PAR transformer)")
+    shift_tokens: int | tuple[int, ...] = option(
+        0, "token shift", "block", "each branch's input is split into feature chunks that move 0, 1 … s positions "
+        "along the sequence (also −1 … −s in an Encoder) before the branch; one number, or one per layer")
+    add_value_residual: bool = option(False, "value residual (ResFormer)", "values",
+                                      "every attention layer after the first mixes the first layer's values into its "
+                                      "own; no score stage: it changes what the heads output, not this layer's scores",
+                                      weights=("layers.*.branch.to_value_residual_mix.*",), form=True)
+    learned_value_residual_mix: bool = option(True, "learned value-residual mix", "values",
+                                              "the value-residual mix is sigmoid(W x) per token and head; "
+                                              "False: an even ½ mix")
     attn: AttentionConfig = field(default_factory=AttentionConfig)
     ff: FeedForwardConfig = field(default_factory=FeedForwardConfig)
 
@@ -285,6 +308,24 @@ class LayersConfig:
                                  f"got {self.par_ratio}")
         if "a" not in self.layer_types:
             raise ValueError("the layer pattern has no attention layer")
+        self.check_shift_tokens()
+        if not self.learned_value_residual_mix and not self.add_value_residual:
+            raise ValueError("learned_value_residual_mix=False has no effect without add_value_residual=True")
+
+    def check_shift_tokens(self) -> None:
+        """shift_tokens is a whole number ≥ 0, or one per layer; each layer's chunks must fit in dim."""
+        shifts = self.shift_tokens
+        if isinstance(shifts, (list, tuple)):
+            shifts = tuple(shifts)
+            object.__setattr__(self, "shift_tokens", shifts)
+            if len(shifts) != len(self.layer_types):
+                raise ValueError(f"shift_tokens as a list needs one entry per layer ({len(self.layer_types)}: "
+                                 f"{''.join(self.layer_types)}); got {len(shifts)}")
+        for shift in shifts if isinstance(shifts, tuple) else (shifts,):
+            check_whole("shift_tokens", shift, low=0)
+        widest = max((len(s) for s in self.layer_shifts), default=0)
+        if widest > self.dim:
+            raise ValueError(f"shift_tokens makes {widest} feature chunks, more than dim ({self.dim})")
 
     # Position sub-options and the scheme each needs: set without it, they are refused naming both.
     SUB_OPTIONS = (("rotary_emb_dim", "rotary_pos_emb"), ("rotary_interpolation_factor", "rotary_pos_emb"),
@@ -384,6 +425,14 @@ class LayersConfig:
         return block * self.depth
 
     @property
+    def layer_shifts(self) -> tuple[tuple[int, ...], ...]:
+        """Per layer, the token shift of each feature chunk (x-transformers' `ShiftTokens.shifts`): 0 … s for a
+        causal model, −s … s otherwise; () for a layer without token shift."""
+        shifts = self.shift_tokens
+        per_layer = shifts if isinstance(shifts, tuple) else (shifts,) * len(self.layer_types)
+        return tuple(tuple(range(0 if self.causal else -s, s + 1)) if s else () for s in per_layer)
+
+    @property
     def num_attn_layers(self) -> int:
         """How many attention layers the stack has: the layers a trace records."""
         return self.layer_types.count("a")
@@ -447,11 +496,40 @@ class ModelConfig:
                                    weights=("pos_emb.weight",), form=True)
     emb_dropout: float = option(0.0, "embedding dropout", "embedding", "training only")
     tie_embedding: bool = option(False, "tied embedding", "output", "logits by the token embedding's transpose")
+    l2norm_embed: bool = option(False, "l2-normalised embeddings", "embedding",
+                                "token and position embeddings are each scaled to unit length before they are added",
+                                form=True)
+    emb_dim: int | None = option(None, "embedding width", "embedding",
+                                 "token and position embeddings at this width, projected to dim by a linear layer "
+                                 "(default dim: no projection)", weights=("project_emb.weight", "project_emb.bias"))
+    post_emb_norm: bool = option(False, "norm after the embedding", "embedding",
+                                 "a LayerNorm on token + position embedding", weights=("post_emb_norm.weight",),
+                                 form=True)
+    num_memory_tokens: int = option(0, "memory tokens", "embedding",
+                                    "learned tokens put in front of the sequence: extra query and key positions "
+                                    "(labelled mem 0, mem 1 … in a trace) that every token can attend to; they "
+                                    "count as positions for rotary and ALiBi, not for the absolute position "
+                                    "embedding, and get no logits", weights=("memory_tokens",))
 
     def __post_init__(self) -> None:
         check_whole("num_tokens", self.num_tokens)
         check_whole("max_seq_len", self.max_seq_len)
         check_number("emb_dropout", self.emb_dropout, 0.0, 1.0)
+        if self.num_memory_tokens is None:        # x-transformers' default, meaning none
+            object.__setattr__(self, "num_memory_tokens", 0)
+        check_whole("num_memory_tokens", self.num_memory_tokens, low=0)
+        if self.emb_dim == self.attn_layers.dim:   # the same model: no projection
+            object.__setattr__(self, "emb_dim", None)
+        if self.emb_dim is not None:
+            check_whole("emb_dim", self.emb_dim)
+            if self.tie_embedding and self.emb_dim != self.attn_layers.dim:
+                raise ValueError(f"tie_embedding needs emb_dim = dim ({self.attn_layers.dim}); got emb_dim "
+                                 f"{self.emb_dim}: the logits come from the dim-wide output")
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width of the token and position embeddings (emb_dim, by default dim)."""
+        return self.emb_dim or self.attn_layers.dim
 
     @property
     def layers(self) -> LayersConfig:

@@ -67,8 +67,10 @@ def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper,
             mapped[map_rel_pos_key(key, model.attn_layers.config.dynamic_pos_bias_mlp_depth)] = value
         elif key in ("token_emb.emb.weight", "pos_emb.emb.weight"):
             mapped[key.replace(".emb.", ".")] = value
-        elif key == "to_logits.weight":
+        elif key in ("to_logits.weight", "memory_tokens", "project_emb.weight", "project_emb.bias"):
             mapped[key] = value
+        elif key == "post_emb_norm.gamma":           # a LayerNorm without unit offset: the gain as stored
+            mapped["post_emb_norm.weight"] = value
         elif m := re.fullmatch(rf"attn_layers\.final_norm\.({'|'.join(NORM_GAINS)})", key):
             mapped[f"attn_layers.final_norm.{norm_gain_name(model.attn_layers.final_norm)}"] = value + gain
         elif (m := re.fullmatch(r"attn_layers\.layers\.(\d+)\.(.*)", key)) and int(m[1]) < len(blocks):
@@ -108,13 +110,18 @@ def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: flo
         return {f"{prefix}{name}.{norm_gain_name(norm)}": value + gain}
     if m := re.fullmatch(r"2\.(residual_scale|gru\.\w+)", rest):
         return {prefix + "residual." + m[1].replace("residual_scale", "scale"): value}
-    rest = re.sub(r"^1\.fn\.", "1.", rest)       # Macaron wraps its feed-forwards in Scale(0.5, …)
-    if block.is_attention and (a := re.fullmatch(r"1\.(to_[qkvo]\w*)\.weight", rest)):
-        return {f"{prefix}branch.{a[1]}.weight": value}
-    if block.is_attention and (a := re.fullmatch(r"1\.data_dependent_alibi\.to_forget_gates\.0\.(weight|bias)", rest)):
-        return {f"{prefix}branch.data_dependent_alibi.to_gates.{a[1]}": value}
-    if block.is_attention and (a := re.fullmatch(r"1\.qk_norm_([qk])_scale", rest)):
-        return {f"{prefix}branch.{a[1]}_scale": value}
+    rest = re.sub(r"^1\.(fn\.)+", "1.", rest)    # ShiftTokens(…) and Macaron's Scale(0.5, …) wrap the branch
+    if block.is_attention:
+        if a := re.fullmatch(r"1\.(to_[qkvo]\w*)(?:\.0)?\.weight", rest):   # to_out.0: attn_on_attn's GLU
+            return {f"{prefix}branch.{a[1]}.weight": value}
+        if a := re.fullmatch(r"1\.to_value_residual_mix\.0\.(weight|bias)", rest):
+            return {f"{prefix}branch.to_value_residual_mix.{a[1]}": value}
+        if rest == "1.head_scale_params":
+            return {f"{prefix}branch.head_scale": value.flatten()}
+        if a := re.fullmatch(r"1\.data_dependent_alibi\.to_forget_gates\.0\.(weight|bias)", rest):
+            return {f"{prefix}branch.data_dependent_alibi.to_gates.{a[1]}": value}
+        if a := re.fullmatch(r"1\.qk_norm_([qk])_scale", rest):
+            return {f"{prefix}branch.{a[1]}_scale": value}
     if not block.is_attention and (f := re.fullmatch(r"1\.ff\.(\d)\.(?:0\.|proj\.)?(weight|bias|gamma)", rest)):
         position, what = int(f[1]), f[2]
         if position == 0:
@@ -156,10 +163,8 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     kind = type(layers).__name__
     need(kind in ("Encoder", "Decoder"), f"{kind} layers (xattn takes Encoder or Decoder)")
     need(isinstance(model.pos_emb, (xt.AbsolutePositionalEmbedding, xt.always)), "scaled_sinu_pos_emb")
-    need(model.emb_dim == layers.dim, "emb_dim (≠ dim)")
-    need(not model.l2norm_embed, "l2norm_embed")
-    need(isinstance(model.post_emb_norm, (nn.Identity, xt.Identity)), "post_emb_norm")
-    for name in ("num_memory_tokens", "max_mem_len", "shift_mem_down"):
+    need(isinstance(model.post_emb_norm, (nn.Identity, xt.Identity, xt.LayerNorm)), "post_emb_norm")
+    for name in ("max_mem_len", "shift_mem_down", "memory_tokens_interspersed_every"):
         need(not getattr(model, name, 0), name)
     for name in ("cls_token", "attn_pool", "embeds", "ff_deep_embed", "recycled_proj", "to_mixture"):
         need(getattr(model, name, None) is None, name)
@@ -179,7 +184,6 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     need(not layers.need_condition, "adaptive norms")
     need(not layers.softclamp_output, "softclamp_output")
     need(not layers.reinject_input, "reinject_input")
-    need(not layers.add_value_residual, "add_value_residual")
     need(not layers.unet_skips, "unet_skips")
     need(layers.polar_pos_emb is None, "polar_pos_emb")
     need(all(m is None for m in layers.layer_integrators), "integrate_layers / attn_aggregated_residuals")
@@ -192,6 +196,8 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     norm_types = {xt.LayerNorm: "layernorm", xt.RMSNorm: "rmsnorm", xt.ScaleNorm: "scalenorm",
                   xt.SimpleRMSNorm: "simple_rmsnorm"}
     norms_seen, unit_offsets, macaron = set(), set(), False
+    shifts: list[int] = []                        # shift_tokens per layer-list entry
+    value_mixes: list[bool] = []                  # per attention layer: a learned value-residual mix
     residual_kinds: set[tuple[str, bool]] = set()
     attn_cfg: dict[str, Any] = {}
     ff_cfg: dict[str, Any] = {}
@@ -205,19 +211,21 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
         need(type(residual) in (xt.Residual, xt.GRUGating) and getattr(residual, "scale_residual_constant", 1) == 1,
              f"{type(residual).__name__} residual (scale_residual_constant, hyper-connections …)")
         residual_kinds.add((type(residual).__name__, residual.residual_scale is not None))
+        shifts.append(token_shift(branch, layers.causal, need))
+        branch = branch.fn if isinstance(branch, xt.ShiftTokens) else branch
         if isinstance(branch, xt.Scale):
             need(branch.scale == 0.5 and isinstance(branch.fn, xt.FeedForward), "a scaled branch other than Macaron's")
             macaron, branch = True, branch.fn
         if isinstance(branch, xt.Attention):
             attn_cfg = attention_config(branch, layers.attn_heads, need)
+            value_mixes.append(attn_cfg.pop("value_mix"))
         elif isinstance(branch, xt.FeedForward):
             ff_cfg = feedforward_config(branch, dim, need)
-        elif isinstance(branch, xt.ShiftTokens):
-            unsupported.append("shift_tokens")
         else:
             unsupported.append(f"a {type(branch).__name__} layer (use_layerscale, …)")
     need(len(norms_seen) <= 1 and len(unit_offsets) <= 1, "mixed norms")
     need(len(residual_kinds) <= 1, "mixed residuals")
+    need(len(set(value_mixes[1:])) <= 1, "learned_value_residual_mix")     # the first layer never mixes
     norm = norms_seen.pop() if norms_seen else "layernorm"
     (residual_kind, scaled), = residual_kinds or {("Residual", False)}
 
@@ -232,21 +240,37 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
                         **({f"use_{norm}": True} if norm != "layernorm" else {}),
                         pre_norm=layers.pre_norm, sandwich_norm=layers.sandwich_norm,
                         scale_residual=scaled, gate_residual=residual_kind == "GRUGating", macaron=macaron,
+                        shift_tokens=shifts[0] if len(set(shifts)) == 1 else tuple(shifts),
+                        add_value_residual=layers.add_value_residual,
+                        learned_value_residual_mix=all(value_mixes[1:]) or not layers.add_value_residual,
                         **{f"attn_{k}": v for k, v in attn_cfg.items()}, **{f"ff_{k}": v for k, v in ff_cfg.items()})
     config = dict(num_tokens=model.num_tokens, max_seq_len=model.max_seq_len,
                   use_abs_pos_emb=isinstance(model.pos_emb, xt.AbsolutePositionalEmbedding),
-                  tie_embedding=tied, attn_layers=layer_kwargs)
+                  tie_embedding=tied, l2norm_embed=model.l2norm_embed, emb_dim=model.emb_dim,
+                  post_emb_norm=isinstance(model.post_emb_norm, xt.LayerNorm),
+                  num_memory_tokens=model.num_memory_tokens, attn_layers=layer_kwargs)
     return config, (unit_offsets.pop() if unit_offsets else True), unsupported
 
 
+def token_shift(branch: nn.Module, causal: bool, need: Callable[[bool, str], None]) -> int:
+    """shift_tokens of one layer-list entry: s when the branch is wrapped in ShiftTokens(range(±s … s)), else 0."""
+    import x_transformers.x_transformers as xt
+
+    if not isinstance(branch, xt.ShiftTokens):
+        return 0
+    s = max(branch.shifts)
+    need(branch.shifts == tuple(range(0 if causal else -s, s + 1)), f"shift_tokens with shifts {branch.shifts}")
+    return s
+
+
 # x-transformers' attribute on Attention (or its Attend) → the keyword that switched it on.
-ATTENTION_MODULES = {"to_v_gate": "attn_gate_values", "to_output_gate": "attn_output_gate",
+ATTENTION_MODULES = {"to_output_gate": "attn_output_gate",
                      "to_v_head_gate": "attn_gate_value_heads", "q_rmsnorm": "attn_qk_rmsnorm",
                      "k_rmsnorm": "attn_k_rmsnorm", "value_rmsnorm": "attn_value_rmsnorm",
                      "rel_proj_pos_bias": "attn_use_rel_proj_pos_bias",
                      "hybrid_module": "attn_hybrid_module",
                      "to_latent_q": "attn_dim_latent_q", "to_latent_kv": "attn_dim_latent_kv"}
-ATTENTION_FLAGS = {"head_scale": "attn_head_scale", "laser": "attn_laser",
+ATTENTION_FLAGS = {"laser": "attn_laser",
                    "orthog_projected_values": "attn_orthog_projected_values",
                    "orthog_projected_values_per_head": "attn_orthog_projected_values_per_head",
                    "qkv_receive_diff_residuals": "qkv_receive_diff_residuals"}
@@ -258,11 +282,19 @@ ATTEND_FLAGS = {"add_zero_kv": "attn_add_zero_kv", "head_learned_sink": "attn_he
 
 
 def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], None]) -> dict[str, Any]:
-    """The attn_ keywords of one x-transformers Attention; `need` collects what xattn cannot run, by keyword."""
+    """The attn_ keywords of one x-transformers Attention, and under `value_mix` whether it has a learned
+    value-residual mix (add_value_residual's layers after the first); `need` collects what xattn cannot run,
+    by keyword."""
     from x_transformers.attend import sparse_topk_attn
 
     attend = attn.attend
     dim_head = attn.to_q.weight.shape[0] // heads
+    gate = attn.to_v_gate
+    need(gate is None or (isinstance(gate, nn.Linear) and gate.out_features == heads * dim_head
+                          and attn.to_v_gate_activation is torch.nn.functional.sigmoid),
+         "attn_gate_values_headwise / attn_gate_values_rank / attn_swiglu_values")
+    on_attn = isinstance(attn.to_out, nn.Sequential)
+    need(not on_attn or (len(attn.to_out) == 2 and isinstance(attn.to_out[1], nn.GLU)), "attn_on_attn")
     qk_norm = bool(attn.qk_norm)
     fixed_qk_scale = qk_norm and not attn.qk_norm_dim_scale     # otherwise the scale is dim_head ** -0.5
     need(abs(attend.scale - dim_head ** -0.5) < 1e-12 or fixed_qk_scale, "a custom scale")
@@ -283,7 +315,6 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
         need(not getattr(attn, name, False), keyword)
     need(attn.num_mem_kv == 0, "attn_num_mem_kv")
     need(attn.rotate_num_heads == heads, "rotate_num_heads")
-    need(isinstance(attn.to_out, (nn.Linear, nn.Identity)), "attn_on_attn")
     dda = attn.data_dependent_alibi
     need(dda is None or type(dda).__name__ == "DataDependentAlibi" and dda.post_log_scale == 1,
          "attn_data_dependent_alibi_per_row / attn_data_dependent_alibi_kwargs")
@@ -291,7 +322,9 @@ def attention_config(attn: nn.Module, heads: int, need: Callable[[bool, str], No
                    l2_distance=bool(attend.l2_distance), cog_signed=bool(attend.cog_signed),
                    max_attend_past=attn.max_attend_past, sigmoid=fn is F.sigmoid,
                    sparse_topk=fn_keywords["sparse_topk"] if fn is sparse_topk_attn else None,
-                   data_dependent_alibi=dda is not None)
+                   data_dependent_alibi=dda is not None, head_scale=bool(attn.head_scale),
+                   gate_values=gate is not None, on_attn=on_attn,
+                   value_mix=isinstance(attn.to_value_residual_mix, nn.Sequential))
     if qk_norm:
         options.update(qk_norm=True, qk_norm_groups=attn.qk_norm_groups, qk_norm_dim_scale=bool(attn.qk_norm_dim_scale),
                        **({"qk_norm_scale": attend.scale} if fixed_qk_scale else {}))

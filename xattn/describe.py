@@ -33,8 +33,8 @@ def option_phrase(name: str, value: Any) -> str:
         return label
     if value is False:
         return f"no {label}"
-    if isinstance(value, (list, tuple)):
-        value = "".join(value)
+    if isinstance(value, (list, tuple)):   # a layer pattern 'aaf…', or one number per layer (shift_tokens)
+        value = "".join(map(str, value)) if all(isinstance(v, str) for v in value) else "/".join(map(str, value))
     return f"{label} {value}"
 
 

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -60,16 +61,35 @@ class Residual(nn.Module):
         return self.gru(rearrange(out, "b n d -> (b n) d"), rearrange(residual, "b n d -> (b n) d")).reshape_as(out)
 
 
+def shift_tokens(x: Tensor, shifts: tuple[int, ...], mask: Tensor | None = None) -> Tensor:
+    """Token shift (x-transformers' `ShiftTokens`): x [b, n, dim] is cut into feature chunks of dim // len(shifts);
+    chunk c moves shifts[c] positions along the sequence (+1: token t gets token t − 1's features, zeros come in
+    at the edge); chunks past len(shifts) (a remainder) stay. Before a move, padded tokens (mask [b, n] False)
+    are zeroed, so no token receives a padded token's features."""
+    n = x.shape[1]
+    chunks = list(x.split(x.shape[-1] // len(shifts), dim=-1))
+    for c, amount in enumerate(shifts):
+        if amount == 0:
+            continue
+        chunk = chunks[c] if mask is None else chunks[c].masked_fill(~rearrange(mask, "b n -> b n 1"), 0.0)
+        amount = max(min(amount, n), -n)
+        chunks[c] = F.pad(chunk, (0, 0, amount, -amount))      # pad one end, crop the other
+    return torch.cat(chunks, dim=-1)
+
+
 class Block(nn.Module):
     """One entry of the layer list: [norm] → branch (attention or feed-forward) → [branch norm] → residual
-    → [post norm]. Which norms exist is the config's choice: pre-norm, sandwich norm or post-norm."""
+    → [post norm]. Which norms exist is the config's choice: pre-norm, sandwich norm or post-norm. With
+    `shifts` (shift_tokens) the branch input is token-shifted first."""
 
-    def __init__(self, branch: nn.Module, config: LayersConfig, branch_scale: float = 1.0) -> None:
+    def __init__(self, branch: nn.Module, config: LayersConfig, branch_scale: float = 1.0,
+                 shifts: tuple[int, ...] = ()) -> None:
         super().__init__()
         norm = partial(make_norm, config.norm, config.dim)
         self.norm = norm() if config.pre_norm else None
         self.branch = branch
         self.branch_scale = branch_scale          # ½ for Macaron feed-forwards
+        self.shifts = shifts
         self.branch_norm = norm() if config.sandwich_norm else None
         self.residual = Residual(config.dim, config.scale_residual, config.gate_residual)
         self.post_norm = None if config.pre_norm else norm()
@@ -78,12 +98,14 @@ class Block(nn.Module):
     def is_attention(self) -> bool:
         return isinstance(self.branch, Attention)
 
-    def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None]:
-        """x [b, n, dim] → (x after this block, the attention's pre-softmax logits or None)."""
+    def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x [b, n, dim] → (x after this block, the attention's pre-softmax logits and values, or None, None)."""
         h = x if self.norm is None else self.norm(x)
-        logits = None
+        if self.shifts:   # as x-transformers, only attention zeroes padded tokens before shifting
+            h = shift_tokens(h, self.shifts, attn_kwargs.get("query_mask"))
+        logits = values = None
         if self.is_attention:
-            out, logits = self.branch(h, **attn_kwargs)
+            out, logits, values = self.branch(h, **attn_kwargs)
         else:
             out = self.branch(h)
         if self.branch_scale != 1.0:
@@ -91,7 +113,7 @@ class Block(nn.Module):
         if self.branch_norm is not None:
             out = self.branch_norm(out)
         x = self.residual(out, x)
-        return (x if self.post_norm is None else self.post_norm(x)), logits
+        return (x if self.post_norm is None else self.post_norm(x)), logits, values
 
 
 class AttentionLayers(nn.Module):
@@ -109,19 +131,21 @@ class AttentionLayers(nn.Module):
             config = LayersConfig.from_kwargs(type(self).__name__, **sizes, **kwargs)
         self.config = config
         self.dim, self.heads, self.causal = config.dim, config.heads, config.causal
-        self.residual_attn = config.residual_attn
+        self.residual_attn, self.add_value_residual = config.residual_attn, config.add_value_residual
         self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
         self.rel_pos = shared_position_bias(config)
         self.num_attn_layers = config.num_attn_layers
         blocks, attention_index = [], 0
-        for kind in config.layer_types:
+        for kind, shifts in zip(config.layer_types, config.layer_shifts, strict=True):
             if kind == "a":
+                value_mix = config.add_value_residual and config.learned_value_residual_mix and attention_index > 0
                 branch = Attention(config.dim, heads=config.heads, causal=config.causal, config=config.attn,
-                                   layer=attention_index)
+                                   layer=attention_index, value_mix=value_mix)
                 attention_index += 1
-                blocks.append(Block(branch, config))
+                blocks.append(Block(branch, config, shifts=shifts))
             else:
-                blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0))
+                blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0,
+                                    shifts=shifts))
         self.layers = nn.ModuleList(blocks)
         self.final_norm = make_norm(config.norm, config.dim) if config.pre_norm else None
 
@@ -188,12 +212,15 @@ class AttentionLayers(nn.Module):
         if self.rel_pos is not None:
             bias = self.rel_pos(n, n)
 
-        prev_logits = None
+        prev_logits = value_residual = None
         for block in self.layers:
-            x, logits = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
-                              xpos=xpos, bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
+            x, logits, values = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
+                                      xpos=xpos, bias=bias, prev_logits=prev_logits, value_residual=value_residual) \
+                if block.is_attention else block(x)
             if logits is not None and self.residual_attn:
                 prev_logits = logits
+            if values is not None and self.add_value_residual and value_residual is None:
+                value_residual = values        # the first attention layer's values (ResFormer)
         return x if self.final_norm is None else self.final_norm(x)
 
 

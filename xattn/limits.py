@@ -27,8 +27,10 @@ def parameter_count(config: ModelConfig) -> int:
 
 def trace_bytes(config: ModelConfig, batch: int, n: int, stages: Sequence[str] | None = None,
                 layers: Sequence[int] | None = None) -> int:
-    """Upper bound on the bytes a trace of `n` tokens holds: stages × layers × batch × heads × n²."""
+    """Upper bound on the bytes a trace of `n` tokens holds: stages × layers × batch × heads × n² (n counting
+    memory tokens)."""
     depth = config.attn_layers.num_attn_layers if layers is None else len(layers)
+    n += config.num_memory_tokens
     return len(check_stages(stages)) * depth * batch * config.attn_layers.heads * n * n * BYTES_PER_VALUE
 
 

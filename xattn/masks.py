@@ -65,9 +65,13 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
     """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
 
     `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only),
-    `window` hides keys more than attn_max_attend_past positions back.
+    `window` hides keys more than attn_max_attend_past positions back. A model with memory tokens sees them in
+    front: the maps then cover M + n positions, as its trace does.
     """
     layers = getattr(model, "attn_layers", model)
+    if getattr(model, "num_memory_tokens", 0):
+        mask, attn_mask = model.layer_masks(mask, attn_mask)
+        n += model.num_memory_tokens
     batch = 1
     if mask is not None:
         batch = mask.shape[0]

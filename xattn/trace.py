@@ -51,8 +51,8 @@ class Trace:
     """Recorded stages. `layers[k]` is the model layer that `trace[stage][k]` came from."""
 
     stages: StackedStages
-    visible: Tensor                      # [batch, query, key] bool, True = the key is visible
-    tokens: Tensor                       # [batch, seq]
+    visible: Tensor                      # [batch, query, key] bool, True = the key is visible (memory tokens first)
+    tokens: Tensor                       # [batch, seq] (memory tokens are not tokens: see `memory_tokens`)
     layers: list[int]
     config: ModelConfig
     labels: list[list[str]] | None = None  # token strings per batch row, for axes
@@ -65,6 +65,12 @@ class Trace:
 
     def __contains__(self, stage: str) -> bool:
         return stage in self.stages
+
+    @property
+    def memory_tokens(self) -> int:
+        """How many learned memory tokens stand in front of the tokens on the query and key axes
+        (`num_memory_tokens`): axis position M + t is token t."""
+        return self.config.num_memory_tokens
 
     @property
     def fully_masked(self) -> Tensor:

@@ -6,39 +6,53 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .hooks import HookFn, HookPoint, NameFilter, attached, hook_points
 from .layers import AttentionLayers
+from .norms import LayerNorm
 from .trace import Trace, build_trace, recording
 
 
 class TransformerWrapper(nn.Module):
     """x-transformers' TransformerWrapper for the options xattn supports.
 
-    Absolute position embedding (scaled by dim ** -0.5) unless the layers use rotary embeddings, T5 bias or
-    `use_abs_pos_emb=False`; logits by a bias-less projection, or tied to the token embedding.
+    Absolute position embedding (scaled by emb_dim ** -0.5) unless the layers use rotary embeddings, T5 bias or
+    `use_abs_pos_emb=False`; optionally both l2-normalised (`l2norm_embed`), normed (`post_emb_norm`) and
+    projected from `emb_dim` to dim; learned memory tokens in front (`num_memory_tokens`); logits by a
+    bias-less projection, or tied to the token embedding.
     """
 
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers,
-                 use_abs_pos_emb: bool = True, emb_dropout: float = 0.0, tie_embedding: bool = False) -> None:
+                 use_abs_pos_emb: bool = True, emb_dropout: float = 0.0, tie_embedding: bool = False,
+                 l2norm_embed: bool = False, emb_dim: int | None = None, post_emb_norm: bool = False,
+                 num_memory_tokens: int = 0) -> None:
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError("attn_layers must be an xattn Encoder, Decoder or AttentionLayers")
         self.config = config = ModelConfig(num_tokens=num_tokens, max_seq_len=max_seq_len,
                                            attn_layers=attn_layers.config, use_abs_pos_emb=use_abs_pos_emb,
-                                           emb_dropout=emb_dropout, tie_embedding=tie_embedding)
-        dim = attn_layers.dim
+                                           emb_dropout=emb_dropout, tie_embedding=tie_embedding,
+                                           l2norm_embed=l2norm_embed, emb_dim=emb_dim, post_emb_norm=post_emb_norm,
+                                           num_memory_tokens=num_memory_tokens)
+        dim, emb_dim = attn_layers.dim, config.embedding_dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
-        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.token_emb = nn.Embedding(num_tokens, emb_dim)
         nn.init.kaiming_normal_(self.token_emb.weight)
-        self.pos_emb = nn.Embedding(max_seq_len, dim) if config.absolute_positions else None
-        self.pos_scale = dim ** -0.5
+        self.pos_emb = nn.Embedding(max_seq_len, emb_dim) if config.absolute_positions else None
+        self.pos_scale = emb_dim ** -0.5
+        self.l2norm_embed = l2norm_embed
+        self.post_emb_norm = LayerNorm(emb_dim) if post_emb_norm else None
         self.emb_dropout = nn.Dropout(emb_dropout)
+        self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else None
+        self.num_memory_tokens = config.num_memory_tokens
+        self.memory_tokens = nn.Parameter(torch.randn(self.num_memory_tokens, dim)) if self.num_memory_tokens else None
         self.attn_layers = attn_layers
         self.tie_embedding = tie_embedding
+        self.tie_scale = dim ** -0.5
         self.to_logits = None if tie_embedding else nn.Linear(dim, num_tokens, bias=False)
 
     def check_input(self, tokens: Tensor) -> None:
@@ -52,15 +66,43 @@ class TransformerWrapper(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.num_tokens}); "
                              f"got {int(tokens.min())}..{int(tokens.max())}")
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """tokens [b, n] → logits [b, n, num_tokens]."""
-        self.check_input(tokens)
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens [b, n] → the sequence the layers see [b, M + n, dim]: token + position embedding, [l2-normalised
+        each], [normed], [projected to dim], after the M memory tokens."""
         x = self.token_emb(tokens)
+        if self.l2norm_embed:
+            x = F.normalize(x, dim=-1)
         if self.pos_emb is not None:
-            positions = torch.arange(tokens.shape[1], device=tokens.device)
-            x = x + self.pos_emb(positions) * self.pos_scale
-        x = self.attn_layers(self.emb_dropout(x), mask=mask, attn_mask=attn_mask)
-        return x @ self.token_emb.weight.t() * self.pos_scale if self.tie_embedding else self.to_logits(x)
+            pos = self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
+            x = x + (F.normalize(pos, dim=-1) if self.l2norm_embed else pos * self.pos_scale)
+        if self.post_emb_norm is not None:
+            x = self.post_emb_norm(x)
+        x = self.emb_dropout(x)
+        if self.project_emb is not None:
+            x = self.project_emb(x)
+        if self.memory_tokens is not None:
+            x = torch.cat((repeat(self.memory_tokens, "m d -> b m d", b=x.shape[0]), x), dim=1)
+        return x
+
+    def layer_masks(self, mask: Tensor | None, attn_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """The padding mask [b, n] and custom mask [(b,) n, n] over the layers' sequence: with memory tokens both
+        grow by M in front, memory tokens being real tokens that the custom mask lets see and be seen by all."""
+        m = self.num_memory_tokens
+        if not m:
+            return mask, attn_mask
+        if mask is not None:
+            mask = F.pad(mask, (m, 0), value=True)
+        if attn_mask is not None:
+            attn_mask = F.pad(attn_mask, (m, 0, m, 0), value=True)
+        return mask, attn_mask
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """tokens [b, n] → logits [b, n, num_tokens] (none for memory tokens)."""
+        self.check_input(tokens)
+        x = self.attn_layers(self.embed(tokens), *self.layer_masks(mask, attn_mask))
+        if self.memory_tokens is not None:
+            x = x[:, self.num_memory_tokens:]
+        return x @ self.token_emb.weight.t() * self.tie_scale if self.tie_embedding else self.to_logits(x)
 
     # hooks and traces
 
@@ -85,8 +127,8 @@ class TransformerWrapper(nn.Module):
                 raise ValueError(f"layer(s) {bad} out of range: the model has attention layers 0..{count - 1}")
         with recording(self.attn_layers, stages, layers) as kept:
             logits = self(tokens, mask=mask, attn_mask=attn_mask)
-        b, n = tokens.shape
-        visible = self.attn_layers.visible_mask(b, n, mask, attn_mask, tokens.device)
+        b, n = tokens.shape[0], tokens.shape[1] + self.num_memory_tokens
+        visible = self.attn_layers.visible_mask(b, n, *self.layer_masks(mask, attn_mask), tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
         return logits, build_trace(kept, visible, tokens, self.config, labels)
@@ -109,7 +151,9 @@ def build(config: ModelConfig | dict[str, Any]) -> TransformerWrapper:
     return TransformerWrapper(num_tokens=config.num_tokens, max_seq_len=config.max_seq_len,
                               attn_layers=AttentionLayers.from_config(config.attn_layers),
                               use_abs_pos_emb=config.use_abs_pos_emb, emb_dropout=config.emb_dropout,
-                              tie_embedding=config.tie_embedding)
+                              tie_embedding=config.tie_embedding, l2norm_embed=config.l2norm_embed,
+                              emb_dim=config.emb_dim, post_emb_norm=config.post_emb_norm,
+                              num_memory_tokens=config.num_memory_tokens)
 
 
 def load_state(model: nn.Module, state: dict[str, Tensor]) -> None:

@@ -77,10 +77,12 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
 
 
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels."""
+    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels.
+    Memory tokens in front are 'mem 0', 'mem 1' …"""
     _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
     tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
-    return [f"{token}·{i}" for i, token in enumerate(tokens)]
+    memory = [f"mem {m}" for m in range(trace.memory_tokens)]
+    return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
 def _flags(config: ModelConfig) -> tuple[bool, bool]:
