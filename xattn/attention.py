@@ -86,16 +86,19 @@ def apply_rotary(t: Tensor, angles: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a hook point at every score stage.
+    """Multi-head self-attention with a hook point at every score stage, or with `cross` cross-attention
+    (keys and values from a context sequence, `forward(x, context=...)`).
 
     Each hook point is declared below with the shape it sees and is named once, at build, after the
-    attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`); they fire in `STAGES` order.
+    attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`, `cross_layers.{layer}.…` for
+    cross-attention, whose key axis j runs over the context); they fire in `STAGES` order.
     """
 
-    def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int) -> None:
+    def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int,
+                 cross: bool = False) -> None:
         super().__init__()
         self.heads, self.dim_head, self.causal, self.selective = heads, config.dim_head, causal, config.selective
-        self.layer = layer
+        self.layer, self.cross = layer, cross
         self.scale = config.dim_head ** -0.5
         inner = heads * config.dim_head
         self.to_q = nn.Linear(dim, inner, bias=False)
@@ -103,7 +106,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.dropout = nn.Dropout(config.dropout)
-        point = partial(HookPoint, layer)
+        point = partial(HookPoint, layer, cross=cross)
         self.hook_scores = point("scores")                    # [b, h, i, j] q·kᵀ × scale
         self.hook_residual = point("residual")                # [b, h, i, j] previous layer's pre-softmax logits
         self.hook_scores_residual = point("scores_residual")  # [b, h, i, j] scores + residual
@@ -137,14 +140,16 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
                 query_mask: Tensor | None = None, rotary: Tensor | None = None, bias: Tensor | None = None,
-                prev_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                prev_logits: Tensor | None = None, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention).
 
         visible [b|1, 1, i, j]: True where a key may be seen (padding, custom and causal combined);
         fully_masked [b|1, 1, i]: rows with no visible key, whose output is zeroed;
-        query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers).
+        query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers);
+        context [b, m, dim]: the sequence keys and values come from (cross-attention; j runs over m), else x.
         """
-        q, k, v = map(self.split_heads, (self.to_q(x), self.to_k(x), self.to_v(x)))
+        kv_input = x if context is None else context
+        q, k, v = map(self.split_heads, (self.to_q(x), self.to_k(kv_input), self.to_v(kv_input)))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
 

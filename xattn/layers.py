@@ -1,4 +1,4 @@
-"""The attention stack: blocks of self-attention and feed-forward in x-transformers' layer order.
+"""The attention stack: blocks of self-attention, cross-attention and feed-forward in x-transformers' layer order.
 
 Keyword arguments are x-transformers': `attn_` prefixed ones reach every `Attention`, `ff_` every
 `FeedForward` (see `xattn.config`); a keyword no option accepts raises a TypeError that names it.
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies
 from .config import FeedForwardConfig, LayersConfig
+from .cross import check_context, cross_inputs
 from .norms import LayerNorm, make_norm
 
 
@@ -77,6 +78,10 @@ class Block(nn.Module):
     def is_attention(self) -> bool:
         return isinstance(self.branch, Attention)
 
+    @property
+    def is_cross(self) -> bool:
+        return self.is_attention and self.branch.cross
+
     def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None]:
         """x [b, n, dim] → (x after this block, the attention's pre-softmax logits or None)."""
         h = x if self.norm is None else self.norm(x)
@@ -111,12 +116,12 @@ class AttentionLayers(nn.Module):
         self.residual_attn = config.residual_attn
         self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
         self.num_attn_layers = config.num_attn_layers
-        blocks, attention_index = [], 0
+        blocks, attention_index = [], {"a": 0, "c": 0}     # self- and cross-attention layers count apart
         for kind in config.layer_types:
-            if kind == "a":
-                branch = Attention(config.dim, heads=config.heads, causal=config.causal, config=config.attn,
-                                   layer=attention_index)
-                attention_index += 1
+            if kind in attention_index:
+                branch = Attention(config.dim, heads=config.heads, causal=config.causal and kind == "a",
+                                   config=config.attn, layer=attention_index[kind], cross=kind == "c")
+                attention_index[kind] += 1
                 blocks.append(Block(branch, config))
             else:
                 blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0))
@@ -130,8 +135,13 @@ class AttentionLayers(nn.Module):
 
     @property
     def attention(self) -> list[Attention]:
-        """The attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
-        return [block.branch for block in self.layers if block.is_attention]
+        """The self-attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_attention and not block.is_cross]
+
+    @property
+    def cross_attention(self) -> list[Attention]:
+        """The cross-attention modules: `cross_attention[i]` owns the hook points `cross_layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_cross]
 
     @property
     def selective(self) -> bool:
@@ -165,9 +175,14 @@ class AttentionLayers(nn.Module):
             visible = visible & part
         return visible
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j]."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j].
+        context [b, m, dim]: what the cross-attention layers read (given iff cross_attend); context_mask [b, m]
+        pads its positions."""
         b, n, _ = x.shape
+        check_context(self.config, b, context, context_mask)
+        cross = None if context is None else cross_inputs(context, context_mask, mask)
         visible = self.visible_mask(b, n, mask, attn_mask, x.device)
         fully_masked = None if visible is None else ~visible.any(dim=-1)
         if fully_masked is not None and not fully_masked.any():
@@ -175,8 +190,12 @@ class AttentionLayers(nn.Module):
         rotary = rotary_frequencies(n, self.rotary_dim, device=x.device) if self.rotary_dim else None
         bias = alibi_bias(n, self.alibi_heads, self.heads, x.device).to(x.dtype) if self.alibi_heads else None
 
-        prev_logits = None
+        prev_logits = prev_cross = None     # residual attention chains self- and cross-attention apart
         for block in self.layers:
+            if block.is_cross:
+                x, logits = block(x, **cross, prev_logits=prev_cross)
+                prev_cross = logits if self.config.cross_residual_attn else None
+                continue
             x, logits = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
                               bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
             if logits is not None and self.residual_attn:

@@ -10,6 +10,7 @@ from einops import repeat
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .cross import context_visible
 from .hooks import HookFn, HookPoint, NameFilter, attached, hook_points
 from .layers import AttentionLayers
 from .trace import Trace, build_trace, recording
@@ -19,17 +20,20 @@ class TransformerWrapper(nn.Module):
     """x-transformers' TransformerWrapper for the options xattn supports.
 
     Absolute position embedding (scaled by dim ** -0.5) unless the layers use rotary embeddings or
-    `use_abs_pos_emb=False`; logits by a bias-less projection, or tied to the token embedding.
+    `use_abs_pos_emb=False`; logits by a bias-less projection, or tied to the token embedding, or none
+    (`return_only_embed`: the final embeddings are the output).
     """
 
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers,
-                 use_abs_pos_emb: bool = True, emb_dropout: float = 0.0, tie_embedding: bool = False) -> None:
+                 use_abs_pos_emb: bool = True, emb_dropout: float = 0.0, tie_embedding: bool = False,
+                 return_only_embed: bool = False) -> None:
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError("attn_layers must be an xattn Encoder, Decoder or AttentionLayers")
         self.config = config = ModelConfig(num_tokens=num_tokens, max_seq_len=max_seq_len,
                                            attn_layers=attn_layers.config, use_abs_pos_emb=use_abs_pos_emb,
-                                           emb_dropout=emb_dropout, tie_embedding=tie_embedding)
+                                           emb_dropout=emb_dropout, tie_embedding=tie_embedding,
+                                           return_only_embed=return_only_embed)
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.token_emb = nn.Embedding(num_tokens, dim)
@@ -38,8 +42,8 @@ class TransformerWrapper(nn.Module):
         self.pos_scale = dim ** -0.5
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.attn_layers = attn_layers
-        self.tie_embedding = tie_embedding
-        self.to_logits = None if tie_embedding else nn.Linear(dim, num_tokens, bias=False)
+        self.tie_embedding, self.return_only_embed = tie_embedding, return_only_embed
+        self.to_logits = None if tie_embedding or return_only_embed else nn.Linear(dim, num_tokens, bias=False)
 
     def check_input(self, tokens: Tensor) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
@@ -52,20 +56,25 @@ class TransformerWrapper(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.num_tokens}); "
                              f"got {int(tokens.min())}..{int(tokens.max())}")
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """tokens [b, n] → logits [b, n, num_tokens]."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """tokens [b, n] → logits [b, n, num_tokens] (with return_only_embed the final embeddings [b, n, dim]).
+        context [b, m, dim] and its padding context_mask [b, m]: what a cross-attending model reads."""
         self.check_input(tokens)
         x = self.token_emb(tokens)
         if self.pos_emb is not None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)
             x = x + self.pos_emb(positions) * self.pos_scale
-        x = self.attn_layers(self.emb_dropout(x), mask=mask, attn_mask=attn_mask)
+        x = self.attn_layers(self.emb_dropout(x), mask=mask, attn_mask=attn_mask, context=context,
+                             context_mask=context_mask)
+        if self.return_only_embed:
+            return x
         return x @ self.token_emb.weight.t() * self.pos_scale if self.tie_embedding else self.to_logits(x)
 
     # hooks and traces
 
     def hook_points(self) -> dict[str, HookPoint]:
-        """Every hook point by name, e.g. `layers.3.attn.hook_pre_softmax`."""
+        """Every hook point by name, e.g. `layers.3.attn.hook_pre_softmax`, `cross_layers.0.attn.hook_attn`."""
         return hook_points(self.attn_layers)
 
     def hooks(self, hooks: Iterable[tuple[NameFilter, HookFn]]) -> AbstractContextManager[None]:
@@ -76,20 +85,27 @@ class TransformerWrapper(nn.Module):
     @torch.no_grad()
     def run_with_trace(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                        stages: Sequence[str] | None = None, layers: Sequence[int] | None = None,
-                       labels: list[list[str]] | None = None) -> tuple[Tensor, Trace]:
-        """Forward pass that records the chosen stages (default all) of the chosen layers (default all)."""
+                       labels: list[list[str]] | None = None, context: Tensor | None = None,
+                       context_mask: Tensor | None = None,
+                       context_labels: list[list[str]] | None = None) -> tuple[Tensor, Trace]:
+        """Forward pass that records the chosen stages (default all) of the chosen layers (default all).
+        A cross-attending model's cross-attention layers (all of them) go to `trace.cross`, whose keys are
+        the context's positions, labelled by `context_labels`."""
         if layers is not None:
             count = self.attn_layers.num_attn_layers
             bad = [layer for layer in layers if not 0 <= layer < count]
             if bad:
                 raise ValueError(f"layer(s) {bad} out of range: the model has attention layers 0..{count - 1}")
-        with recording(self.attn_layers, stages, layers) as kept:
-            logits = self(tokens, mask=mask, attn_mask=attn_mask)
+        with recording(self.attn_layers, stages, layers) as kept, \
+                recording(self.attn_layers, stages, cross=True) as kept_cross:
+            logits = self(tokens, mask=mask, attn_mask=attn_mask, context=context, context_mask=context_mask)
         b, n = tokens.shape
         visible = self.attn_layers.visible_mask(b, n, mask, attn_mask, tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
-        return logits, build_trace(kept, visible, tokens, self.config, labels)
+        cross = None if context is None else build_trace(kept_cross, context_visible(n, context, context_mask), tokens,
+                                                         self.config, labels, is_cross=True, key_labels=context_labels)
+        return logits, build_trace(kept, visible, tokens, self.config, labels, cross=cross)
 
     def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options
@@ -109,7 +125,7 @@ def build(config: ModelConfig | dict[str, Any]) -> TransformerWrapper:
     return TransformerWrapper(num_tokens=config.num_tokens, max_seq_len=config.max_seq_len,
                               attn_layers=AttentionLayers.from_config(config.attn_layers),
                               use_abs_pos_emb=config.use_abs_pos_emb, emb_dropout=config.emb_dropout,
-                              tie_embedding=config.tie_embedding)
+                              tie_embedding=config.tie_embedding, return_only_embed=config.return_only_embed)
 
 
 def load_state(model: nn.Module, state: dict[str, Tensor]) -> None:
