@@ -1,4 +1,6 @@
 """Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
+A cross-attention trace (`trace.cross`) has decoder tokens down the rows and context (encoder) tokens along
+the columns.
 
 Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
 labelled in real values; focused single-head views also carry the exact float32 values for hover.
@@ -83,6 +85,21 @@ def token_labels(trace: Trace, batch: int = 0) -> list[str]:
     return [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
+def key_labels(trace: Trace, batch: int = 0) -> list[str]:
+    """Column labels: the tokens' for self-attention; for cross-attention the context positions', 'label·j'
+    (from `trace.key_labels`, else 'ctx·j')."""
+    if not trace.is_cross:
+        return token_labels(trace, batch)
+    _check_index("batch", batch, trace.visible.shape[0], "batch rows")
+    keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * trace.visible.shape[-1]
+    return [f"{key}·{j}" for j, key in enumerate(keys)]
+
+
+def axis_titles(trace: Trace) -> tuple[str, str]:
+    """(x, y) axis titles of a query × key panel."""
+    return ("context (encoder) token", "decoder token") if trace.is_cross else ("key", "query")
+
+
 def _flags(config: ModelConfig) -> tuple[bool, bool]:
     """(residual attention on, selective attention on) from a trace's model config."""
     return config.attn_layers.residual_attn, config.attn_layers.selective
@@ -112,12 +129,14 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
-             factor: int = 1, exact: bool = False, name: str = "value", where: str = "") -> go.Heatmap:
+             factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
+             keys: list[str] | None = None) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes at full resolution, positions
-    when pooled; with `exact` the float32 values ride along as customdata for hover."""
+    category codes when there is no scale. Token labels on the axes at full resolution (`keys` along x
+    when they are not the queries), positions when pooled; with `exact` the float32 values ride along as
+    customdata for hover."""
     if labels is not None and factor == 1:
-        axes = dict(x=labels, y=labels)
+        axes = dict(x=labels if keys is None else keys, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
     position = ("query %{y}<br>key %{x}" if factor == 1
@@ -161,19 +180,21 @@ def _pool_note(factor: int) -> str:
 
 
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
-             main: str, notes: list[str]) -> tuple[go.Figure, int]:
-    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
+             main: str, notes: list[str], keys: list[str] | None = None,
+             titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
+    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens; `keys` label
+    the columns when they are not the queries, `titles` name the (x, y) axes.
     Returns the figure and the pooling factor."""
-    factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
+    factor = math.ceil(max(values.shape[-2:]) / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
-                             name=style.name))
+                             name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(main, notes + [_pool_note(factor)]),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title="key", constrain="domain"),
-                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+                      xaxis=dict(title=titles[0], constrain="domain"),
+                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -183,11 +204,14 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
 
 def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
-    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
+    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
+    kind = "cross-attention layer" if trace.is_cross else "layer"
     fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
+                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
 
