@@ -272,6 +272,8 @@ def test_encdec_config_round_trips_and_checks():
         EncDecConfig.from_dict(dict(data, depth=2))
     with pytest.raises(ValueError, match="cross_attend"):
         EncDecConfig.from_dict(dict(data, dec_cross_attend=False))
+    with pytest.raises(ValueError, match="needs dec_depth"):
+        EncDecConfig.from_dict({k: v for k, v in data.items() if k != "dec_depth"})
 
 
 def test_xtransformer_saves_loads_and_builds_on_meta(tmp_path):

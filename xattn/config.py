@@ -452,6 +452,9 @@ class EncDecConfig:
 
         def side(prefix: str, kind: str, wrapper: dict[str, Any], layers: dict[str, Any]) -> ModelConfig:
             own = dict(sides[prefix])
+            missing = [prefix + name for name in ("num_tokens", "max_seq_len", "depth") if name not in own]
+            if missing:
+                raise ValueError(f"an XTransformer needs {', '.join(missing)}")
             wrapper = {**wrapper, **{k: own.pop(k) for k in XTRANSFORMER_WRAPPER_KWARGS if k in own}}
             layers = {"kind": kind, "dim": data["dim"], **layers, **own}
             return ModelConfig.from_dict({**wrapper, "attn_layers": layers})
