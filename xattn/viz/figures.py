@@ -16,7 +16,6 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -100,9 +99,11 @@ def axis_titles(trace: Trace) -> tuple[str, str]:
     return ("context (encoder) token", "decoder token") if trace.is_cross else ("key", "query")
 
 
-def _flags(config: ModelConfig) -> tuple[bool, bool]:
-    """(residual attention on, selective attention on) from a trace's model config."""
-    return config.attn_layers.residual_attn, config.attn_layers.selective
+def _flags(trace: Trace) -> tuple[bool, bool]:
+    """(residual attention on, selective attention on) in a trace's layers, from its model config; cross-attention
+    layers chain their logits by cross_residual_attn and are never selective."""
+    layers = trace.config.attn_layers
+    return (layers.cross_residual_attn, False) if trace.is_cross else (layers.residual_attn, layers.selective)
 
 
 # building blocks
@@ -263,7 +264,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
-    residual, selective = _flags(trace.config)
+    residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
                "pre_softmax": "" if selective else " (selective attention off)",
@@ -271,6 +272,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
@@ -287,12 +289,12 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name), row=1, col=column)
+                                   name=STAGE_STYLE[stage].name, keys=keys), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="key")
-    fig.update_yaxes(title_text="query", col=1)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
@@ -339,7 +341,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
     pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
     state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
-    _, selective = _flags(trace.config)
+    _, selective = _flags(trace)
     labels = token_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
         "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
@@ -373,14 +375,14 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     """Where does one token look? Its row of `stage` over the keys, one bar per head."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
-    style, labels = STAGE_STYLE[stage], token_labels(trace, batch)
+    style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=labels, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                             hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                      for h in range(row.shape[0])])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
+                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
                           DESCRIPTIONS[stage],
                           f"{masked} masked keys have no bar" if masked else "",
@@ -422,7 +424,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
-    residual, _ = _flags(trace.config)
+    residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
