@@ -24,7 +24,8 @@ FILL = -torch.finfo(torch.float32).max
 def reference_decoder(**layer_kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs = dict(dim=X.DIM, heads=X.HEADS, attn_dim_head=X.DIM_HEAD, cross_attend=True, **layer_kwargs)
-    kwargs.setdefault("depth", X.DEPTH) if "custom_layers" not in layer_kwargs else None
+    if "custom_layers" not in layer_kwargs:
+        kwargs.setdefault("depth", X.DEPTH)
     layers = x_transformers.Decoder(**kwargs)
     model = x_transformers.TransformerWrapper(num_tokens=X.NUM_TOKENS, max_seq_len=X.MAX_SEQ_LEN,
                                               attn_layers=layers).eval()
@@ -309,9 +310,8 @@ def test_cross_heatmap_has_decoder_rows_and_context_columns():
     panel = fig.data[0]
     assert list(panel.x) == [f"{t}·{j}" for j, t in enumerate("abcdef")]
     assert list(panel.y) == [f"{t}·{i}" for i, t in enumerate("wxyz")]
-    np_values = trace.cross["attn"][1, 0, 2].numpy()
     assert panel.customdata.shape == (4, 6)
-    torch.testing.assert_close(torch.from_numpy(panel.customdata), torch.from_numpy(np_values))
+    torch.testing.assert_close(torch.from_numpy(panel.customdata), trace.cross["attn"][1, 0, 2])
     strip = viz.stages(trace.cross, layer=0, head=1)
     assert strip.layout.xaxis.title.text == "context (encoder) token" and list(strip.data[0].x) == list(panel.x)
     assert "(residual attention off)" in strip.layout.annotations[1].text       # cross_residual_attn is off
