@@ -89,7 +89,7 @@ def test_unknown_and_conflicting_keywords_name_themselves():
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, use_rmsnorm=True, use_scalenorm=True)
     with pytest.raises(ValueError, match="sandwich_norm needs pre_norm"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, sandwich_norm=True, pre_norm=False)
-    with pytest.raises(ValueError, match="custom_layers must be a sequence of 'a' and 'f'"):
+    with pytest.raises(ValueError, match=r"custom_layers must be a sequence of 'a' \(attention\), 'f'"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, custom_layers=("a", "x"))
     with pytest.raises(ValueError, match="no attention layer"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, custom_layers=("f", "f"))

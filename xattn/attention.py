@@ -124,19 +124,22 @@ def apply_rotary(t: Tensor, angles: Tensor, scale: Tensor | None = None) -> Tens
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a hook point at every score stage.
+    """Multi-head self-attention with a hook point at every score stage, or with `cross` cross-attention
+    (keys and values from a context sequence, `forward(x, context=...)`).
 
     Each hook point is declared below with the shape it sees and is named once, at build, after the
-    attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`); they fire in `STAGES` order.
+    attention layer it belongs to (`layers.{layer}.attn.hook_{stage}`, `cross_layers.{layer}.…` for
+    cross-attention, whose key axis j runs over the context); they fire in `STAGES` order.
     """
 
     def __init__(self, dim: int, *, heads: int, causal: bool, config: AttentionConfig, layer: int,
-                 value_mix: bool = False) -> None:
-        """value_mix: learn the per-token mix of the value residual (add_value_residual, layers after the first)."""
+                 value_mix: bool = False, cross: bool = False) -> None:
+        """value_mix: learn the per-token mix of the value residual (add_value_residual, layers after the first);
+        cross: keys and values come from a context sequence (cross-attention), hook points `cross_layers.*`."""
         super().__init__()
         self.heads, self.dim_head, self.causal, self.selective = heads, config.dim_head, causal, config.selective
         self.kv_heads = config.key_value_heads(heads)
-        self.layer = layer
+        self.layer, self.cross = layer, cross
         self.scale = config.scale
         self.qk_norm_groups = config.qk_norm_groups if config.qk_norm else None
         self.l2_distance, self.cog_signed, self.sigmoid = config.l2_distance, config.cog_signed, config.sigmoid
@@ -160,7 +163,7 @@ class Attention(nn.Module):
         if config.qk_norm_dim_scale:
             self.q_scale = nn.Parameter(torch.full((heads, 1, config.dim_head), config.dim_head ** 0.25))
             self.k_scale = nn.Parameter(torch.full((self.kv_heads, 1, config.dim_head), config.dim_head ** 0.25))
-        point = partial(HookPoint, layer)
+        point = partial(HookPoint, layer, cross=cross)
         self.hook_scores = point("scores")                    # [b, h, i, j] q·kᵀ × scale
         self.hook_residual = point("residual")                # [b, h, i, j] previous layer's pre-softmax logits
         self.hook_scores_residual = point("scores_residual")  # [b, h, i, j] scores + residual
@@ -196,11 +199,11 @@ class Attention(nn.Module):
     def split_heads(self, t: Tensor) -> Tensor:
         return rearrange(t, "b n (h d) -> b h n d", d=self.dim_head)
 
-    def queries_and_keys(self, x: Tensor, rotary: Tensor | None,
+    def queries_and_keys(self, x: Tensor, kv_input: Tensor, rotary: Tensor | None,
                          xpos: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """q [b, h, n, d] and k [b, kv_heads, n, d]: projected, qk-normed, then rotated (x-transformers' order),
-        xPos scaling q by its factors and k by their inverse."""
-        q, k = self.split_heads(self.to_q(x)), self.split_heads(self.to_k(x))
+        """q [b, h, n, d] from x and k [b, kv_heads, m, d] from kv_input: projected, qk-normed, then rotated
+        (x-transformers' order), xPos scaling q by its factors and k by their inverse."""
+        q, k = self.split_heads(self.to_q(x)), self.split_heads(self.to_k(kv_input))
         if self.qk_norm_groups is not None:
             q, k = l2norm(q, self.qk_norm_groups), l2norm(k, self.qk_norm_groups)
             if self.q_scale is not None:
@@ -231,8 +234,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
                 query_mask: Tensor | None = None, rotary: Tensor | None = None, xpos: Tensor | None = None,
-                bias: Tensor | None = None, prev_logits: Tensor | None = None, value_residual: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                bias: Tensor | None = None, prev_logits: Tensor | None = None, value_residual: Tensor | None = None,
+                context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention,
         this layer's own values [b, h, n, d] for the value residual).
 
@@ -241,10 +244,12 @@ class Attention(nn.Module):
         query_mask [b, n]: padding of the queries, whose output is zeroed (as x-transformers);
         rotary [n, r]: rotary angles, xpos [n, r]: xPos factors (queries × xpos, keys ÷ xpos);
         bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead);
-        value_residual [b, h, n, d]: the first attention layer's values, mixed into this layer's (ResFormer).
+        value_residual [b, h, n, d]: the first attention layer's values, mixed into this layer's (ResFormer);
+        context [b, m, dim]: the sequence keys and values come from (cross-attention; j runs over m), else x.
         """
-        q, k = self.queries_and_keys(x, rotary, xpos)
-        v = self.split_heads(self.to_v(x))
+        kv_input = x if context is None else context
+        q, k = self.queries_and_keys(x, kv_input, rotary, xpos)
+        v = self.split_heads(self.to_v(kv_input))
         if self.kv_heads != self.heads:
             k, v = self.share_kv_heads(k), self.share_kv_heads(v)
         values = v

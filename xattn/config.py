@@ -21,6 +21,8 @@ from typing import Any
 from .stages import STAGES
 
 KINDS = ("Encoder", "Decoder", "AttentionLayers")
+# The LayersConfig options of the cross-attention layers (all attn_ options reach them too).
+CROSS_OPTIONS = frozenset({"cross_attend", "only_cross", "cross_residual_attn"})
 # Where in the computation an option acts, in pipeline order (the README's options table follows it).
 PLACES = ("embedding", "block", "norm", "queries and keys", "scores", "position bias", "mask", "softmax",
           "values", "output")
@@ -250,7 +252,8 @@ class LayersConfig:
     macaron: bool = option(False, "Macaron", "block", "blocks of ½ feed-forward, attention, ½ feed-forward",
                            form=True)
     custom_layers: tuple[str, ...] | None = option(None, "custom layer pattern", "block",
-                                                   "an explicit list of 'a' (attention) and 'f' (feed-forward)")
+                                                   "an explicit list of 'a' (attention) and 'f' (feed-forward), "
+                                                   "and 'c' (cross-attention) with cross_attend")
     par_ratio: int | None = option(None, "PAR pattern", "block",
                                    "attention only in the first two thirds, feed-forwards after (PAR transformer)")
     shift_tokens: int | tuple[int, ...] = option(
@@ -263,6 +266,17 @@ class LayersConfig:
     learned_value_residual_mix: bool = option(True, "learned value-residual mix", "values",
                                               "the value-residual mix is sigmoid(W x) per token and head; "
                                               "False: an even ½ mix")
+    cross_attend: bool = option(False, "cross-attention", "scores",
+                                "a cross-attention layer after each self-attention layer: queries from the stream, "
+                                "keys and values from a context sequence (an encoder's output), its padding masked; "
+                                "traced apart, as cross_layers", stages=("scores", "masked", "attn"),
+                                weights=("layers.*.branch.to_q.weight", "layers.*.branch.to_k.weight",
+                                         "layers.*.branch.to_v.weight", "layers.*.branch.to_out.weight"))
+    only_cross: bool = option(False, "cross-attention only", "block",
+                              "with cross_attend: blocks of cross-attention and feed-forward, no self-attention")
+    cross_residual_attn: bool = option(False, "residual cross-attention", "scores",
+                                       "each cross-attention layer adds the previous one's pre-softmax logits",
+                                       stages=("residual", "scores_residual"))
     attn: AttentionConfig = field(default_factory=AttentionConfig)
     ff: FeedForwardConfig = field(default_factory=FeedForwardConfig)
 
@@ -277,6 +291,7 @@ class LayersConfig:
         if self.attn.selective and not self.causal:
             raise ValueError("Selective attention (attn_selective) needs a causal model (a Decoder): it lets a token "
                              "stop later tokens from attending to earlier ones, which has no meaning without an order")
+        self.check_cross()
         if self.rotary_dim is not None and self.alibi_pos_bias:
             rotary = "rotary_xpos" if self.rotary_xpos else "rotary_pos_emb"
             raise ValueError(f"choose one relative position scheme: {rotary} or alibi_pos_bias, not both")
@@ -298,16 +313,21 @@ class LayersConfig:
         if self.custom_layers is not None and self.par_ratio is not None:
             raise ValueError("choose custom_layers or par_ratio, not both")
         if self.custom_layers is not None:
-            if not self.custom_layers or any(t not in ("a", "f") for t in self.custom_layers):
-                raise ValueError(f"custom_layers must be a sequence of 'a' and 'f'; got {self.custom_layers!r}")
+            kinds = ("a", "c", "f") if self.cross_attend else ("a", "f")
+            if not self.custom_layers or any(t not in kinds for t in self.custom_layers):
+                raise ValueError("custom_layers must be a sequence of 'a' (attention), 'f' (feed-forward) and, with "
+                                 f"cross_attend=True, 'c' (cross-attention); got {self.custom_layers!r}")
             object.__setattr__(self, "custom_layers", tuple(self.custom_layers))
         if self.par_ratio is not None:
             check_whole("par_ratio", self.par_ratio, low=2)
-            if self.par_ratio > self.depth * (3 if self.macaron else 2):
-                raise ValueError(f"par_ratio must be at most the number of layers ({self.depth * 2}); "
-                                 f"got {self.par_ratio}")
-        if "a" not in self.layer_types:
+            layers = self.depth * len(self.default_block)
+            if self.par_ratio > layers:
+                raise ValueError(f"par_ratio must be at most the number of layers ({layers}); got {self.par_ratio}")
+        if "a" not in self.layer_types and "c" not in self.layer_types:
             raise ValueError("the layer pattern has no attention layer")
+        if self.cross_attend and "c" not in self.layer_types:
+            raise ValueError("cross_attend=True, but the layer pattern (custom_layers) has no 'c' layer")
+
         self.check_shift_tokens()
         if not self.learned_value_residual_mix and not self.add_value_residual:
             raise ValueError("learned_value_residual_mix=False has no effect without add_value_residual=True")
@@ -367,6 +387,18 @@ class LayersConfig:
             if self.dim < 4:
                 raise ValueError(f"dynamic_pos_bias needs dim ≥ 4 (its MLP is dim / 4 wide); got dim {self.dim}")
 
+    def check_cross(self) -> None:
+        """Cross-attention's combinations: its own options need cross_attend, selective attention refuses it."""
+        for name in ("only_cross", "cross_residual_attn"):
+            if getattr(self, name) and not self.cross_attend:
+                raise ValueError(f"{name} has no effect without cross_attend=True")
+        if self.cross_attend and self.add_value_residual:
+            raise ValueError("add_value_residual cannot be combined with cross_attend yet: the cross-attention layers "
+                             "would need the first cross layer's values")
+        if self.cross_attend and self.attn.selective:
+            raise ValueError("attn_selective cannot be combined with cross_attend: every attn_ option also reaches "
+                             "the cross-attention layers, and selective attention needs causal attention")
+
     # derived facts, asked for everywhere instead of being re-read from keywords
 
     @property
@@ -396,21 +428,30 @@ class LayersConfig:
                 return name
         return "layernorm"
 
-    def stages_in_use(self) -> tuple[str, ...]:
+    def stages_in_use(self, cross: bool = False) -> tuple[str, ...]:
         """The stages this model's options make differ from the stage before, in pipeline order: what a
-        stage strip shows. `scores`, `masked` (padding is always possible) and `attn` are always in use."""
+        stage strip shows. `scores`, `masked` (padding is always possible) and `attn` are always in use.
+        cross: of the cross-attention layers, which take the attn_ options and the cross ones only."""
         fed = {"scores", "masked", "attn"}
-        for config in (self, self.attn, self.ff):
+        for config in (self, self.attn) if cross else (self, self.attn, self.ff):
             for f in dataclasses.fields(config):
                 meta = f.metadata.get("option")
+                if config is self and (f.name in CROSS_OPTIONS) != cross:
+                    continue
                 if meta is not None and getattr(config, f.name) not in (f.default, None, False):
                     fed.update(meta.stages)
         return tuple(s for s in STAGES if s in fed)
 
     @property
+    def default_block(self) -> tuple[str, ...]:
+        """One block of the layer list: 'a' attention, 'c' cross-attention, 'f' feed-forward."""
+        block = ("c", "f") if self.only_cross else ("a", "c", "f") if self.cross_attend else ("a", "f")
+        return ("f", *block) if self.macaron else block
+
+    @property
     def layer_types(self) -> tuple[str, ...]:
-        """The layer list as x-transformers builds it: 'a' attention, 'f' feed-forward."""
-        block = ("f", "a", "f") if self.macaron else ("a", "f")
+        """The layer list as x-transformers builds it: 'a' attention, 'c' cross-attention, 'f' feed-forward."""
+        block = self.default_block
         if self.custom_layers is not None:
             return self.custom_layers
         if self.par_ratio is not None:
@@ -419,6 +460,9 @@ class LayersConfig:
             par_attn = par_depth // self.par_ratio
             depth_cut = par_depth * 2 // 3
             par_width = (depth_cut + depth_cut // par_attn) // par_attn
+            if par_width < len(attn_only):   # checked at construction, as __post_init__ reads layer_types
+                raise ValueError(f"par_ratio {self.par_ratio} is too large for blocks of {len(attn_only)} attention "
+                                 "layers (cross_attend)")
             par_block = attn_only + ("f",) * (par_width - len(attn_only))
             head = par_block * par_attn
             return head + ("f",) * (par_depth - len(head))
@@ -436,6 +480,11 @@ class LayersConfig:
     def num_attn_layers(self) -> int:
         """How many attention layers the stack has: the layers a trace records."""
         return self.layer_types.count("a")
+
+    @property
+    def num_cross_layers(self) -> int:
+        """How many cross-attention layers the stack has: the layers `trace.cross` records."""
+        return self.layer_types.count("c")
 
     # keyword surface
 
@@ -510,6 +559,8 @@ class ModelConfig:
                                     "(labelled mem 0, mem 1 … in a trace) that every token can attend to; they "
                                     "count as positions for rotary and ALiBi, not for the absolute position "
                                     "embedding, and get no logits", weights=("memory_tokens",))
+    return_only_embed: bool = option(False, "embeddings only", "output",
+                                     "no logits: the model returns its final embeddings (an encoder–decoder's encoder)")
 
     def __post_init__(self) -> None:
         check_whole("num_tokens", self.num_tokens)
@@ -530,6 +581,8 @@ class ModelConfig:
     def embedding_dim(self) -> int:
         """The width of the token and position embeddings (emb_dim, by default dim)."""
         return self.emb_dim or self.attn_layers.dim
+        if self.tie_embedding and self.return_only_embed:
+            raise ValueError("tie_embedding has no effect with return_only_embed=True (no logits)")
 
     @property
     def layers(self) -> LayersConfig:
@@ -578,6 +631,83 @@ class ModelConfig:
         return dataclasses.replace(self, attn_layers=self.attn_layers.replace(**layer_changes))
 
 
+# The enc_ / dec_ keywords x-transformers' XTransformer hands to its two TransformerWrappers; the rest reach the layers.
+XTRANSFORMER_WRAPPER_KWARGS = ("num_tokens", "max_seq_len", "emb_dropout", "use_abs_pos_emb")
+
+
+@dataclass(frozen=True)
+class EncDecConfig:
+    """x-transformers' `XTransformer`: an Encoder wrapper that returns its embeddings (`return_only_embed`) and a
+    cross-attending Decoder wrapper that reads them as context. Its keywords are XTransformer's: `dim`,
+    `tie_token_emb` and `enc_` / `dec_` prefixed keywords for either side."""
+
+    encoder: ModelConfig
+    decoder: ModelConfig
+    tie_token_emb: bool = option(False, "tied encoder–decoder embedding", "embedding",
+                                 "an encoder–decoder's encoder and decoder share one token embedding")
+
+    def __post_init__(self) -> None:
+        enc, dec = self.encoder, self.decoder
+        if enc.attn_layers.kind != "Encoder" or not enc.return_only_embed or enc.attn_layers.cross_attend:
+            raise ValueError("an encoder–decoder's encoder is an Encoder without cross_attend, with return_only_embed")
+        if dec.attn_layers.kind != "Decoder" or not dec.attn_layers.cross_attend:
+            raise ValueError("an encoder–decoder's decoder is a Decoder with cross_attend=True")
+        if enc.attn_layers.dim != dec.attn_layers.dim:
+            raise ValueError(f"encoder and decoder need one dim; got {enc.attn_layers.dim} and {dec.attn_layers.dim}")
+        for side, config in (("enc", enc), ("dec", dec)):
+            extra = changed_fields(config, skip={"attn_layers", "return_only_embed", *XTRANSFORMER_WRAPPER_KWARGS})
+            if extra:
+                raise ValueError(f"an XTransformer takes no {', '.join(f'{side}_{k}' for k in extra)}: only "
+                                 f"{', '.join(XTRANSFORMER_WRAPPER_KWARGS)} reach its TransformerWrappers")
+        if self.tie_token_emb and enc.num_tokens != dec.num_tokens:
+            raise ValueError(f"tie_token_emb needs enc_num_tokens == dec_num_tokens; got {enc.num_tokens} and "
+                             f"{dec.num_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: XTransformer's constructor keywords, defaults left out."""
+        data: dict[str, Any] = {"dim": self.encoder.attn_layers.dim,
+                                **changed_fields(self, skip={"encoder", "decoder"})}
+        for side, config in (("enc_", self.encoder), ("dec_", self.decoder)):
+            wrapper = config.to_dict()
+            layers = {k: v for k, v in wrapper.pop("attn_layers").items() if k not in ("kind", "dim", "cross_attend")}
+            wrapper.pop("return_only_embed", None)
+            data.update({side + k: v for k, v in {**wrapper, **layers}.items()})
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EncDecConfig:
+        """From XTransformer's keywords (the JSON form); a ValueError names what is missing or wrong."""
+        if not isinstance(data, dict) or "dim" not in data:
+            raise ValueError("an XTransformer config must be a JSON object with dim and enc_ / dec_ keywords")
+        sides: dict[str, dict[str, Any]] = {"enc_": {}, "dec_": {}}
+        for key, value in data.items():
+            if key[:4] in sides:
+                sides[key[:4]][key[4:]] = value
+            elif key not in ("dim", "tie_token_emb"):
+                raise ValueError(f"unknown XTransformer option {key}: its keywords are dim, tie_token_emb and enc_ / "
+                                 "dec_ prefixed ones")
+
+        def side(prefix: str, kind: str, wrapper: dict[str, Any], layers: dict[str, Any]) -> ModelConfig:
+            own = dict(sides[prefix])
+            missing = [prefix + name for name in ("num_tokens", "max_seq_len", "depth") if name not in own]
+            if missing:
+                raise ValueError(f"an XTransformer needs {', '.join(missing)}")
+            wrapper = {**wrapper, **{k: own.pop(k) for k in XTRANSFORMER_WRAPPER_KWARGS if k in own}}
+            layers = {"kind": kind, "dim": data["dim"], **layers, **own}
+            return ModelConfig.from_dict({**wrapper, "attn_layers": layers})
+
+        return cls(encoder=side("enc_", "Encoder", {"return_only_embed": True}, {}),
+                   decoder=side("dec_", "Decoder", {}, {"cross_attend": True}),
+                   tie_token_emb=data.get("tie_token_emb", False))
+
+
+def config_from_dict(data: Any) -> ModelConfig | EncDecConfig:
+    """A TransformerWrapper's config (with `attn_layers`) or an XTransformer's (with `dim` and enc_ / dec_ keywords)."""
+    if isinstance(data, dict) and "attn_layers" not in data and "dim" in data:
+        return EncDecConfig.from_dict(data)
+    return ModelConfig.from_dict(data)
+
+
 def changed_fields(config: Any, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """{name: value} of the fields of `config` that differ from their defaults."""
     out = {}
@@ -592,7 +722,8 @@ def changed_fields(config: Any, skip: frozenset[str] | set[str] = frozenset()) -
 
 
 def _rows() -> Iterator[tuple[str, Any, Option]]:
-    for cls, prefix in ((ModelConfig, ""), (LayersConfig, ""), (AttentionConfig, "attn_"), (FeedForwardConfig, "ff_")):
+    for cls, prefix in ((ModelConfig, ""), (LayersConfig, ""), (AttentionConfig, "attn_"), (FeedForwardConfig, "ff_"),
+                        (EncDecConfig, "")):
         for f in dataclasses.fields(cls):
             if "option" in f.metadata:
                 yield prefix + f.name, f.default, f.metadata["option"]

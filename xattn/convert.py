@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import OPTIONS, ModelConfig
+from .config import OPTIONS, XTRANSFORMER_WRAPPER_KWARGS, EncDecConfig, ModelConfig
+from .encdec import XTransformer
 from .layers import Block
 from .norms import LayerNorm
 from .wrapper import TransformerWrapper, build, load_state
@@ -21,36 +22,79 @@ from .wrapper import TransformerWrapper, build, load_state
 # Keyword arguments that change how x-transformers runs, not what it computes in eval mode.
 HARMLESS_KWARGS = {"attn_flash", "verbose", "attn_onnxable", "layer_dropout", "attn_sublayer_dropout",
                    "ff_sublayer_dropout", "norm_add_unit_offset"}
+# XTransformer's own keywords that only matter in training (its loss and cross-attention token dropout).
+XTRANSFORMER_HARMLESS = {"ignore_index", "pad_value", "cross_attn_tokens_dropout"}
 NORM_GAINS = ("gamma", "g")   # x-transformers' names for a norm's learned gain
+SIDES = ("enc_", "dec_")      # XTransformer's keyword prefixes
 
 
-def x_transformers_config(data: Any) -> ModelConfig:
-    """The xattn config of x-transformers constructor keywords (`TransformerWrapper`'s, with `attn_layers`
-    holding the layers' keywords and `kind`); a ValueError names every option xattn cannot run."""
+def x_transformers_config(data: Any) -> ModelConfig | EncDecConfig:
+    """The xattn config of x-transformers constructor keywords: `TransformerWrapper`'s, with `attn_layers`
+    holding the layers' keywords and `kind`, or `XTransformer`'s (`dim`, `enc_` / `dec_` keywords); a
+    ValueError names every option xattn cannot run."""
+    known = {name for name, _, _ in OPTIONS} | {"kind", "dim", "depth", "heads", "num_tokens", "max_seq_len"}
+    if isinstance(data, dict) and "attn_layers" not in data and "dim" in data:
+        kwargs = {k: v for k, v in data.items()
+                  if k not in XTRANSFORMER_HARMLESS and not (k[:4] in SIDES and k[4:] in HARMLESS_KWARGS)}
+        refuse_unknown([k for k in kwargs if k[:4] in SIDES and k[4:] not in known])
+        return EncDecConfig.from_dict(kwargs)
     if not isinstance(data, dict) or not isinstance(data.get("attn_layers"), dict):
         raise ValueError("the config must be a JSON object with num_tokens, max_seq_len and attn_layers")
     layers = {k: v for k, v in data["attn_layers"].items() if k not in HARMLESS_KWARGS}
-    known = {name for name, _, _ in OPTIONS} | {"kind", "dim", "depth", "heads", "num_tokens", "max_seq_len"}
-    unsupported = sorted(k for k in [*layers, *data] if k not in known and k != "attn_layers")
-    if unsupported:
-        raise ValueError(f"This x-transformers config uses options xattn does not support: {', '.join(unsupported)} "
-                         "(README: supported options)")
+    refuse_unknown(sorted(k for k in [*layers, *data] if k not in known and k != "attn_layers"))
     return ModelConfig.from_dict(dict(data, attn_layers=layers))
 
 
-def from_x_transformers_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any] | ModelConfig,
-                                   unit_offset: bool | None = None) -> TransformerWrapper:
-    """Build xattn from an x-transformers TransformerWrapper's constructor keywords and its state dict.
+def refuse_unknown(unsupported: list[str]) -> None:
+    if unsupported:
+        raise ValueError(f"This x-transformers config uses options xattn does not support: {', '.join(unsupported)} "
+                         "(README: supported options)")
 
-    config: {"num_tokens", "max_seq_len", ..., "attn_layers": {"kind": "Decoder", "dim", "depth", ...}}.
+
+def stated_unit_offset(data: dict[str, Any]) -> bool:
+    """x-transformers' `norm_add_unit_offset` (default True) as constructor keywords state it (either shape)."""
+    stated = {v for k, v in {**data, **data.get("attn_layers", {})}.items() if k.endswith("norm_add_unit_offset")}
+    if len(stated) > 1:
+        raise ValueError("enc_norm_add_unit_offset and dec_norm_add_unit_offset differ; xattn takes one for both")
+    return stated.pop() if stated else True
+
+
+def from_x_transformers_state_dict(state_dict: dict[str, Tensor], config: dict[str, Any] | ModelConfig | EncDecConfig,
+                                   unit_offset: bool | None = None) -> TransformerWrapper | XTransformer:
+    """Build xattn from an x-transformers TransformerWrapper's or XTransformer's constructor keywords and its
+    state dict.
+
+    config: {"num_tokens", "max_seq_len", ..., "attn_layers": {"kind": "Decoder", "dim", "depth", ...}}, or
+    {"dim", "enc_num_tokens", ..., "dec_depth", ...} for an XTransformer.
     unit_offset: whether x-transformers stored norm gains minus one (its `norm_add_unit_offset`, default
     True); read from the config's keywords when not given.
     """
     if unit_offset is None:
-        unit_offset = not isinstance(config, dict) or config["attn_layers"].get("norm_add_unit_offset", True)
-    model = build(config if isinstance(config, ModelConfig) else x_transformers_config(config))
-    load_state(model, map_state_dict(state_dict, model, unit_offset))
+        unit_offset = not isinstance(config, dict) or stated_unit_offset(config)
+    config = config if isinstance(config, (ModelConfig, EncDecConfig)) else x_transformers_config(config)
+    if isinstance(config, EncDecConfig):
+        model = XTransformer(config=config)
+        mapped = map_encdec_state_dict(state_dict, model, unit_offset)
+    else:
+        model = build(config)
+        mapped = map_state_dict(state_dict, model, unit_offset)
+    load_state(model, mapped)
     return model.eval()
+
+
+def map_encdec_state_dict(state_dict: dict[str, Tensor], model: XTransformer,
+                          unit_offset: bool = True) -> dict[str, Tensor]:
+    """An XTransformer's keys: `encoder.*` and `decoder.net.*` (inside its AutoregressiveWrapper) are each a
+    TransformerWrapper's, mapped by `map_state_dict` to xattn's `encoder.*` and `decoder.*`."""
+    parts = (("encoder.", "encoder.", model.encoder), ("decoder.net.", "decoder.", model.decoder))
+    stray = [k for k in state_dict if not k.startswith(tuple(theirs for theirs, _, _ in parts))]
+    if stray:
+        raise ValueError(f"x-transformers weight {stray[0]} has no counterpart in xattn")
+    mapped: dict[str, Tensor] = {}
+    for theirs, ours, part in parts:
+        own = {k[len(theirs):]: v for k, v in state_dict.items() if k.startswith(theirs)}
+        mapped.update({ours + k: v for k, v in map_state_dict(own, part, unit_offset).items()})
+    return mapped
 
 
 def map_state_dict(state_dict: dict[str, Tensor], model: TransformerWrapper,
@@ -132,9 +176,9 @@ def map_block_key(prefix: str, rest: str, value: Tensor, block: Block, gain: flo
     raise ValueError(f"x-transformers weight {prefix}{rest} has no counterpart in xattn")
 
 
-def from_x_transformers(model: nn.Module) -> TransformerWrapper:
-    """An xattn model equal to an `x_transformers.TransformerWrapper` (Encoder or Decoder layers); a ValueError
-    names every option of it that xattn cannot run."""
+def from_x_transformers(model: nn.Module) -> TransformerWrapper | XTransformer:
+    """An xattn model equal to an `x_transformers.TransformerWrapper` (Encoder or Decoder layers, cross-attending
+    or not) or `XTransformer`; a ValueError names every option of it that xattn cannot run."""
     config, unit_offset, unsupported = read_x_transformers(model)
     if unsupported:
         named = "; ".join(dict.fromkeys(unsupported))     # each once, though every layer reports it
@@ -150,13 +194,16 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     in it xattn cannot run)."""
     import x_transformers.x_transformers as xt
 
+    if isinstance(model, xt.XTransformer):
+        return read_xtransformer(model)
     unsupported: list[str] = []
 
     def need(condition: bool, what: str) -> None:
         if not condition:
             unsupported.append(what)
 
-    need(isinstance(model, xt.TransformerWrapper), f"a {type(model).__name__} (xattn takes a TransformerWrapper)")
+    need(isinstance(model, xt.TransformerWrapper),
+         f"a {type(model).__name__} (xattn takes a TransformerWrapper or an XTransformer)")
     if unsupported:
         return {}, True, unsupported
     layers = model.attn_layers
@@ -171,7 +218,8 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     for name in ("average_pool_embed", "sigsoftmax_logits", "add_continuous_pred_head", "has_multiple_heads", "looped"):
         need(not getattr(model, name, False), name)
     need(model.emb_frac_gradient == 1.0, "emb_frac_gradient")
-    tied = not isinstance(model.to_logits, nn.Module)
+    only_embed = model.to_logits is None
+    tied = not only_embed and not isinstance(model.to_logits, nn.Module)
     dim = layers.dim
     if tied:
         need(abs(model.tie_embedding_scale - dim ** -0.5) < 1e-12, "tie_embedding_scale")
@@ -179,7 +227,6 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     need(tuple(layers.layers_execute_order) == tuple(range(len(layers.layer_types))),
          "layers_execute_order / weight_tie_layers")
     need(not layers.pre_and_post_norm, "pre_and_post_norm")
-    need(not layers.cross_attend, "cross_attend")
     need(layers.num_residual_streams == 1, "num_residual_streams")
     need(not layers.need_condition, "adaptive norms")
     need(not layers.softclamp_output, "softclamp_output")
@@ -200,8 +247,9 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     value_mixes: list[bool] = []                  # per attention layer: a learned value-residual mix
     residual_kinds: set[tuple[str, bool]] = set()
     attn_cfg: dict[str, Any] = {}
+    cross_cfgs: list[dict[str, Any]] = []
     ff_cfg: dict[str, Any] = {}
-    for norms, branch, residual in layers.layers:
+    for layer_type, (norms, branch, residual) in zip(layers.layer_types, layers.layers, strict=True):
         for norm in [*norms, layers.final_norm]:
             if norm is None or isinstance(norm, (nn.Identity, xt.Identity)):
                 continue
@@ -216,13 +264,20 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
         if isinstance(branch, xt.Scale):
             need(branch.scale == 0.5 and isinstance(branch.fn, xt.FeedForward), "a scaled branch other than Macaron's")
             macaron, branch = True, branch.fn
-        if isinstance(branch, xt.Attention):
+        if isinstance(branch, xt.Attention) and layer_type == "c":
+            cross_cfg = attention_config(branch, layers.attn_heads, need)
+            cross_cfg.pop("value_mix")                  # cross layers never mix in a value residual here
+            cross_cfgs.append(cross_cfg)
+            need(branch.to_k.in_features == dim, "cross_attn_dim_context (a context of another width than dim)")
+        elif isinstance(branch, xt.Attention):
             attn_cfg = attention_config(branch, layers.attn_heads, need)
             value_mixes.append(attn_cfg.pop("value_mix"))
         elif isinstance(branch, xt.FeedForward):
             ff_cfg = feedforward_config(branch, dim, need)
         else:
             unsupported.append(f"a {type(branch).__name__} layer (use_layerscale, …)")
+    attn_cfg = attn_cfg or (cross_cfgs[0] if cross_cfgs else {})
+    need(all(c == attn_cfg for c in cross_cfgs), "cross_attn_* options (cross-attention set unlike self-attention)")
     need(len(norms_seen) <= 1 and len(unit_offsets) <= 1, "mixed norms")
     need(len(residual_kinds) <= 1, "mixed residuals")
     need(len(set(value_mixes[1:])) <= 1, "learned_value_residual_mix")     # the first layer never mixes
@@ -230,9 +285,11 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
     (residual_kind, scaled), = residual_kinds or {("Residual", False)}
 
     types = tuple(layers.layer_types)
-    default_block = ("f", "a", "f") if macaron else ("a", "f")
+    only_cross = layers.cross_attend and "a" not in types
+    attention = ("c",) if only_cross else ("a", "c") if layers.cross_attend else ("a",)
+    default_block = ("f",) * macaron + attention + ("f",)
     repeats = len(types) // len(default_block)
-    pattern = dict(depth=repeats) if types == default_block * repeats \
+    pattern = dict(depth=repeats, only_cross=only_cross) if types == default_block * repeats \
         else dict(depth=max(types.count("a"), 1), custom_layers=types)
     layer_kwargs = dict(kind=kind, dim=dim, heads=layers.attn_heads, **pattern,
                         residual_attn=layers.residual_attn, alibi_pos_bias=alibi is not None,
@@ -243,14 +300,14 @@ def read_x_transformers(model: nn.Module) -> tuple[dict[str, Any], bool, list[st
                         shift_tokens=shifts[0] if len(set(shifts)) == 1 else tuple(shifts),
                         add_value_residual=layers.add_value_residual,
                         learned_value_residual_mix=all(value_mixes[1:]) or not layers.add_value_residual,
+                        cross_attend=layers.cross_attend, cross_residual_attn=layers.cross_residual_attn,
                         **{f"attn_{k}": v for k, v in attn_cfg.items()}, **{f"ff_{k}": v for k, v in ff_cfg.items()})
     config = dict(num_tokens=model.num_tokens, max_seq_len=model.max_seq_len,
                   use_abs_pos_emb=isinstance(model.pos_emb, xt.AbsolutePositionalEmbedding),
                   tie_embedding=tied, l2norm_embed=model.l2norm_embed, emb_dim=model.emb_dim,
                   post_emb_norm=isinstance(model.post_emb_norm, xt.LayerNorm),
-                  num_memory_tokens=model.num_memory_tokens, attn_layers=layer_kwargs)
+                  num_memory_tokens=model.num_memory_tokens, return_only_embed=only_embed, attn_layers=layer_kwargs)
     return config, (unit_offsets.pop() if unit_offsets else True), unsupported
-
 
 def token_shift(branch: nn.Module, causal: bool, need: Callable[[bool, str], None]) -> int:
     """shift_tokens of one layer-list entry: s when the branch is wrapped in ShiftTokens(range(±s … s)), else 0."""
@@ -261,6 +318,24 @@ def token_shift(branch: nn.Module, causal: bool, need: Callable[[bool, str], Non
     s = max(branch.shifts)
     need(branch.shifts == tuple(range(0 if causal else -s, s + 1)), f"shift_tokens with shifts {branch.shifts}")
     return s
+
+def read_xtransformer(model: nn.Module) -> tuple[dict[str, Any], bool, list[str]]:
+    """`read_x_transformers` of an XTransformer: its keywords (`dim`, `tie_token_emb`, `enc_` / `dec_` ones) read
+    off its two TransformerWrappers (the decoder's inside its AutoregressiveWrapper)."""
+    (enc, enc_offset, unsupported), (dec, dec_offset, dec_unsupported) = (
+        read_x_transformers(model.encoder), read_x_transformers(model.decoder.net))
+    unsupported += dec_unsupported
+    if enc_offset != dec_offset:
+        unsupported.append("norm_add_unit_offset (differs between encoder and decoder)")
+    if unsupported:
+        return {}, True, unsupported
+    config = {"dim": model.encoder.attn_layers.dim,
+              "tie_token_emb": model.decoder.net.token_emb is model.encoder.token_emb}
+    for prefix, wrapper in zip(SIDES, (enc, dec), strict=True):
+        config.update({prefix + k: v for k, v in wrapper.items() if k in XTRANSFORMER_WRAPPER_KWARGS})
+        config.update({prefix + k: v for k, v in wrapper["attn_layers"].items()
+                       if k not in ("kind", "dim", "cross_attend")})
+    return config, enc_offset, unsupported
 
 
 # x-transformers' attribute on Attention (or its Attend) → the keyword that switched it on.

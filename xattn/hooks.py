@@ -28,12 +28,16 @@ def _registry() -> dict[int, list[HookFn]]:
 
 
 class HookPoint(nn.Module):
-    """An identity on a tensor that functions attached (in this thread) can read or replace."""
+    """An identity on a tensor that functions attached (in this thread) can read or replace.
 
-    def __init__(self, layer: int, stage: str) -> None:
+    `layer` counts the self-attention layers, or with `cross` the cross-attention layers, whose points are
+    named `cross_layers.{layer}.attn.hook_{stage}`.
+    """
+
+    def __init__(self, layer: int, stage: str, cross: bool = False) -> None:
         super().__init__()
-        self.layer, self.stage = layer, stage
-        self.name = f"layers.{layer}.attn.hook_{stage}"
+        self.layer, self.stage, self.cross = layer, stage, cross
+        self.name = f"{'cross_layers' if cross else 'layers'}.{layer}.attn.hook_{stage}"
 
     @property
     def fns(self) -> list[HookFn]:

@@ -1,4 +1,4 @@
-"""The attention stack: blocks of self-attention and feed-forward in x-transformers' layer order.
+"""The attention stack: blocks of self-attention, cross-attention and feed-forward in x-transformers' layer order.
 
 Keyword arguments are x-transformers': `attn_` prefixed ones reach every `Attention`, `ff_` every
 `FeedForward` (see `xattn.config`); a keyword no option accepts raises a TypeError that names it.
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies, window_visible
 from .config import FeedForwardConfig, LayersConfig
+from .cross import check_context, cross_inputs
 from .norms import LayerNorm, make_norm
 from .positions import shared_position_bias, xpos_scale
 
@@ -98,6 +99,10 @@ class Block(nn.Module):
     def is_attention(self) -> bool:
         return isinstance(self.branch, Attention)
 
+    @property
+    def is_cross(self) -> bool:
+        return self.is_attention and self.branch.cross
+
     def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x [b, n, dim] → (x after this block, the attention's pre-softmax logits and values, or None, None)."""
         h = x if self.norm is None else self.norm(x)
@@ -135,13 +140,15 @@ class AttentionLayers(nn.Module):
         self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
         self.rel_pos = shared_position_bias(config)
         self.num_attn_layers = config.num_attn_layers
-        blocks, attention_index = [], 0
+        blocks, attention_index = [], {"a": 0, "c": 0}     # self- and cross-attention layers count apart
         for kind, shifts in zip(config.layer_types, config.layer_shifts, strict=True):
-            if kind == "a":
-                value_mix = config.add_value_residual and config.learned_value_residual_mix and attention_index > 0
-                branch = Attention(config.dim, heads=config.heads, causal=config.causal, config=config.attn,
-                                   layer=attention_index, value_mix=value_mix)
-                attention_index += 1
+            if kind in attention_index:
+                value_mix = (kind == "a" and config.add_value_residual and config.learned_value_residual_mix
+                             and attention_index["a"] > 0)
+                branch = Attention(config.dim, heads=config.heads, causal=config.causal and kind == "a",
+                                   config=config.attn, layer=attention_index[kind], value_mix=value_mix,
+                                   cross=kind == "c")
+                attention_index[kind] += 1
                 blocks.append(Block(branch, config, shifts=shifts))
             else:
                 blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0,
@@ -156,8 +163,13 @@ class AttentionLayers(nn.Module):
 
     @property
     def attention(self) -> list[Attention]:
-        """The attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
-        return [block.branch for block in self.layers if block.is_attention]
+        """The self-attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_attention and not block.is_cross]
+
+    @property
+    def cross_attention(self) -> list[Attention]:
+        """The cross-attention modules: `cross_attention[i]` owns the hook points `cross_layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_cross]
 
     @property
     def selective(self) -> bool:
@@ -194,9 +206,14 @@ class AttentionLayers(nn.Module):
             visible = visible & part
         return visible
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j]."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j].
+        context [b, m, dim]: what the cross-attention layers read (given iff cross_attend); context_mask [b, m]
+        pads its positions."""
         b, n, _ = x.shape
+        check_context(self.config, b, context, context_mask)
+        cross = None if context is None else cross_inputs(context, context_mask, mask)
         visible = self.visible_mask(b, n, mask, attn_mask, x.device)
         fully_masked = None if visible is None else ~visible.any(dim=-1)
         if fully_masked is not None and not fully_masked.any():
@@ -212,8 +229,12 @@ class AttentionLayers(nn.Module):
         if self.rel_pos is not None:
             bias = self.rel_pos(n, n)
 
-        prev_logits = value_residual = None
+        prev_logits = prev_cross = value_residual = None   # residual attention chains self and cross apart
         for block in self.layers:
+            if block.is_cross:
+                x, logits, _ = block(x, **cross, prev_logits=prev_cross)
+                prev_cross = logits if self.config.cross_residual_attn else None
+                continue
             x, logits, values = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
                                       xpos=xpos, bias=bias, prev_logits=prev_logits, value_residual=value_residual) \
                 if block.is_attention else block(x)

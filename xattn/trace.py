@@ -3,12 +3,17 @@
 `trace[stage]` is a float tensor [layers, batch, heads, query, key] holding exactly what the model
 computed (masked cells keep the fill value −finfo.max, so numbers compare with x-transformers);
 `trace.drawable(stage)` is the same with masked cells as NaN, for drawing.
+
+A model that cross-attends also has `trace.cross`: a Trace of its cross-attention layers, whose keys are
+the context's positions ([cross layers, batch, heads, decoder token, context position], its own `visible`
+and `key_labels`); an encoder–decoder's trace has `trace.encoder`, the encoder's self-attention.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +61,10 @@ class Trace:
     layers: list[int]
     config: ModelConfig
     labels: list[list[str]] | None = None  # token strings per batch row, for axes
+    is_cross: bool = False                 # a cross-attention trace: keys are context positions, not the tokens
+    key_labels: list[list[str]] | None = None  # cross-attention: labels of the context positions per batch row
+    cross: Trace | None = None             # a cross-attending model's cross-attention layers
+    encoder: Trace | None = None           # an encoder–decoder's encoder (self-attention of the source)
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, stage: str) -> Tensor:
@@ -123,8 +132,9 @@ class Trace:
 
 @contextmanager
 def recording(model: nn.Module, stages: Sequence[str] | None = None,
-              layers: Sequence[int] | None = None) -> Iterator[dict[str, dict[int, Tensor]]]:
-    """Attach hooks that keep (by reference, no copy) each chosen stage of each chosen layer.
+              layers: Sequence[int] | None = None, cross: bool = False) -> Iterator[dict[str, dict[int, Tensor]]]:
+    """Attach hooks that keep (by reference, no copy) each chosen stage of each chosen layer, of the
+    self-attention layers or, with `cross`, of the cross-attention layers.
 
     Yields {stage: {layer: tensor [b, h, i, j]}}, filled as the model runs inside the block.
     """
@@ -136,17 +146,19 @@ def recording(model: nn.Module, stages: Sequence[str] | None = None,
         kept[hook.stage][hook.layer] = tensor.detach()
 
     names = {name for name, p in hook_points(model).items()
-             if p.stage in chosen and (wanted is None or p.layer in wanted)}
-    with attached(model, [(names.__contains__, keep)]):
+             if p.cross == cross and p.stage in chosen and (wanted is None or p.layer in wanted)}
+    with attached(model, [(names.__contains__, keep)] if names else []):
         yield kept
 
 
 def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
-                config: ModelConfig, labels: list[list[str]] | None = None) -> Trace:
-    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
+                config: ModelConfig, labels: list[list[str]] | None = None, **fields: Any) -> Trace:
+    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read (no stage without a layer).
+    `fields`: the cross-attention ones (is_cross, key_labels, cross, encoder)."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
-    stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()})
-    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
+    stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()} if layers
+                           else {})
+    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels, **fields)
 
 
 __all__ = ["Trace", "recording", "build_trace", "STAGES"]

@@ -11,6 +11,7 @@ from einops import repeat
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .cross import context_visible
 from .hooks import HookFn, HookPoint, NameFilter, attached, hook_points
 from .layers import AttentionLayers
 from .norms import LayerNorm
@@ -23,13 +24,14 @@ class TransformerWrapper(nn.Module):
     Absolute position embedding (scaled by emb_dim ** -0.5) unless the layers use rotary embeddings, T5 bias or
     `use_abs_pos_emb=False`; optionally both l2-normalised (`l2norm_embed`), normed (`post_emb_norm`) and
     projected from `emb_dim` to dim; learned memory tokens in front (`num_memory_tokens`); logits by a
-    bias-less projection, or tied to the token embedding.
+    bias-less projection, or tied to the token embedding, or none (`return_only_embed`: the final embeddings
+    are the output).
     """
 
     def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers,
                  use_abs_pos_emb: bool = True, emb_dropout: float = 0.0, tie_embedding: bool = False,
                  l2norm_embed: bool = False, emb_dim: int | None = None, post_emb_norm: bool = False,
-                 num_memory_tokens: int = 0) -> None:
+                 num_memory_tokens: int = 0, return_only_embed: bool = False) -> None:
         super().__init__()
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError("attn_layers must be an xattn Encoder, Decoder or AttentionLayers")
@@ -37,7 +39,7 @@ class TransformerWrapper(nn.Module):
                                            attn_layers=attn_layers.config, use_abs_pos_emb=use_abs_pos_emb,
                                            emb_dropout=emb_dropout, tie_embedding=tie_embedding,
                                            l2norm_embed=l2norm_embed, emb_dim=emb_dim, post_emb_norm=post_emb_norm,
-                                           num_memory_tokens=num_memory_tokens)
+                                           num_memory_tokens=num_memory_tokens, return_only_embed=return_only_embed)
         dim, emb_dim = attn_layers.dim, config.embedding_dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.token_emb = nn.Embedding(num_tokens, emb_dim)
@@ -51,9 +53,9 @@ class TransformerWrapper(nn.Module):
         self.num_memory_tokens = config.num_memory_tokens
         self.memory_tokens = nn.Parameter(torch.randn(self.num_memory_tokens, dim)) if self.num_memory_tokens else None
         self.attn_layers = attn_layers
-        self.tie_embedding = tie_embedding
+        self.tie_embedding, self.return_only_embed = tie_embedding, return_only_embed
         self.tie_scale = dim ** -0.5
-        self.to_logits = None if tie_embedding else nn.Linear(dim, num_tokens, bias=False)
+        self.to_logits = None if tie_embedding or return_only_embed else nn.Linear(dim, num_tokens, bias=False)
 
     def check_input(self, tokens: Tensor) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
@@ -96,18 +98,24 @@ class TransformerWrapper(nn.Module):
             attn_mask = F.pad(attn_mask, (m, 0, m, 0), value=True)
         return mask, attn_mask
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """tokens [b, n] → logits [b, n, num_tokens] (none for memory tokens)."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """tokens [b, n] → logits [b, n, num_tokens] (none for memory tokens; with return_only_embed the final
+        embeddings [b, n, dim]). context [b, m, dim] and its padding context_mask [b, m]: what a cross-attending
+        model reads."""
         self.check_input(tokens)
-        x = self.attn_layers(self.embed(tokens), *self.layer_masks(mask, attn_mask))
+        x = self.attn_layers(self.embed(tokens), *self.layer_masks(mask, attn_mask), context=context,
+                             context_mask=context_mask)
         if self.memory_tokens is not None:
             x = x[:, self.num_memory_tokens:]
+        if self.return_only_embed:
+            return x
         return x @ self.token_emb.weight.t() * self.tie_scale if self.tie_embedding else self.to_logits(x)
 
     # hooks and traces
 
     def hook_points(self) -> dict[str, HookPoint]:
-        """Every hook point by name, e.g. `layers.3.attn.hook_pre_softmax`."""
+        """Every hook point by name, e.g. `layers.3.attn.hook_pre_softmax`, `cross_layers.0.attn.hook_attn`."""
         return hook_points(self.attn_layers)
 
     def hooks(self, hooks: Iterable[tuple[NameFilter, HookFn]]) -> AbstractContextManager[None]:
@@ -118,20 +126,27 @@ class TransformerWrapper(nn.Module):
     @torch.no_grad()
     def run_with_trace(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                        stages: Sequence[str] | None = None, layers: Sequence[int] | None = None,
-                       labels: list[list[str]] | None = None) -> tuple[Tensor, Trace]:
-        """Forward pass that records the chosen stages (default all) of the chosen layers (default all)."""
+                       labels: list[list[str]] | None = None, context: Tensor | None = None,
+                       context_mask: Tensor | None = None,
+                       context_labels: list[list[str]] | None = None) -> tuple[Tensor, Trace]:
+        """Forward pass that records the chosen stages (default all) of the chosen layers (default all).
+        A cross-attending model's cross-attention layers (all of them) go to `trace.cross`, whose keys are
+        the context's positions, labelled by `context_labels`."""
         if layers is not None:
             count = self.attn_layers.num_attn_layers
             bad = [layer for layer in layers if not 0 <= layer < count]
             if bad:
                 raise ValueError(f"layer(s) {bad} out of range: the model has attention layers 0..{count - 1}")
-        with recording(self.attn_layers, stages, layers) as kept:
-            logits = self(tokens, mask=mask, attn_mask=attn_mask)
+        with recording(self.attn_layers, stages, layers) as kept, \
+                recording(self.attn_layers, stages, cross=True) as kept_cross:
+            logits = self(tokens, mask=mask, attn_mask=attn_mask, context=context, context_mask=context_mask)
         b, n = tokens.shape[0], tokens.shape[1] + self.num_memory_tokens
         visible = self.attn_layers.visible_mask(b, n, *self.layer_masks(mask, attn_mask), tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else repeat(visible[:, 0], "b i j -> (r b) i j", r=b // visible.shape[0])
-        return logits, build_trace(kept, visible, tokens, self.config, labels)
+        cross = None if context is None else build_trace(kept_cross, context_visible(n, context, context_mask), tokens,
+                                                         self.config, labels, is_cross=True, key_labels=context_labels)
+        return logits, build_trace(kept, visible, tokens, self.config, labels, cross=cross)
 
     def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options
@@ -153,7 +168,7 @@ def build(config: ModelConfig | dict[str, Any]) -> TransformerWrapper:
                               use_abs_pos_emb=config.use_abs_pos_emb, emb_dropout=config.emb_dropout,
                               tie_embedding=config.tie_embedding, l2norm_embed=config.l2norm_embed,
                               emb_dim=config.emb_dim, post_emb_norm=config.post_emb_norm,
-                              num_memory_tokens=config.num_memory_tokens)
+                              num_memory_tokens=config.num_memory_tokens, return_only_embed=config.return_only_embed)
 
 
 def load_state(model: nn.Module, state: dict[str, Tensor]) -> None:

@@ -1,4 +1,6 @@
 """Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
+A cross-attention trace (`trace.cross`) has decoder tokens down the rows and context (encoder) tokens along
+the columns.
 
 Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
 labelled in real values; focused single-head views also carry the exact float32 values for hover.
@@ -14,7 +16,6 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -85,9 +86,26 @@ def token_labels(trace: Trace, batch: int = 0) -> list[str]:
     return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
-def _flags(config: ModelConfig) -> tuple[bool, bool]:
-    """(residual attention on, selective attention on) from a trace's model config."""
-    return config.attn_layers.residual_attn, config.attn_layers.selective
+def key_labels(trace: Trace, batch: int = 0) -> list[str]:
+    """Column labels: the tokens' for self-attention; for cross-attention the context positions', 'label·j'
+    (from `trace.key_labels`, else 'ctx·j')."""
+    if not trace.is_cross:
+        return token_labels(trace, batch)
+    _check_index("batch", batch, trace.visible.shape[0], "batch rows")
+    keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * trace.visible.shape[-1]
+    return [f"{key}·{j}" for j, key in enumerate(keys)]
+
+
+def axis_titles(trace: Trace) -> tuple[str, str]:
+    """(x, y) axis titles of a query × key panel."""
+    return ("context (encoder) token", "decoder token") if trace.is_cross else ("key", "query")
+
+
+def _flags(trace: Trace) -> tuple[bool, bool]:
+    """(residual attention on, selective attention on) in a trace's layers, from its model config; cross-attention
+    layers chain their logits by cross_residual_attn and are never selective."""
+    layers = trace.config.attn_layers
+    return (layers.cross_residual_attn, False) if trace.is_cross else (layers.residual_attn, layers.selective)
 
 
 # building blocks
@@ -114,12 +132,14 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
-             factor: int = 1, exact: bool = False, name: str = "value", where: str = "") -> go.Heatmap:
+             factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
+             keys: list[str] | None = None) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes at full resolution, positions
-    when pooled; with `exact` the float32 values ride along as customdata for hover."""
+    category codes when there is no scale. Token labels on the axes at full resolution (`keys` along x
+    when they are not the queries), positions when pooled; with `exact` the float32 values ride along as
+    customdata for hover."""
     if labels is not None and factor == 1:
-        axes = dict(x=labels, y=labels)
+        axes = dict(x=labels if keys is None else keys, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
     position = ("query %{y}<br>key %{x}" if factor == 1
@@ -163,19 +183,21 @@ def _pool_note(factor: int) -> str:
 
 
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
-             main: str, notes: list[str]) -> tuple[go.Figure, int]:
-    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
+             main: str, notes: list[str], keys: list[str] | None = None,
+             titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
+    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens; `keys` label
+    the columns when they are not the queries, `titles` name the (x, y) axes.
     Returns the figure and the pooling factor."""
-    factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
+    factor = math.ceil(max(values.shape[-2:]) / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
-                             name=style.name))
+                             name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(main, notes + [_pool_note(factor)]),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title="key", constrain="domain"),
-                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+                      xaxis=dict(title=titles[0], constrain="domain"),
+                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -185,11 +207,14 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
 
 def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
-    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
+    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
+    kind = "cross-attention layer" if trace.is_cross else "layer"
     fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
+                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
 
@@ -241,7 +266,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
-    residual, selective = _flags(trace.config)
+    residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
                "pre_softmax": "" if selective else " (selective attention off)",
@@ -249,6 +274,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
@@ -265,12 +291,12 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name), row=1, col=column)
+                                   name=STAGE_STYLE[stage].name, keys=keys), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="key")
-    fig.update_yaxes(title_text="query", col=1)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
@@ -317,7 +343,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
     pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
     state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
-    _, selective = _flags(trace.config)
+    _, selective = _flags(trace)
     labels = token_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
         "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
@@ -351,14 +377,14 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     """Where does one token look? Its row of `stage` over the keys, one bar per head."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
-    style, labels = STAGE_STYLE[stage], token_labels(trace, batch)
+    style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=labels, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                             hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                      for h in range(row.shape[0])])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
+                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
                           DESCRIPTIONS[stage],
                           f"{masked} masked keys have no bar" if masked else "",
@@ -400,7 +426,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
-    residual, _ = _flags(trace.config)
+    residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
