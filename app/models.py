@@ -176,7 +176,7 @@ def uploaded(path: str, config_path: str | None = None, alphabet: str = "") -> L
         ASCII[: model.num_tokens - len(SPECIALS)])
     if tokenizer.vocab_size > model.num_tokens:
         raise ValueError(f"The alphabet has {len(tokenizer.alphabet)} characters but the checkpoint only has "
-                         f"{model.num_tokens} token ids (two are <bos> and <pad>).")
+                         f"{model.num_tokens} token ids (two are the BOS and padding tokens).")
     example = tokenizer.alphabet[: min(24, model.max_seq_len - 1)]
     return Loaded(name=f"upload {Path(path).name}", model=model, tokenizer=tokenizer, example=example)
 

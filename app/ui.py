@@ -48,6 +48,14 @@ class Controls:
         return [gr.update(maximum=max(top[what], 1), value=start[what], interactive=top[what] > 0)
                 for what, _ in self.sliders]
 
+    def queries(self) -> list[gr.Slider]:
+        return [slider for what, slider in self.sliders if what == "query"]
+
+    def fit_text(self, n: int | None) -> list[dict[str, Any]]:
+        """Updates that range each query slider to a text of `n` tokens (no change when `n` is None)."""
+        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), interactive=n > 1)
+                for _ in self.queries()]
+
 
 def plot(label: str) -> gr.Plot:
     """A figure slot, with an element id made from its label (e.g. `focused-head`) for browser tests."""
@@ -233,6 +241,9 @@ def build() -> gr.Blocks:
             progress(0.1, desc="Loading the checkpoint")
             return added(session, models.uploaded(checkpoint, config, alphabet))
 
+        # Typing re-ranges the query sliders to the text, so a shorter text never leaves one past its end.
+        text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
+                    controls.queries(), api_visibility="private", trigger_mode="always_last")
         load_outputs = [session, model, model_b, card, text, *sliders]
         fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len],
                            load_outputs, api_name="fresh_model").then(

@@ -97,8 +97,8 @@ def tokens(loaded: Loaded, text: str, reserve: int = 0) -> tuple[list[int], list
     notes = []
     room = loaded.max_seq_len - reserve
     if len(ids) > room:
-        notes.append(f"The text is {len(ids)} tokens long (with <bos>) but {loaded.name} reads at most {room} "
-                     f"here, so only the first {room} are shown.")
+        notes.append(f"The text is {len(ids)} tokens long (the BOS token included) but {loaded.name} reads at "
+                     f"most {room} here, so only the first {room} are shown.")
         gr.Warning(notes[-1])
         ids = ids[:room]
     return ids, notes
@@ -134,7 +134,8 @@ def index(value: float | None, count: int, what: str, owner: str) -> int:
     """A layer, head or query index checked against `count`, with a sentence saying the valid range."""
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
             or int(value) != value or not 0 <= value < count):
-        raise ValueError(f"{what.capitalize()} {value} does not exist: {owner} has {what}s 0 to {count - 1}.")
+        plural = "queries" if what == "query" else f"{what}s"
+        raise ValueError(f"{what.capitalize()} {value} does not exist: {owner} has {plural} 0 to {count - 1}.")
     return int(value)
 
 
@@ -145,8 +146,21 @@ def picks(run: Run, layer: float, head: float | None = None, query: float | None
     if head is not None:
         chosen.append(index(head, run.loaded.heads, "head", name))
     if query is not None:
-        chosen.append(index(query, run.n, "query", "the text"))
+        chosen.append(index(query, max(run.n, run.loaded.max_seq_len), "query", name))
+        if chosen[-1] >= run.n:      # a query slider left past the end of a shorter text: its last token
+            run.notes.append(f"Query {chosen[-1]} is past the end of this text ({run.n} tokens, the BOS token "
+                             f"included): showing its last token, {run.n - 1}.")
+            chosen[-1] = run.n - 1
     return tuple(chosen)
+
+
+def token_count(session: Session | None, model: str, text: str) -> int | None:
+    """How many tokens `model` reads of `text` (BOS included, cut at max_seq_len); None if it cannot read it."""
+    try:
+        loaded = models.resolve(model, session)
+        return min(len(loaded.tokenizer.encode(text)), loaded.max_seq_len) if text.strip() else None
+    except ValueError:
+        return None
 
 
 def check_stage(stage: str) -> str:

@@ -13,9 +13,7 @@ loads prints "refused: <message>" for its first one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 import xt_cases as X  # noqa: E402
+from timing import interleaved_medians  # noqa: E402  (bench/ is the script's folder)
 
 import xattn  # noqa: E402
 
@@ -41,12 +40,6 @@ REPRESENTATIVES: dict[str, list[str]] = {
                "res_sel_sandwich_norm"],
     "cross": ["cross_decoder", "xtransformer"],
 }
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def load(case: X.Case):
@@ -68,14 +61,8 @@ def measure(case: X.Case, reference, model, n: int, repeats: int) -> dict[str, f
         "xattn": lambda: X.xattn_logits(model, case, inputs),
         "run_with_trace": lambda: X.xattn_logits(model, case, inputs, trace=True),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for fn in runs.values():      # warm-up
-            fn()
-        for _ in range(repeats):      # interleaved, so load on the machine hits all three alike
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-    return {name: statistics.median(t) for name, t in times.items()}
+        return interleaved_medians(runs, repeats)
 
 
 def chosen_cases(bench_all: bool) -> list[tuple[str, X.Case, tuple]]:

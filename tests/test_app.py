@@ -184,6 +184,16 @@ def test_upload_xattn_checkpoint(client: Client, tmp_path: Any) -> None:
         client.predict(handle_file(str(tmp_path / "junk.safetensors")), None, "", api_name="/upload_model")
 
 
+def test_upload_restores_the_tokenizer_the_checkpoint_carries(client: Client, default: models.Loaded) -> None:
+    """A bundled checkpoint uploaded as a file reads text in its own alphabet, so its own example runs."""
+    path = xattn.registry.MODELS_DIR / f"{default.name}.safetensors"
+    uploaded = models.uploaded(str(path))
+    assert uploaded.tokenizer == default.tokenizer
+    dropdown, *_ = client.predict(handle_file(str(path)), None, "", api_name="/upload_model")
+    heatmap = client.predict(dropdown["value"], default.example, "attn", 0, 0, 3, api_name="/explore")[1]
+    same(exact(traces(heatmap)[0]), direct(default, default.example).drawable("attn")[0, 0, 0])
+
+
 def test_upload_x_transformers_checkpoint(client: Client, tmp_path: Any) -> None:
     x_transformers = pytest.importorskip("x_transformers")
     config = {"num_tokens": 12, "max_seq_len": 16, "attn_layers": {"kind": "Decoder", "dim": 32, "depth": 2,
@@ -216,6 +226,18 @@ def test_bad_input_gets_a_sentence(client: Client, default: models.Loaded, args:
         client.predict(*filled, api_name="/explore")
 
 
+def test_own_shorter_text_runs_with_the_query_left_past_its_end(client: Client, default: models.Loaded) -> None:
+    """The query slider still on the example's last token (22) while the text is now 11 tokens long."""
+    text, query = "a=1;b=2;?a", len(default.tokenizer.encode(default.example)) - 1
+    assert query > len(text)
+    *_, row, info = client.predict(default.name, text, "attn", 0, 0, query, api_name="/explore")
+    assert f"Query {query} is past the end of this text (11 tokens" in info and "showing its last token, 10" in info
+    bars = traces(row, "bar")
+    same(array(bars[0]["y"]), direct(default, text).drawable("attn")[0, 0, 0, 10])
+    assert views.token_count(None, default.name, text) == 11
+    assert views.token_count(None, default.name, "€") is None
+
+
 def test_bad_config_gets_a_sentence(client: Client) -> None:
     with pytest.raises(AppError, match="multiple of heads"):
         client.predict(2, 3, 32, form_options(False, False, True, "absolute"), 0, 64, api_name="/fresh_model")
@@ -227,6 +249,8 @@ def test_long_text_is_cut_with_a_warning(client: Client, default: models.Loaded)
     text = (default.example * 200)[: default.max_seq_len * 2]
     _, heatmap, _, _, info = client.predict(default.name, text, "attn", 0, 0, 0, api_name="/explore")
     assert f"only the first {default.max_seq_len}" in info
+    note = info.split("**Note:**", 1)[1]
+    assert "<" not in note, "a note with <…> is cut short where the browser reads it as an HTML tag"
     assert exact(traces(heatmap)[0]).shape == (default.max_seq_len, default.max_seq_len)
 
 

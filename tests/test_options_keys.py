@@ -47,7 +47,7 @@ def layer0_qkv(model: xattn.TransformerWrapper, tokens: torch.Tensor) -> tuple[t
 def test_memory_and_zero_keys_are_scored_in_front(tokens):
     model = built(attn_num_mem_kv=2, attn_add_zero_kv=True)
     _, trace = model.run_with_trace(tokens)
-    assert trace.key_extras == ["zero", "mem 0", "mem 1"] == model.attn_layers.key_extras
+    assert trace.key_extras == ["zero", "mem kv 0", "mem kv 1"] == model.attn_layers.key_extras
     assert trace["scores"].shape == (3, 2, 4, N, 3 + N)
     q, k, _ = layer0_qkv(model, tokens)
     attn = model.attn_layers.attention[0]
@@ -75,12 +75,12 @@ def test_sink_column_in_every_stage(tokens):
     assert trace.key_extras == ["sink", "zero"]
     assert {tuple(trace[s].shape) for s in xattn.STAGES} == {(3, 2, 4, N, 2 + N)}
     sinks = torch.stack([a.sink for a in model.attn_layers.attention])[:, None, :, None]   # [layer, 1, h, 1]
-    for stage in xattn.STAGES[:xattn.STAGES.index("softmax")]:
+    for stage in xattn.STAGES[:xattn.STAGES.index("post_softmax")]:
         expected = 0 if stage in xattn.TERMS else sinks
         assert torch.equal(trace[stage][..., 0], torch.as_tensor(expected).expand(3, 2, 4, N)), stage
     pattern = F.softmax(trace["pre_softmax"], dim=-1)
-    torch.testing.assert_close(trace["softmax"], pattern)
-    assert torch.equal(trace["attn"], trace["softmax"])
+    torch.testing.assert_close(trace["post_softmax"], pattern)
+    assert torch.equal(trace["attn"], trace["post_softmax"])
     # the rest of pre_softmax is the masked logits minus the selective penalty, which never prunes the zero key
     masked = trace["masked"][..., 1:]
     penalty = torch.stack([selective_penalty(layer) for layer in masked])
@@ -97,9 +97,9 @@ def test_sink_weighs_no_value(tokens):
     _, trace = model.run_with_trace(tokens)
     handle.remove()
     _, _, v = layer0_qkv(model, tokens)
-    expected = trace["softmax"][0][..., 1:] @ v
+    expected = trace["post_softmax"][0][..., 1:] @ v
     torch.testing.assert_close(seen["merged"], expected.transpose(1, 2).flatten(2), atol=1e-5, rtol=1e-5)
-    assert (trace["softmax"][0][..., 0] > 0).all()
+    assert (trace["post_softmax"][0][..., 0] > 0).all()
 
 
 def test_hooks_see_the_sink_in_front_and_edits_to_it_before_softmax_are_dropped(tokens):
@@ -146,7 +146,7 @@ def test_identity_pre_talking_heads_double_the_scores(tokens):
 def test_post_talking_heads_and_pre_scale_post_make_the_final_pattern(tokens):
     model = built(attn_post_talking_heads=True, attn_pre_scale_post_talking_heads=True, attn_num_mem_kv=1)
     _, trace = model.run_with_trace(tokens)
-    softmax = trace["softmax"]
+    softmax = trace["post_softmax"]
     torch.testing.assert_close(softmax.sum(-1), torch.ones(softmax.shape[:-1]))
     for layer, attn in enumerate(model.attn_layers.attention):
         post, scale = attn.post_talking_heads, attn.pre_scale_post_talking_heads
@@ -163,7 +163,7 @@ def test_post_talking_heads_and_pre_scale_post_make_the_final_pattern(tokens):
 def test_post_mix_leaves_the_sink_column_unscaled(tokens):
     model = built(attn_pre_scale_post_talking_heads=True, attn_head_learned_sink=True)
     _, trace = model.run_with_trace(tokens)
-    assert torch.equal(trace["attn"][..., 0], trace["softmax"][..., 0])
+    assert torch.equal(trace["attn"][..., 0], trace["post_softmax"][..., 0])
 
 
 def test_cope_term_by_loops(tokens):
@@ -194,7 +194,7 @@ def test_switched_off_stages_cost_nothing(tokens):
     assert not trace["cope"].any()
     assert torch.equal(trace["talking_heads_pre"], trace["scores_residual"])
     records = trace.stages.records          # no post-softmax mix: attn is the softmax tensor itself
-    assert records["attn"][0].data_ptr() == records["softmax"][0].data_ptr()
+    assert records["attn"][0].data_ptr() == records["post_softmax"][0].data_ptr()
     assert all(p.front is None for p in model.hook_points().values())
 
 
@@ -223,12 +223,12 @@ def keyed_trace(tokens):
 
 def test_heatmap_labels_extra_keys_on_the_key_axis_only(keyed_trace):
     tokens = [f"{t}·{i}" for i, t in enumerate("abcdef")]
-    assert viz.key_labels(keyed_trace) == ["zero", "mem 0", "mem 1", *tokens]
+    assert viz.key_labels(keyed_trace) == ["zero", "mem kv 0", "mem kv 1", *tokens]
     hm = viz.heatmap(keyed_trace, 0, 1, "pre_softmax").data[0]
-    assert list(hm.x) == ["zero", "mem 0", "mem 1", *tokens] and list(hm.y) == tokens
+    assert list(hm.x) == ["zero", "mem kv 0", "mem kv 1", *tokens] and list(hm.y) == tokens
     assert hm.z.shape == (N, N + 3)
     panels = [p for p in viz.stages(keyed_trace, 1, 0).data if isinstance(p, go.Heatmap)]
-    assert panels and all(list(p.x)[:3] == ["zero", "mem 0", "mem 1"] and len(p.y) == N for p in panels)
+    assert panels and all(list(p.x)[:3] == ["zero", "mem kv 0", "mem kv 1"] and len(p.y) == N for p in panels)
 
 
 def test_every_figure_handles_extra_key_columns(keyed_trace):
@@ -281,3 +281,16 @@ def test_trace_size_estimate_counts_the_extra_keys(tokens):
     _, trace = model.run_with_trace(tokens)
     real = sum(t.numel() * t.element_size() for t in trace.stages.values())
     assert limits.trace_bytes(model.config, *tokens.shape) == real
+
+
+def test_cross_attention_traces_carry_the_extra_keys_too(tokens):
+    model = built(cross_attend=True, attn_num_mem_kv=1, attn_head_learned_sink=True)
+    context = torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(3))
+    context_mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    _, trace = model.run_with_trace(tokens, context=context, context_mask=context_mask)
+    cross = trace.cross
+    assert cross.key_extras == ["sink", "mem kv 0"] and cross["attn"].shape[-1] == 2 + 4
+    assert cross.visible[1].tolist() == [[True, True, True, True, False, False]] * N
+    assert viz.key_labels(cross, 1) == ["sink", "mem kv 0", *(f"ctx·{j}" for j in range(4))]
+    assert list(viz.heatmap(cross, 0, 0).data[0].x) == viz.key_labels(cross)
+    torch.testing.assert_close(cross["post_softmax"].sum(-1), torch.ones(cross.shape[:-1]))

@@ -1,16 +1,19 @@
 """Words for people, generated from the options table: one line per model, the README's options table.
 
 `python -m xattn.describe` prints the README's table of options (with x-transformers installed, also the
-x-transformers options xattn does not run yet, read off its constructors' signatures).
+x-transformers options xattn does not run yet, read off its constructors' signatures);
+`python -m xattn.describe --readme README.md` rewrites the table in place.
 """
 from __future__ import annotations
 
+import argparse
 import inspect
+from pathlib import Path
 from typing import Any
 
 from .config import OPTIONS, PLACES, LayersConfig, ModelConfig, changed_fields
 from .convert import HARMLESS_KWARGS
-from .stages import DESCRIPTIONS
+from .stages import DESCRIPTIONS, STAGES, X_TRANSFORMERS_FIELDS
 
 LABELS = {name: opt.label for name, _, opt in OPTIONS}
 # Options every line already states (kind, sizes) or that change nothing in eval mode.
@@ -30,8 +33,8 @@ def option_phrase(name: str, value: Any) -> str:
         return label
     if value is False:
         return f"no {label}"
-    if isinstance(value, (list, tuple)):
-        value = "".join(value)
+    if isinstance(value, (list, tuple)):   # a layer pattern 'aaf…', or one number per layer (shift_tokens)
+        value = "".join(map(str, value)) if all(isinstance(v, str) for v in value) else "/".join(map(str, value))
     return f"{label} {value}"
 
 
@@ -58,9 +61,17 @@ def options_table() -> str:
 
 
 def stages_table() -> str:
-    """The trace's stages in the order they are computed."""
-    return "\n".join(["| stage | what it holds |", "|---|---|"]
-                     + [f"| `{stage}` | {text} |" for stage, text in DESCRIPTIONS.items()])
+    """The README's table of the trace's stages, in the order they are computed, with the options that feed each."""
+    fed_by: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    for name, _, opt in OPTIONS:
+        for stage in opt.stages:
+            fed_by[stage].append(f"`{name}`")
+    rows = ["| stage | what it holds | fed by | x-transformers field |", "|---|---|---|---|"]
+    for stage in STAGES:
+        field = X_TRANSFORMERS_FIELDS.get(stage)
+        rows.append(f"| `{stage}` | {DESCRIPTIONS[stage]} | {', '.join(fed_by[stage]) or '—'} | "
+                    f"{f'`{field}`' if field else '—'} |")
+    return "\n".join(rows)
 
 
 def x_transformers_unsupported() -> list[str]:
@@ -80,7 +91,29 @@ def x_transformers_unsupported() -> list[str]:
     return sorted(offered - supported)
 
 
-def main() -> None:
+# The README's generated tables, by the name in their `<!-- NAME:start -->` … `<!-- NAME:end -->` markers.
+README_TABLES = {"options": options_table, "stages": stages_table}
+
+
+def write_readme(path: Path) -> None:
+    """Replace each generated table in the README between its markers."""
+    text = path.read_text()
+    for name, table in README_TABLES.items():
+        start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise ValueError(f"{path} has no {start.strip()} … {end} markers")
+        head, rest = text.split(start, 1)
+        text = head + start + table() + "\n" + end + rest.split(end, 1)[1]
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xattn.describe", description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, help="rewrite the options table in this README instead of printing")
+    args = parser.parse_args(argv)
+    if args.readme:
+        write_readme(args.readme)
+        return
     print(options_table())
     try:
         missing = x_transformers_unsupported()

@@ -31,14 +31,17 @@ def _registry() -> dict[int, list[HookFn]]:
 class HookPoint(nn.Module):
     """An identity on a tensor that functions attached (in this thread) can read or replace.
 
+    `layer` counts the self-attention layers, or with `cross` the cross-attention layers, whose points are
+    named `cross_layers.{layer}.attn.hook_{stage}`.
+
     `front`, when set, gives key columns the layer adds only later (an attention sink): attached functions
     see them in front of the tensor, so every stage of a layer has the same key axis; edits to them are dropped.
     """
 
-    def __init__(self, layer: int, stage: str) -> None:
+    def __init__(self, layer: int, stage: str, cross: bool = False) -> None:
         super().__init__()
-        self.layer, self.stage = layer, stage
-        self.name = f"layers.{layer}.attn.hook_{stage}"
+        self.layer, self.stage, self.cross = layer, stage, cross
+        self.name = f"{'cross_layers' if cross else 'layers'}.{layer}.attn.hook_{stage}"
         self.front: Callable[[Tensor], Tensor] | None = None
 
     @property

@@ -128,6 +128,7 @@ def notable_heads(model: TransformerWrapper, task: Task, top: int = 2) -> list[d
     attn = trace["attn"]                                             # [layers, b, heads, i, j]
     pairs = [(row, q, k) for row, s in enumerate(samples) for q, k in task.attention_targets(s)]
     rows, queries, keys = (torch.tensor(x) for x in zip(*pairs, strict=True))
+    queries, keys = queries + trace.memory_tokens, keys + trace.memory_tokens    # memory tokens come first
     score = attn[:, rows, :, queries, keys].mean(dim=0).flatten()    # [layers × heads]
     heads = attn.shape[2]
     return [{"layer": i // heads, "head": i % heads, "attention_on_predicted_key": round(float(score[i]), 3),

@@ -1,5 +1,6 @@
 """Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
-Key axes start with the model's extra key columns (sink, zero, memory keys), named as such.
+A cross-attention trace (`trace.cross`) has decoder tokens down the rows and context (encoder) tokens along
+the columns. Key axes start with the extra key columns (sink, zero key, memory key/values), named as such.
 
 Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
 labelled in real values; focused single-head views also carry the exact float32 values for hover.
@@ -15,7 +16,6 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -78,20 +78,34 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
 
 
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels."""
+    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels.
+    Memory tokens in front are 'mem 0', 'mem 1' …"""
     _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
     tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
-    return [f"{token}·{i}" for i, token in enumerate(tokens)]
+    memory = [f"mem {m}" for m in range(trace.memory_tokens)]
+    return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
 def key_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Key-axis labels: the names of the extra key columns in front (`trace.key_extras`), then token_labels."""
-    return [*trace.key_extras, *token_labels(trace, batch)]
+    """Column labels: the names of the extra key columns in front (`trace.key_extras`), then the tokens' for
+    self-attention, or for cross-attention the context positions', 'label·j' (from `trace.key_labels`, else 'ctx·j')."""
+    if not trace.is_cross:
+        return [*trace.key_extras, *token_labels(trace, batch)]
+    _check_index("batch", batch, trace.visible.shape[0], "batch rows")
+    keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * (trace.visible.shape[-1] - len(trace.key_extras))
+    return [*trace.key_extras, *(f"{key}·{j}" for j, key in enumerate(keys))]
 
 
-def _flags(config: ModelConfig) -> tuple[bool, bool]:
-    """(residual attention on, selective attention on) from a trace's model config."""
-    return config.attn_layers.residual_attn, config.attn_layers.selective
+def axis_titles(trace: Trace) -> tuple[str, str]:
+    """(x, y) axis titles of a query × key panel."""
+    return ("context (encoder) token", "decoder token") if trace.is_cross else ("key", "query")
+
+
+def _flags(trace: Trace) -> tuple[bool, bool]:
+    """(residual attention on, selective attention on) in a trace's layers, from its model config; cross-attention
+    layers chain their logits by cross_residual_attn and are never selective."""
+    layers = trace.config.attn_layers
+    return (layers.cross_residual_attn, False) if trace.is_cross else (layers.residual_attn, layers.selective)
 
 
 # building blocks
@@ -118,12 +132,12 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
-             keys: list[str] | None = None, factor: int = 1, exact: bool = False, name: str = "value",
-             where: str = "") -> go.Heatmap:
+             factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
+             keys: list[str] | None = None) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes (`labels` for queries, `keys` for keys,
-    default the same) at full resolution, positions when pooled; with `exact` the float32 values ride
-    along as customdata for hover."""
+    category codes when there is no scale. Token labels on the axes at full resolution (`keys` along x
+    when they are not the queries), positions when pooled; with `exact` the float32 values ride along as
+    customdata for hover."""
     if labels is not None and factor == 1:
         axes = dict(x=labels if keys is None else keys, y=labels)
     else:
@@ -168,20 +182,22 @@ def _pool_note(factor: int) -> str:
     return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
 
 
-def _focused(values: np.ndarray, style: StageStyle, labels: list[str], keys: list[str], fully_masked: np.ndarray,
-             main: str, notes: list[str]) -> tuple[go.Figure, int]:
-    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
+def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
+             main: str, notes: list[str], keys: list[str] | None = None,
+             titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
+    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens; `keys` label
+    the columns when they are not the queries, `titles` name the (x, y) axes.
     Returns the figure and the pooling factor."""
-    factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
+    factor = math.ceil(max(values.shape[-2:]) / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
-    fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, keys=keys, factor=factor, exact=True,
-                             name=style.name))
+    fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
+                             name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(main, notes + [_pool_note(factor)]),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title="key", constrain="domain"),
-                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+                      xaxis=dict(title=titles[0], constrain="domain"),
+                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -191,12 +207,14 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], keys: lis
 
 def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
-    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
+    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
-    fig, _ = _focused(values, style, token_labels(trace, batch), key_labels(trace, batch),
-                      trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
+    kind = "cross-attention layer" if trace.is_cross else "layer"
+    fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
+                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
 
@@ -248,15 +266,15 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
-    residual, selective = _flags(trace.config)
+    residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
                "pre_softmax": "" if selective else " (selective attention off)",
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
-    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
-    fully_masked = trace.fully_masked[batch].cpu().numpy()
+    labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
@@ -272,13 +290,13 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                                       title="logits" if style.diverging and len(members) > 1 else None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
-            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, keys=keys, exact=exact,
-                                   name=STAGE_STYLE[stage].name), row=1, col=column)
+            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
+                                   name=STAGE_STYLE[stage].name, keys=keys), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="key")
-    fig.update_yaxes(title_text="query", col=1)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
@@ -307,7 +325,7 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
     biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {keys[cols[0]]} (circled)"
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
-    fig, factor = _focused(delta, DIFF_STYLE, labels, keys, fully_masked, main, [biggest])
+    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
     fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
                              y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
@@ -325,7 +343,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
     pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
     state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
-    _, selective = _flags(trace.config)
+    _, selective = _flags(trace)
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
         "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
@@ -336,7 +354,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
                                       title="gate logits" if column == 1 else None)
-        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, keys=keys, exact=True, name=style.name),
+        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
@@ -366,7 +384,7 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
                      for h in range(row.shape[0])])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
+                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
                           DESCRIPTIONS[stage],
                           f"{masked} masked keys have no bar" if masked else "",
@@ -388,9 +406,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
     key): each head against the same head in the next traced layer — the RealFormer view — and each
-    head against the other heads of its layer. Compares the `softmax` stage (a distribution even where
+    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
     post-softmax talking heads mix `attn`), or `attn` in a trace without it."""
-    stage = "softmax" if "softmax" in trace else "attn"
+    stage = "post_softmax" if "post_softmax" in trace else "attn"
     _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     p = np.nan_to_num(trace.drawable(stage)[:, batch].double().cpu().numpy())    # [layer, head, query, key]
@@ -410,7 +428,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
-    residual, _ = _flags(trace.config)
+    residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
@@ -446,7 +464,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
 
 def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *, batch: int = 0) -> go.Figure:
     """What each mask removes: every hidden (query, key) cell coloured by the first mask that hides it
-    (padding, then custom, then causal). `parts` is `xattn.masks.breakdown(...)`."""
+    (padding, then custom, then causal, then the attn_max_attend_past window). `parts` is
+    `xattn.masks.breakdown(...)`."""
     _check_index("batch", batch, parts["effective"].shape[0], "batch rows")
     hidden = np.stack([~parts[name][batch].cpu().numpy() for name in REMOVER_COLORS])
     code = np.where(hidden.any(0), hidden.argmax(0) + 1, 0).astype(np.uint8)
