@@ -129,8 +129,8 @@ def test_xtransformer_state_dict_and_keywords_load():
     with torch.no_grad():
         enc = reference.encoder(src, return_embeddings=True)
         torch.testing.assert_close(model(src, tgt), reference.decoder.net(tgt, context=enc), atol=ATOL, rtol=RTOL)
-    with pytest.raises(ValueError, match="dec_attn_use_cope"):
-        xattn.from_x_transformers_state_dict(reference.state_dict(), dict(keywords, dec_attn_use_cope=True))
+    with pytest.raises(ValueError, match="dec_attn_laser"):
+        xattn.from_x_transformers_state_dict(reference.state_dict(), dict(keywords, dec_attn_laser=True))
 
 
 # --- stages by hand -------------------------------------------------------------------------------------------
