@@ -105,7 +105,7 @@ class AttentionConfig:
                                           stages=("softclamped",))
     cog_signed: bool = option(False, "signed attention (Cog)", "scores",
                               "softmax over the logits' absolute values, then the signs come back: attention "
-                              "weights may be negative", stages=("magnitude", "post_softmax"))
+                              "weights may be negative", stages=("magnitude", "attn"))
     max_attend_past: int | None = option(None, "attention window", "mask",
                                          "keys more than this many positions before a query are masked",
                                          stages=("masked",))
@@ -113,7 +113,7 @@ class AttentionConfig:
                                      "only each query's k largest logits enter the softmax", stages=("topk",))
     sigmoid: bool = option(False, "sigmoid attention", "softmax",
                            "each weight is sigmoid(logit) on its own instead of a softmax: rows need not sum to 1",
-                           stages=("post_softmax",))
+                           stages=("attn",))
     head_scale: bool = option(False, "head scale", "output",
                               "each head's output is multiplied by a learned scale before the heads are merged "
                               "(NormFormer); no score stage: it changes what the heads output, not this layer's scores",

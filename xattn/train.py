@@ -39,6 +39,9 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "residual": {"residual_attn": True},
     "selective": {"attn_selective": True},
     "both": {"residual_attn": True, "attn_selective": True},
+    # Options whose stages a figure shows side by side: T5 bias, pre-softmax talking heads, soft-capping, a sink.
+    "showcase": {"rel_pos_bias": True, "attn_pre_talking_heads": True, "attn_softclamp_logits": True,
+                 "attn_logit_softclamp_value": 10.0, "attn_head_learned_sink": True, "use_rmsnorm": True},
 }
 
 

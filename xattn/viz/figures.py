@@ -269,7 +269,6 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
-               "pre_softmax": "" if selective else " (selective attention off)",
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)

@@ -38,11 +38,11 @@ STAGE_STYLE: dict[str, StageStyle] = {
     "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom, window and causal masks applied"),
     "cope": StageStyle("CoPE position logits", "PRGn", diverging=True, adds="q · embedding of a gate-counted position"),
     "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head"),
-    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="+ CoPE − selective penalty F, + sink"),
+    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="+ CoPE, − penalty F, + sink"),
     "topk": StageStyle("Top-k", LOGITS, diverging=True, adds="all but each query's k largest logits masked"),
     "post_softmax": StageStyle("Post-softmax", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
     "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0),
-                       adds="softmax over the keys, then post-softmax head mixes"),
+                       adds="softmax, then any post-softmax mix"),
 }
 assert set(STAGE_STYLE) == set(STAGES)
 
