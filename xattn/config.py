@@ -108,7 +108,7 @@ class AttentionConfig:
                               "weights may be negative", stages=("magnitude", "attn"))
     max_attend_past: int | None = option(None, "attention window", "mask",
                                          "keys more than this many positions before a query are masked",
-                                         stages=("masked",))
+                                         stages=("masked",), form=True)
     sparse_topk: int | None = option(None, "sparse top-k", "softmax",
                                      "only each query's k largest logits enter the softmax", stages=("topk",))
     sigmoid: bool = option(False, "sigmoid attention", "softmax",
@@ -130,7 +130,7 @@ class AttentionConfig:
     num_mem_kv: int = option(0, "memory key/values", "queries and keys",
                              "learned key/value pairs per head in front of every layer's keys and values, "
                              "visible to every query", stages=("scores",),
-                             weights=("layers.*.branch.mem_k", "layers.*.branch.mem_v"))
+                             weights=("layers.*.branch.mem_k", "layers.*.branch.mem_v"), form=True)
     add_zero_kv: bool = option(False, "zero key/value", "queries and keys",
                                "an all-zero key and value in front: a query may put weight on nothing (its score is 0)",
                                stages=("scores",), form=True)
@@ -607,7 +607,7 @@ class ModelConfig:
                                     "learned tokens put in front of the sequence: extra query and key positions "
                                     "(labelled mem 0, mem 1 … in a trace) that every token can attend to; they "
                                     "count as positions for rotary and ALiBi, not for the absolute position "
-                                    "embedding, and get no logits", weights=("memory_tokens",))
+                                    "embedding, and get no logits", weights=("memory_tokens",), form=True)
     return_only_embed: bool = option(False, "embeddings only", "output",
                                      "no logits: the model returns its final embeddings (an encoder–decoder's encoder)")
 
