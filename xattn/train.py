@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "showcase": {"rel_pos_bias": True, "attn_pre_talking_heads": True, "attn_softclamp_logits": True,
                  "attn_logit_softclamp_value": 10.0, "attn_head_learned_sink": True, "use_rmsnorm": True},
 }
+# The variants bundled for every task and compared in the README (the showcase is trained only for a figure).
+COMPARED_VARIANTS = ("baseline", "residual", "selective", "both")
 
 
 @dataclass
