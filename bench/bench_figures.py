@@ -20,6 +20,8 @@ import torch
 
 import xattn
 from xattn import viz
+from xattn.registry import Pretrained, pretrained
+from xattn.train import TrainConfig, train
 from xattn.viz.payload import pool_factor
 
 LAYERS, HEADS = 6, 8
@@ -55,17 +57,20 @@ def bench(n: int) -> dict[str, float]:
                 drawn=f"{math.ceil(n / factor)}² (pooled {factor}×{factor})" if factor > 1 else f"{n}² (full)")
 
 
-def render_assets(directory: str | None) -> None:
-    """README figures from a small induction model with residual + selective attention: trained here
-    for a few minutes with xattn.train (seeded), or read from `directory` where such a run wrote it."""
-    from xattn.registry import pretrained
-    from xattn.train import TrainConfig, train
-    config = TrainConfig(task="induction", variant="both", steps=800, eval_size=300, threads=2)
+def trained(config: TrainConfig, directory: str | None) -> Pretrained:
+    """The model `config` describes: trained here (seeded) into a temporary folder, or read from `directory`
+    where such a run wrote it."""
     with tempfile.TemporaryDirectory() as out:
         if directory is None:
             config.out = directory = out
             train(config, progress=False)
-        p = pretrained(config.name, directory=directory)
+        return pretrained(config.name, directory=directory)
+
+
+def render_assets(directory: str | None) -> None:
+    """README figures from a small induction model with residual + selective attention, trained for a few
+    minutes with xattn.train (or read from `directory`)."""
+    p = trained(TrainConfig(task="induction", variant="both", steps=800, eval_size=300, threads=2), directory)
     card = p.card
     ids = p.tokenizer.encode("thequickbrownfox|thequickbrownfox")[:-1]     # BOS + text, last char to predict
     _, trace = p.model.run_with_trace(torch.tensor([ids]), labels=[p.tokenizer.labels(ids)])
@@ -85,16 +90,8 @@ def render_assets(directory: str | None) -> None:
 
 def render_options_figure(directory: str | None) -> None:
     """The README's figure of newer options' stages: the `showcase` variant (T5 bias, pre-softmax talking heads,
-    soft-capping, a learned sink, RMSNorm) trained on the variables task here (seeded, ~2 minutes), or read from
-    `directory` where such a run wrote it."""
-    from xattn.registry import pretrained
-    from xattn.train import TrainConfig, train
-    config = TrainConfig(task="variables", variant="showcase", steps=1500, eval_size=500, threads=2)
-    with tempfile.TemporaryDirectory() as out:
-        if directory is None:
-            config.out = directory = out
-            train(config, progress=False)
-        p = pretrained(config.name, directory=directory)
+    soft-capping, a learned sink, RMSNorm) trained on the variables task (~2 minutes, or read from `directory`)."""
+    p = trained(TrainConfig(task="variables", variant="showcase", steps=1500, eval_size=500, threads=2), directory)
     ids = p.tokenizer.encode(p.example)
     _, trace = p.model.run_with_trace(torch.tensor([ids]), labels=[p.tokenizer.labels(ids)])
     head = p.card["notable_heads"][0]
