@@ -26,6 +26,7 @@ import xt_cases as X  # noqa: E402
 from timing import interleaved_medians  # noqa: E402  (bench/ is the script's folder)
 
 import xattn  # noqa: E402
+from xattn.memory import reuse_freed_memory  # noqa: E402
 
 SIZES = dict(dim=256, depth=6, heads=8, dim_head=64, num_tokens=256, max_seq_len=512)
 LENGTHS = (128, 512)
@@ -89,8 +90,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all", action="store_true", help="bench every case, not one per group")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's default allocator settings (bench_core shows both)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reused = not args.default_allocator and reuse_freed_memory()   # as the app does: see bench_core
     warnings.filterwarnings("ignore")
     try:
         from loguru import (
@@ -100,7 +104,8 @@ def main() -> None:
     except ImportError:
         pass
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} interleaved runs, "
-          f"dim {SIZES['dim']}, depth {SIZES['depth']}, heads {SIZES['heads']}, batch 1, CPU")
+          f"dim {SIZES['dim']}, depth {SIZES['depth']}, heads {SIZES['heads']}, batch 1, CPU, "
+          f"{'reuse_freed_memory()' if reused else 'default allocator'}")
     print(f"{'group':<11}{'case':<24}{'N':>5}{'x-t ms':>9}{'xattn ms':>10}{'trace ms':>10}"
           f"{'xattn/x-t':>11}{'trace/fwd':>11}")
     for group, case, (reference, model, message) in chosen_cases(args.all):
