@@ -99,12 +99,12 @@ def resolve(name: str | None, session: Session | None) -> Loaded:
     raise ValueError(f"There is no model called {name!r} in this session. Choose one of: {known}.")
 
 
-def check_range(value: float, what: str) -> int:
-    """`value` as a whole number inside LIMITS[what]."""
+def check_range(value: float, what: str, name: str | None = None) -> int:
+    """`value` as a whole number inside LIMITS[what]; the refusal names the field (`name`, default `what`)."""
     low, high = LIMITS[what]
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
             or int(value) != value or not low <= value <= high):
-        raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
+        raise ValueError(f"{name or what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
     return int(value)
 
 
@@ -113,10 +113,17 @@ def form_options() -> list[tuple[str, str]]:
     return [(opt.label, name) for name, default, opt in xattn.OPTIONS if opt.form and isinstance(default, bool)]
 
 
-def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, max_seq_len: int = 512) -> Loaded:
+def form_numbers() -> list[tuple[str, str]]:
+    """(label, keyword) of every count the options table offers on the fresh-model form (0 there means off)."""
+    return [(opt.label, name) for name, default, opt in xattn.OPTIONS if opt.form and not isinstance(default, bool)]
+
+
+def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, max_seq_len: int = 512,
+          *counts: float) -> Loaded:
     """A randomly initialised model (reproducible from `seed`) reading printable ASCII, with the on/off options
-    in `options` switched on and the others off. Its size and the size of its longest trace are checked
-    against `limits` before any weight is allocated."""
+    in `options` switched on and the others off, and the counts of `form_numbers()` in order (0 or missing
+    means off). Its size and the size of its longest trace are checked against `limits` before any weight is
+    allocated."""
     depth, heads, dim = check_range(depth, "depth"), check_range(heads, "heads"), check_range(dim, "dim")
     max_seq_len, seed = check_range(max_seq_len, "max_seq_len"), check_range(seed, "seed")
     if dim % heads:
@@ -125,7 +132,10 @@ def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, m
     unknown = sorted(set(options or []) - set(offered))
     if unknown:
         raise ValueError(f"Unknown option(s) {', '.join(unknown)}; the form offers {', '.join(offered)}.")
-    flags = {name: name in (options or []) for name in offered}
+    flags: dict[str, Any] = {name: name in (options or []) for name in offered}
+    for (label, name), count in zip(form_numbers(), counts, strict=False):
+        if count not in (0, None):
+            flags[name] = check_range(count, "count", f"{label} ({name}; 0 means off)")
     causal = flags.pop("causal")
     wrapper = {name: flags.pop(name) for name in list(flags) if name in WRAPPER_OPTIONS}
     tokenizer = CharTokenizer(ASCII)

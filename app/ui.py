@@ -127,6 +127,9 @@ def build() -> gr.Blocks:
                     seed = gr.Number(0, label="seed", precision=0)
                 options = gr.CheckboxGroup(models.form_options(), value=list(FRESH_OPTIONS),
                                            label="options (README: supported options)")
+                with gr.Row():
+                    counts = [gr.Number(0, label=f"{label} ({name}, 0 = off)", minimum=0)   # 2.5 is refused, not cut
+                              for label, name in models.form_numbers()]
                 fresh_button = gr.Button("Build fresh model")
             with gr.Tab("Upload a checkpoint"):
                 with gr.Row():
@@ -259,9 +262,9 @@ def build() -> gr.Blocks:
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
-                  max_seq_len: float, progress: gr.Progress = gr.Progress()) -> list[Any]:
+                  max_seq_len: float, *counts: float, progress: gr.Progress = gr.Progress()) -> list[Any]:
             progress(0.1, desc="Building the model")
-            return added(session, models.fresh(depth, heads, dim, options, seed, max_seq_len))
+            return added(session, models.fresh(depth, heads, dim, options, seed, max_seq_len, *counts))
 
         @views.friendly
         def upload(session: Session, checkpoint: str | None, config: str | None, alphabet: str,
@@ -275,7 +278,7 @@ def build() -> gr.Blocks:
         text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
                     controls.queries(), api_visibility="private", trigger_mode="always_last")
         load_outputs = [session, model, model_b, card, text, *sliders]
-        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len],
+        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts],
                            load_outputs, api_name="fresh_model").then(
             views.explore, explore_inputs, explore_outputs, api_visibility="private")
         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,

@@ -51,6 +51,11 @@ class Run:
     def n(self) -> int:
         return len(self.ids)
 
+    @property
+    def queries(self) -> int:
+        """Query rows of the trace: the tokens, after the model's memory tokens if it has any."""
+        return self.trace.visible.shape[1]
+
     def summary(self) -> str:
         """Markdown: which model read how many tokens, and every note."""
         lines = [f"{self.loaded.describe()}", f"Read **{self.n} tokens**: `{''.join(self.labels)}`"]
@@ -180,11 +185,12 @@ def picks(run: Run, layer: float, head: float | None = None, query: float | None
     if head is not None:
         chosen.append(index(head, run.loaded.heads, "head", name))
     if query is not None:
-        chosen.append(index(query, max(run.n, run.loaded.max_seq_len), "query", name))
-        if chosen[-1] >= run.n:      # a query slider left past the end of a shorter text: its last token
-            run.notes.append(f"Query {chosen[-1]} is past the end of this text ({run.n} tokens, the BOS token "
-                             f"included): showing its last token, {run.n - 1}.")
-            chosen[-1] = run.n - 1
+        last = run.queries - 1
+        chosen.append(index(query, max(run.queries, run.loaded.max_seq_len), "query", name))
+        if chosen[-1] > last:      # a query slider left past the end of a shorter text: its last token
+            run.notes.append(f"Query {chosen[-1]} is past the end of this text ({run.queries} tokens, the BOS "
+                             f"token included): showing its last token, {last}.")
+            chosen[-1] = last
     return tuple(chosen)
 
 
@@ -338,10 +344,11 @@ def selective(session: Session | None, model: str, text: str, layer: float, head
     layer, head, query = picks(run, layer, head, query)
     penalty = run.trace["selection"][layer, 0, 0, query]
     order = [k for k in penalty.argsort(descending=True).tolist() if penalty[k] > 0]
-    strongest = ", ".join(f"`{run.labels[k]}`·{k} (F = {float(penalty[k]):.2f})" for k in order[:8])
+    keys, queries = viz.key_labels(run.trace), viz.token_labels(run.trace)   # extra key columns, memory tokens
+    strongest = ", ".join(f"`{keys[k]}` (F = {float(penalty[k]):.2f})" for k in order[:8])
     cut = -math.log(viz.figures.PRUNED_BELOW)
     pruned = sum(float(penalty[k]) >= cut for k in order)
-    lost = (f"In layer {layer}, F lowers {len(order)} earlier key(s) for query {query} (`{run.labels[query]}`)"
+    lost = (f"In layer {layer}, F lowers {len(order)} earlier key(s) for query {query} (`{queries[query]}`)"
             + (f"; strongest: {strongest}" if order else "") + f". {pruned} of them are pruned "
             f"(F ≥ {cut:.1f}: their weight is cut below {viz.figures.PRUNED_BELOW:g} of an unpenalised key's).")
     before_after = strip(run, layer, head, ["masked", "selection", "pre_softmax", "attn"])
@@ -384,7 +391,8 @@ def masking(session: Session | None, model: str, text: str, preset: str, size: f
     parts = masks.breakdown(loaded.model, run.n, mask=run.pad_mask, attn_mask=run.attn_mask)
     removed = [f"**{name}** hides {int((~visible).sum())} of {run.n * run.n} query–key pairs"
                for name, visible in parts.items()]
-    empty = [f"`{run.labels[q]}` (position {q})" for q in run.trace.fully_masked[0].nonzero().flatten().tolist()]
+    queries = viz.token_labels(run.trace)
+    empty = [f"`{queries[q]}` (position {q})" for q in run.trace.fully_masked[0].nonzero().flatten().tolist()]
     flagged = (f"**Flagged:** {len(empty)} row(s) have no visible key, so their attention output is set to zero: "
                + ", ".join(empty)) if empty else "Every query still sees at least one key."
     unmasked = trace_text(loaded, text, padding=padding, pad_left=pad_left)

@@ -9,22 +9,15 @@ Usage: python bench/bench_core.py [--repeats 15] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import x_transformers
+from timing import interleaved_medians  # bench/ is the script's folder
 
 import xattn
 from xattn.memory import reuse_freed_memory
 
 VARIANTS = {"plain": {}, "residual+selective": {"residual_attn": True, "attn_selective": True}}
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(n: int, options: dict, repeats: int) -> dict[str, float]:
@@ -40,15 +33,9 @@ def measure(n: int, options: dict, repeats: int) -> dict[str, float]:
         "run_with_trace": lambda: model.run_with_trace(tokens),
         "trace+stack": lambda: dict(model.run_with_trace(tokens)[1].stages),   # every stage read as [L,b,h,i,j]
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for fn in runs.values():      # warm-up
-            fn()
-        for _ in range(repeats):      # interleaved, so load on the machine hits all three alike
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
+        median = interleaved_medians(runs, repeats)
         _, trace = model.run_with_trace(tokens)
-    median = {name: statistics.median(t) for name, t in times.items()}
     return dict(**median, trace_bytes=trace.nbytes())
 
 

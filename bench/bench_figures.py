@@ -20,6 +20,8 @@ import torch
 
 import xattn
 from xattn import viz
+from xattn.registry import Pretrained, pretrained
+from xattn.train import TrainConfig, train
 from xattn.viz.payload import pool_factor
 
 LAYERS, HEADS = 6, 8
@@ -55,17 +57,20 @@ def bench(n: int) -> dict[str, float]:
                 drawn=f"{math.ceil(n / factor)}² (pooled {factor}×{factor})" if factor > 1 else f"{n}² (full)")
 
 
-def render_assets(directory: str | None) -> None:
-    """README figures from a small induction model with residual + selective attention: trained here
-    for a few minutes with xattn.train (seeded), or read from `directory` where such a run wrote it."""
-    from xattn.registry import pretrained
-    from xattn.train import TrainConfig, train
-    config = TrainConfig(task="induction", variant="both", steps=800, eval_size=300, threads=2)
+def trained(config: TrainConfig, directory: str | None) -> Pretrained:
+    """The model `config` describes: trained here (seeded) into a temporary folder, or read from `directory`
+    where such a run wrote it."""
     with tempfile.TemporaryDirectory() as out:
         if directory is None:
             config.out = directory = out
             train(config, progress=False)
-        p = pretrained(config.name, directory=directory)
+        return pretrained(config.name, directory=directory)
+
+
+def render_assets(directory: str | None) -> None:
+    """README figures from a small induction model with residual + selective attention, trained for a few
+    minutes with xattn.train (or read from `directory`)."""
+    p = trained(TrainConfig(task="induction", variant="both", steps=800, eval_size=300, threads=2), directory)
     card = p.card
     ids = p.tokenizer.encode("thequickbrownfox|thequickbrownfox")[:-1]     # BOS + text, last char to predict
     _, trace = p.model.run_with_trace(torch.tensor([ids]), labels=[p.tokenizer.labels(ids)])
@@ -83,11 +88,26 @@ def render_assets(directory: str | None) -> None:
           f"notable head layer {head['layer']} head {head['head']}")
 
 
+def render_options_figure(directory: str | None) -> None:
+    """The README's figure of newer options' stages: the `showcase` variant (T5 bias, pre-softmax talking heads,
+    soft-capping, a learned sink, RMSNorm) trained on the variables task (~2 minutes, or read from `directory`)."""
+    p = trained(TrainConfig(task="variables", variant="showcase", steps=1500, eval_size=500, threads=2), directory)
+    ids = p.tokenizer.encode(p.example)
+    _, trace = p.model.run_with_trace(torch.tensor([ids]), labels=[p.tokenizer.labels(ids)])
+    head = p.card["notable_heads"][0]
+    stages = ["scores", "talking_heads_pre", "position_bias", "softclamped", "pre_softmax", "attn"]
+    fig = viz.stages(trace, head["layer"], head["head"], stages=stages)
+    viz.to_png(fig, ASSETS / "stages_options.png", scale=1.5)
+    print("wrote", ASSETS / "stages_options.png", f"(variables-showcase, {p.card['eval']['accuracy']}% accuracy, "
+          f"layer {head['layer']} head {head['head']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--assets", action="store_true", help="also write the README PNGs to assets/figures/")
     parser.add_argument("--checkpoint-dir", help="with --assets: use the induction-both model trained into this folder")
+    parser.add_argument("--showcase-dir", help="with --assets: use the variables-showcase model trained there")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"grid of {LAYERS} layers × {HEADS} heads, attention stage; bytes per attention cell, build time")
@@ -105,6 +125,7 @@ def main() -> None:
           + ", ".join(f"{n}: {r:.1f} B/cell" for n, r in focused.items()))
     if args.assets:
         render_assets(args.checkpoint_dir)
+        render_options_figure(args.showcase_dir)
 
 
 if __name__ == "__main__":

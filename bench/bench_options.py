@@ -13,9 +13,7 @@ loads prints "refused: <message>" for its first one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,8 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
 import xt_cases as X  # noqa: E402
+from timing import interleaved_medians  # noqa: E402  (bench/ is the script's folder)
 
 import xattn  # noqa: E402
+from xattn.memory import reuse_freed_memory  # noqa: E402
 
 SIZES = dict(dim=256, depth=6, heads=8, dim_head=64, num_tokens=256, max_seq_len=512)
 LENGTHS = (128, 512)
@@ -41,12 +41,6 @@ REPRESENTATIVES: dict[str, list[str]] = {
                "res_sel_sandwich_norm"],
     "cross": ["cross_decoder", "xtransformer"],
 }
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def load(case: X.Case):
@@ -68,14 +62,8 @@ def measure(case: X.Case, reference, model, n: int, repeats: int) -> dict[str, f
         "xattn": lambda: X.xattn_logits(model, case, inputs),
         "run_with_trace": lambda: X.xattn_logits(model, case, inputs, trace=True),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for fn in runs.values():      # warm-up
-            fn()
-        for _ in range(repeats):      # interleaved, so load on the machine hits all three alike
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
-    return {name: statistics.median(t) for name, t in times.items()}
+        return interleaved_medians(runs, repeats)
 
 
 def chosen_cases(bench_all: bool) -> list[tuple[str, X.Case, tuple]]:
@@ -102,8 +90,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all", action="store_true", help="bench every case, not one per group")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's default allocator settings (bench_core shows both)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reused = not args.default_allocator and reuse_freed_memory()   # as the app does: see bench_core
     warnings.filterwarnings("ignore")
     try:
         from loguru import (
@@ -113,7 +104,8 @@ def main() -> None:
     except ImportError:
         pass
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} interleaved runs, "
-          f"dim {SIZES['dim']}, depth {SIZES['depth']}, heads {SIZES['heads']}, batch 1, CPU")
+          f"dim {SIZES['dim']}, depth {SIZES['depth']}, heads {SIZES['heads']}, batch 1, CPU, "
+          f"{'reuse_freed_memory()' if reused else 'default allocator'}")
     print(f"{'group':<11}{'case':<24}{'N':>5}{'x-t ms':>9}{'xattn ms':>10}{'trace ms':>10}"
           f"{'xattn/x-t':>11}{'trace/fwd':>11}")
     for group, case, (reference, model, message) in chosen_cases(args.all):

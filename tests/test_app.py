@@ -124,6 +124,26 @@ def test_selective_penalty_and_pruned_keys(client: Client, default: models.Loade
     assert f"for query {query}" in info
 
 
+def test_fresh_model_with_an_attention_window_in_the_masking_debugger(client: Client) -> None:
+    """The form's counts reach the model: a window of 2 (attn_max_attend_past) is a mask of its own."""
+    labels = [label for label, _ in models.form_numbers()]
+    counts = [2 if "window" in label else 0 for label in labels]
+    dropdown, *_ = client.predict(1, 2, 16, form_options(), 0, 32, *counts, api_name="/fresh_model")
+    loaded = models.fresh(1, 2, 16, form_options(), 0, 32, *counts)
+    assert dropdown["value"] == loaded.name and loaded.model.config.attn_layers.attn.max_attend_past == 2
+    text = "abcdefgh"
+    effective, removed, _, info = client.predict(loaded.name, text, "none", 4, "", 0, "right", 0, 0,
+                                                 api_name="/masking")
+    n = len(text) + 1
+    window = torch.tensor([[0 <= i - j <= 2 for j in range(n)] for i in range(n)])
+    assert ((array(traces(effective)[0]["z"]) == 0) == window.numpy()).all()
+    too_far = int(torch.ones(n, n).tril(-3).sum())          # keys more than 2 positions back: j < i − 2
+    assert f"**window** hides {too_far} of {n * n}" in info
+    assert f"**causal** hides {n * (n - 1) // 2} of {n * n}" in info
+    with pytest.raises(AppError, match=r"Attention window \(attn_max_attend_past; 0 means off\) must be a whole"):
+        client.predict(1, 2, 16, form_options(), 0, 32, *[2.5 if c else 0 for c in counts], api_name="/fresh_model")
+
+
 def test_masking_flags_rows_and_shows_the_effect(client: Client, default: models.Loaded) -> None:
     effective, removed, difference, info = client.predict(
         default.name, default.example, "block-diagonal", 4, "", 3, "left", 0, 0, api_name="/masking")

@@ -10,7 +10,7 @@ import torch
 
 import xattn
 from xattn.config import OPTIONS, PLACES, LayersConfig, ModelConfig
-from xattn.describe import describe, options_table
+from xattn.describe import README_TABLES, describe
 from xattn.stages import STAGES, TERMS
 
 from conftest import tiny_config
@@ -77,8 +77,8 @@ def test_stages_in_use_follow_the_options():
     plain = LayersConfig.from_kwargs("Decoder", dim=16, depth=1)
     assert plain.stages_in_use() == ("scores", "masked", "attn")
     both = plain.replace(residual_attn=True, attn_selective=True, alibi_pos_bias=True)
-    assert both.stages_in_use() == ("scores", "residual", "scores_residual", "biased", "masked", "selection",
-                                    "pre_softmax", "attn")
+    assert both.stages_in_use() == ("scores", "residual", "scores_residual", "position_bias", "biased", "masked",
+                                    "selection", "pre_softmax", "attn")
     assert set(TERMS) <= set(STAGES) and set(TERMS.values()) <= set(STAGES)
 
 
@@ -89,7 +89,7 @@ def test_unknown_and_conflicting_keywords_name_themselves():
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, use_rmsnorm=True, use_scalenorm=True)
     with pytest.raises(ValueError, match="sandwich_norm needs pre_norm"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, sandwich_norm=True, pre_norm=False)
-    with pytest.raises(ValueError, match="custom_layers must be a sequence of 'a' and 'f'"):
+    with pytest.raises(ValueError, match=r"custom_layers must be a sequence of 'a' \(attention\), 'f'"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, custom_layers=("a", "x"))
     with pytest.raises(ValueError, match="no attention layer"):
         LayersConfig.from_kwargs("Decoder", dim=16, depth=1, custom_layers=("f", "f"))
@@ -148,8 +148,9 @@ def test_describe_says_what_is_special():
     assert describe(one) == "bidirectional, 1 layer × 1 head, dim 32, up to 16 tokens; plain attention"
 
 
-def test_readme_options_table_is_the_generated_one():
-    assert options_table() in README.read_text(), "regenerate it: python -m xattn.describe --readme README.md"
+def test_readme_tables_are_the_generated_ones():
+    for name, table in README_TABLES.items():
+        assert table() in README.read_text(), f"regenerate {name}: python -m xattn.describe --readme README.md"
 
 
 def test_memory_tuning_is_reachable_as_the_readme_writes_it():

@@ -31,6 +31,9 @@ from xattn import viz  # noqa: E402
 from conftest import form_options  # noqa: E402
 from test_app import array, exact, same, traces  # noqa: E402
 
+# MiB of a full trace of the largest fresh model (12 layers × 16 heads, 2048 tokens, float32): grows with the stages.
+LARGEST_TRACE_MIB = len(xattn.STAGES) * 12 * 16 * 2048 ** 2 * 4 // 2 ** 20
+
 
 def answers(client: Client, default: models.Loaded) -> None:
     """The server still serves a real request after a bad one."""
@@ -115,6 +118,8 @@ def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, defa
 
 # Configs from the form or the API
 
+# A trace of 12 layers × 16 heads × 2048² float32 cells for every stage.
+
 
 @pytest.mark.parametrize("changes, message", [
     ({"depth": 0}, "depth must be a whole number from 1 to 12; got 0"),
@@ -122,8 +127,8 @@ def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, defa
     ({"dim": -64}, "dim must be a whole number from 8 to 512"),
     ({"max_len": 0}, "max_seq_len must be a whole number from 8 to 2,048"),
     ({"dim": 30, "heads": 4}, r"dim \(30\) must be a multiple of heads \(4\)"),
-    ({"depth": 12, "heads": 16, "dim": 512, "max_len": 2048}, r"a trace of 2048 tokens would take 24,576 MiB; "
-                                                               "the limit here is 1,024 MiB"),
+    ({"depth": 12, "heads": 16, "dim": 512, "max_len": 2048},
+     f"a trace of 2048 tokens would take {LARGEST_TRACE_MIB:,} MiB; the limit here is 1,024 MiB"),
     ({"selective": True, "causal": False}, "needs a causal model"),
     ({"seed": -1}, "seed must be a whole number from 0"),
     ({"position": "sinusoidal"}, "'sinusoidal' .* is not in the list of choices"),
@@ -140,7 +145,7 @@ def test_fresh_model_size_is_checked_before_it_is_built(monkeypatch: pytest.Monk
     def never(config: dict) -> None:
         raise AssertionError("xattn.build ran for a model over the budget")
     monkeypatch.setattr(xattn, "build", never)
-    with pytest.raises(xattn.limits.TooLarge, match="24,576 MiB"):
+    with pytest.raises(xattn.limits.TooLarge, match=f"{LARGEST_TRACE_MIB:,} MiB"):
         models.fresh(*fresh_args(depth=12, heads=16, dim=512, max_len=2048))
 
 

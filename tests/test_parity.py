@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 x_transformers = pytest.importorskip("x_transformers")
 
-MATCHING = {"scores_residual": "qk_similarities", "pre_softmax": "pre_softmax_attn", "attn": "post_softmax_attn"}
+MATCHING = xattn.stages.X_TRANSFORMERS_FIELDS
 
 CASES = [
     ("Encoder", {}), ("Encoder", {"residual_attn": True}), ("Encoder", {"rotary_pos_emb": True}),
@@ -120,9 +120,10 @@ def test_state_dict_and_config_route(tmp_path):
 
 
 @pytest.mark.parametrize("option,named", [
-    ({"attn_qk_norm": True}, "qk_norm"), ({"attn_num_mem_kv": 2}, "num_mem_kv"),
-    ({"rel_pos_bias": True}, "rel_pos_bias"), ({"attn_pre_talking_heads": True}, "talking_heads"),
-    ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"shift_tokens": 1}, "shift_tokens"),
+    ({"attn_laser": True}, "attn_laser"), ({"attn_hard": True}, "attn_hard"),
+    ({"polar_pos_emb": True}, "polar_pos_emb"),
+    ({"attn_use_cope": True, "attn_cope_soft_onehot_pos": True}, "attn_cope_soft_onehot_pos"),
+    ({"use_dynamic_tanh": True}, "DynamicTanh"), ({"attn_output_gate": True}, "attn_output_gate"),
 ])
 def test_unsupported_options_are_listed(option, named):
     reference = reference_model(tiny_config("Decoder", **option))
@@ -132,16 +133,16 @@ def test_unsupported_options_are_listed(option, named):
 
 
 def test_several_unsupported_options_listed_together():
-    reference = reference_model(tiny_config("Decoder", attn_qk_norm=True, use_dynamic_tanh=True))
+    reference = reference_model(tiny_config("Decoder", attn_laser=True, use_dynamic_tanh=True))
     with pytest.raises(ValueError) as err:
         xattn.from_x_transformers(reference)
-    assert "qk_norm" in str(err.value) and "DynamicTanh" in str(err.value)
+    assert "attn_laser" in str(err.value) and "DynamicTanh" in str(err.value)
 
 
 def test_unsupported_config_in_state_dict_route():
-    config = tiny_config("Decoder", attn_qk_norm=True)
+    config = tiny_config("Decoder", attn_laser=True)
     reference = reference_model(config)
-    with pytest.raises(ValueError, match="attn_qk_norm"):
+    with pytest.raises(ValueError, match="attn_laser"):
         xattn.from_x_transformers_state_dict(reference.state_dict(), config)
 
 

@@ -172,7 +172,7 @@ def test_trace_restricted_to_stages_and_layers(tiny_decoder, tokens):
     assert torch.equal(logits, logits_all)
     assert trace.nbytes() == 2 * 2 * 4 * 10 * 10 * 4
     with pytest.raises(ValueError, match="unknown stage"):
-        tiny_decoder.run_with_trace(tokens, stages=["softmax"])
+        tiny_decoder.run_with_trace(tokens, stages=["logits"])
     with pytest.raises(ValueError, match="out of range"):
         tiny_decoder.run_with_trace(tokens, layers=[3])
 

@@ -5,6 +5,7 @@ import base64
 import itertools
 import json
 import math
+import sys
 
 import numpy as np
 import plotly.graph_objects as go
@@ -294,7 +295,7 @@ def test_layer_similarity_is_jensen_shannon(trace):
 @pytest.mark.parametrize("call, message", [
     (lambda t: viz.heatmap(t, 3, 0), "layer 3"),
     (lambda t: viz.heatmap(t, 0, 4), "head 4"),
-    (lambda t: viz.heatmap(t, 0, 0, "softmax"), "unknown stage"),
+    (lambda t: viz.heatmap(t, 0, 0, "logits"), "unknown stage"),
     (lambda t: viz.heatmap(t, 0, 0, batch=2), "batch 2"),
     (lambda t: viz.query_row(t, 0, N), f"query {N}"),
     (lambda t: viz.grid(t, heads=[0, -1]), "head -1"),
@@ -342,6 +343,12 @@ def test_to_html_is_standalone(trace, tmp_path):
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium on this machine")
+def test_to_png_without_playwright_names_what_to_install(trace, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)     # an import of it now fails
+    with pytest.raises(RuntimeError, match="pip install playwright"):
+        viz.to_png(viz.mask_figure(trace), tmp_path / "x.png")
+
+
 def test_to_png(trace, tmp_path):
     fig = viz.mask_figure(trace)
     path = viz.to_png(fig, tmp_path / "mask.png", scale=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import OPTIONS, PLACES, LayersConfig, ModelConfig, changed_fields
 from .convert import HARMLESS_KWARGS
-from .stages import DESCRIPTIONS
+from .stages import DESCRIPTIONS, STAGES, X_TRANSFORMERS_FIELDS
 
 LABELS = {name: opt.label for name, _, opt in OPTIONS}
 # Options every line already states (kind, sizes) or that change nothing in eval mode.
@@ -33,8 +33,8 @@ def option_phrase(name: str, value: Any) -> str:
         return label
     if value is False:
         return f"no {label}"
-    if isinstance(value, (list, tuple)):
-        value = "".join(value)
+    if isinstance(value, (list, tuple)):   # a layer pattern 'aaf…', or one number per layer (shift_tokens)
+        value = "".join(map(str, value)) if all(isinstance(v, str) for v in value) else "/".join(map(str, value))
     return f"{label} {value}"
 
 
@@ -61,9 +61,17 @@ def options_table() -> str:
 
 
 def stages_table() -> str:
-    """The trace's stages in the order they are computed."""
-    return "\n".join(["| stage | what it holds |", "|---|---|"]
-                     + [f"| `{stage}` | {text} |" for stage, text in DESCRIPTIONS.items()])
+    """The README's table of the trace's stages, in the order they are computed, with the options that feed each."""
+    fed_by: dict[str, list[str]] = {stage: [] for stage in STAGES}
+    for name, _, opt in OPTIONS:
+        for stage in opt.stages:
+            fed_by[stage].append(f"`{name}`")
+    rows = ["| stage | what it holds | fed by | x-transformers field |", "|---|---|---|---|"]
+    for stage in STAGES:
+        field = X_TRANSFORMERS_FIELDS.get(stage)
+        rows.append(f"| `{stage}` | {DESCRIPTIONS[stage]} | {', '.join(fed_by[stage]) or '—'} | "
+                    f"{f'`{field}`' if field else '—'} |")
+    return "\n".join(rows)
 
 
 def x_transformers_unsupported() -> list[str]:
@@ -83,14 +91,20 @@ def x_transformers_unsupported() -> list[str]:
     return sorted(offered - supported)
 
 
+# The README's generated tables, by the name in their `<!-- NAME:start -->` … `<!-- NAME:end -->` markers.
+README_TABLES = {"options": options_table, "stages": stages_table}
+
+
 def write_readme(path: Path) -> None:
-    """Replace the options table between README's `<!-- options:start -->` and `<!-- options:end -->` markers."""
+    """Replace each generated table in the README between its markers."""
     text = path.read_text()
-    start, end = "<!-- options:start -->\n", "<!-- options:end -->"
-    if start not in text or end not in text:
-        raise ValueError(f"{path} has no {start.strip()} … {end} markers")
-    head, rest = text.split(start, 1)
-    path.write_text(head + start + options_table() + "\n" + end + rest.split(end, 1)[1])
+    for name, table in README_TABLES.items():
+        start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise ValueError(f"{path} has no {start.strip()} … {end} markers")
+        head, rest = text.split(start, 1)
+        text = head + start + table() + "\n" + end + rest.split(end, 1)[1]
+    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

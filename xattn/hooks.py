@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
@@ -28,12 +29,20 @@ def _registry() -> dict[int, list[HookFn]]:
 
 
 class HookPoint(nn.Module):
-    """An identity on a tensor that functions attached (in this thread) can read or replace."""
+    """An identity on a tensor that functions attached (in this thread) can read or replace.
 
-    def __init__(self, layer: int, stage: str) -> None:
+    `layer` counts the self-attention layers, or with `cross` the cross-attention layers, whose points are
+    named `cross_layers.{layer}.attn.hook_{stage}`.
+
+    `front`, when set, gives key columns the layer adds only later (an attention sink): attached functions
+    see them in front of the tensor, so every stage of a layer has the same key axis; edits to them are dropped.
+    """
+
+    def __init__(self, layer: int, stage: str, cross: bool = False) -> None:
         super().__init__()
-        self.layer, self.stage = layer, stage
-        self.name = f"layers.{layer}.attn.hook_{stage}"
+        self.layer, self.stage, self.cross = layer, stage, cross
+        self.name = f"{'cross_layers' if cross else 'layers'}.{layer}.attn.hook_{stage}"
+        self.front: Callable[[Tensor], Tensor] | None = None
 
     @property
     def fns(self) -> list[HookFn]:
@@ -45,14 +54,21 @@ class HookPoint(nn.Module):
         return bool(self.fns)
 
     def __call__(self, tensor: Tensor) -> Tensor:  # bypasses nn.Module's call machinery: near zero cost when idle
-        for fn in self.fns:
-            replaced = fn(tensor, self)
+        fns = self.fns
+        if not fns:
+            return tensor
+        shown = tensor if self.front is None else torch.cat((self.front(tensor), tensor), dim=-1)
+        current = shown
+        for fn in fns:
+            replaced = fn(current, self)
             if replaced is not None:
-                if replaced.shape != tensor.shape:
+                if replaced.shape != shown.shape:
                     raise ValueError(f"hook on {self.name} returned shape {tuple(replaced.shape)}, "
-                                     f"expected {tuple(tensor.shape)}")
-                tensor = replaced
-        return tensor
+                                     f"expected {tuple(shown.shape)}")
+                current = replaced
+        if current is shown:
+            return tensor
+        return current if self.front is None else current[..., shown.shape[-1] - tensor.shape[-1]:]
 
     def attach(self, fn: HookFn) -> None:
         _registry().setdefault(id(self), []).append(fn)

@@ -1,4 +1,5 @@
-"""Saving and loading xattn models: safetensors weights with the JSON config in the header. Never unpickles."""
+"""Saving and loading xattn models (TransformerWrapper or XTransformer): safetensors weights with the JSON config
+in the header. Never unpickles."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .config import ModelConfig
+from .config import EncDecConfig, ModelConfig, config_from_dict
 from .convert import from_x_transformers_state_dict, x_transformers_config
+from .encdec import XTransformer, build_any
 from .tokenizer import CharTokenizer
-from .wrapper import TransformerWrapper, build, load_state
+from .wrapper import TransformerWrapper, load_state
 
 CONFIG_KEY = "xattn_config"
 TOKENIZER_KEY = "xattn_tokenizer"
@@ -23,10 +26,25 @@ def config_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save(model: TransformerWrapper, path: str | os.PathLike, tokenizer: CharTokenizer | None = None) -> None:
+def tied_keys(model: nn.Module) -> dict[str, str]:
+    """{state-dict key: the key of the same tensor met first} for tied weights (XTransformer's tie_token_emb):
+    safetensors stores a tensor once, so these are left out on save and filled in on load."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
+
+
+def save(model: TransformerWrapper | XTransformer, path: str | os.PathLike,
+         tokenizer: CharTokenizer | None = None) -> None:
     """Weights to `path` with the config (and the tokenizer, if given) in the safetensors header; the config
     again as `path.json`, for people."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tied = tied_keys(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
     config = model.config.to_dict()
     metadata = {CONFIG_KEY: json.dumps(config, sort_keys=True)}
     if tokenizer is not None:
@@ -44,15 +62,15 @@ def header(path: str | os.PathLike) -> dict[str, str]:
         raise ValueError(f"{Path(path).name} is not a readable safetensors file ({err})") from None
 
 
-def read_config(path: str | os.PathLike) -> ModelConfig:
+def read_config(path: str | os.PathLike) -> ModelConfig | EncDecConfig:
     """The model config stored in a checkpoint's header, else in its JSON sidecar."""
     metadata = header(path)
     try:
         if CONFIG_KEY in metadata:
-            return ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+            return config_from_dict(json.loads(metadata[CONFIG_KEY]))
         sidecar = config_path(path)
         if sidecar.exists():
-            return ModelConfig.from_dict(json.loads(sidecar.read_text()))
+            return config_from_dict(json.loads(sidecar.read_text()))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"the config in {Path(path).name} is not readable JSON ({err})") from None
     raise ValueError(f"{Path(path).name} carries no xattn config and has no {config_path(path).name} beside it")
@@ -69,15 +87,17 @@ def read_tokenizer(path: str | os.PathLike) -> CharTokenizer | None:
         raise ValueError(f"the tokenizer in {Path(path).name} is not readable ({err})") from None
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TransformerWrapper:
-    """A model from a checkpoint written by `save`."""
-    model = build(read_config(path))
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TransformerWrapper | XTransformer:
+    """A model (either kind) from a checkpoint written by `save`."""
+    model = build_any(read_config(path))
     state = load_file(str(path), device=str(map_location))
+    state.update({key: state[first] for key, first in tied_keys(model).items() if first in state})
     load_state(model, state)
     return model.to(map_location).eval()
 
 
-def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> ModelConfig:
+def checkpoint_config(path: str | os.PathLike,
+                      config_path: str | os.PathLike | None = None) -> ModelConfig | EncDecConfig:
     """The config `load_checkpoint` would build from, read without building the model (to check sizes first).
     An x-transformers config is checked for options xattn lacks here, before any weight is read."""
     path = Path(path)
@@ -93,7 +113,8 @@ def checkpoint_config(path: str | os.PathLike, config_path: str | os.PathLike | 
     return x_transformers_config(data)
 
 
-def load_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None) -> TransformerWrapper:
+def load_checkpoint(path: str | os.PathLike,
+                    config_path: str | os.PathLike | None = None) -> TransformerWrapper | XTransformer:
     """An xattn checkpoint, or an x-transformers state dict plus its JSON constructor config.
 
     x-transformers weights may be safetensors or a torch file, which is read with

@@ -1,4 +1,4 @@
-"""The attention stack: blocks of self-attention and feed-forward in x-transformers' layer order.
+"""The attention stack: blocks of self-attention, cross-attention and feed-forward in x-transformers' layer order.
 
 Keyword arguments are x-transformers': `attn_` prefixed ones reach every `Attention`, `ff_` every
 `FeedForward` (see `xattn.config`); a keyword no option accepts raises a TypeError that names it.
@@ -9,12 +9,15 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies
+from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies, window_visible
 from .config import FeedForwardConfig, LayersConfig
+from .cross import check_context, cross_inputs
 from .norms import LayerNorm, make_norm
+from .positions import shared_position_bias, xpos_scale
 
 
 class FeedForward(nn.Module):
@@ -59,16 +62,35 @@ class Residual(nn.Module):
         return self.gru(rearrange(out, "b n d -> (b n) d"), rearrange(residual, "b n d -> (b n) d")).reshape_as(out)
 
 
+def shift_tokens(x: Tensor, shifts: tuple[int, ...], mask: Tensor | None = None) -> Tensor:
+    """Token shift (x-transformers' `ShiftTokens`): x [b, n, dim] is cut into feature chunks of dim // len(shifts);
+    chunk c moves shifts[c] positions along the sequence (+1: token t gets token t − 1's features, zeros come in
+    at the edge); chunks past len(shifts) (a remainder) stay. Before a move, padded tokens (mask [b, n] False)
+    are zeroed, so no token receives a padded token's features."""
+    n = x.shape[1]
+    chunks = list(x.split(x.shape[-1] // len(shifts), dim=-1))
+    for c, amount in enumerate(shifts):
+        if amount == 0:
+            continue
+        chunk = chunks[c] if mask is None else chunks[c].masked_fill(~rearrange(mask, "b n -> b n 1"), 0.0)
+        amount = max(min(amount, n), -n)
+        chunks[c] = F.pad(chunk, (0, 0, amount, -amount))      # pad one end, crop the other
+    return torch.cat(chunks, dim=-1)
+
+
 class Block(nn.Module):
     """One entry of the layer list: [norm] → branch (attention or feed-forward) → [branch norm] → residual
-    → [post norm]. Which norms exist is the config's choice: pre-norm, sandwich norm or post-norm."""
+    → [post norm]. Which norms exist is the config's choice: pre-norm, sandwich norm or post-norm. With
+    `shifts` (shift_tokens) the branch input is token-shifted first."""
 
-    def __init__(self, branch: nn.Module, config: LayersConfig, branch_scale: float = 1.0) -> None:
+    def __init__(self, branch: nn.Module, config: LayersConfig, branch_scale: float = 1.0,
+                 shifts: tuple[int, ...] = ()) -> None:
         super().__init__()
         norm = partial(make_norm, config.norm, config.dim)
         self.norm = norm() if config.pre_norm else None
         self.branch = branch
         self.branch_scale = branch_scale          # ½ for Macaron feed-forwards
+        self.shifts = shifts
         self.branch_norm = norm() if config.sandwich_norm else None
         self.residual = Residual(config.dim, config.scale_residual, config.gate_residual)
         self.post_norm = None if config.pre_norm else norm()
@@ -77,12 +99,18 @@ class Block(nn.Module):
     def is_attention(self) -> bool:
         return isinstance(self.branch, Attention)
 
-    def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None]:
-        """x [b, n, dim] → (x after this block, the attention's pre-softmax logits or None)."""
+    @property
+    def is_cross(self) -> bool:
+        return self.is_attention and self.branch.cross
+
+    def forward(self, x: Tensor, **attn_kwargs: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x [b, n, dim] → (x after this block, the attention's pre-softmax logits and values, or None, None)."""
         h = x if self.norm is None else self.norm(x)
-        logits = None
+        if self.shifts:   # as x-transformers, only attention zeroes padded tokens before shifting
+            h = shift_tokens(h, self.shifts, attn_kwargs.get("query_mask"))
+        logits = values = None
         if self.is_attention:
-            out, logits = self.branch(h, **attn_kwargs)
+            out, logits, values = self.branch(h, **attn_kwargs)
         else:
             out = self.branch(h)
         if self.branch_scale != 1.0:
@@ -90,7 +118,7 @@ class Block(nn.Module):
         if self.branch_norm is not None:
             out = self.branch_norm(out)
         x = self.residual(out, x)
-        return (x if self.post_norm is None else self.post_norm(x)), logits
+        return (x if self.post_norm is None else self.post_norm(x)), logits, values
 
 
 class AttentionLayers(nn.Module):
@@ -108,18 +136,23 @@ class AttentionLayers(nn.Module):
             config = LayersConfig.from_kwargs(type(self).__name__, **sizes, **kwargs)
         self.config = config
         self.dim, self.heads, self.causal = config.dim, config.heads, config.causal
-        self.residual_attn = config.residual_attn
+        self.residual_attn, self.add_value_residual = config.residual_attn, config.add_value_residual
         self.rotary_dim, self.alibi_heads = config.rotary_dim, config.alibi_heads
+        self.rel_pos = shared_position_bias(config)
         self.num_attn_layers = config.num_attn_layers
-        blocks, attention_index = [], 0
-        for kind in config.layer_types:
-            if kind == "a":
-                branch = Attention(config.dim, heads=config.heads, causal=config.causal, config=config.attn,
-                                   layer=attention_index)
-                attention_index += 1
-                blocks.append(Block(branch, config))
+        blocks, attention_index = [], {"a": 0, "c": 0}     # self- and cross-attention layers count apart
+        for kind, shifts in zip(config.layer_types, config.layer_shifts, strict=True):
+            if kind in attention_index:
+                value_mix = (kind == "a" and config.add_value_residual and config.learned_value_residual_mix
+                             and attention_index["a"] > 0)
+                branch = Attention(config.dim, heads=config.heads, causal=config.causal and kind == "a",
+                                   config=config.attn, layer=attention_index[kind], value_mix=value_mix,
+                                   cross=kind == "c")
+                attention_index[kind] += 1
+                blocks.append(Block(branch, config, shifts=shifts))
             else:
-                blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0))
+                blocks.append(Block(FeedForward(config.dim, config.ff), config, 0.5 if config.macaron else 1.0,
+                                    shifts=shifts))
         self.layers = nn.ModuleList(blocks)
         self.final_norm = make_norm(config.norm, config.dim) if config.pre_norm else None
 
@@ -130,16 +163,27 @@ class AttentionLayers(nn.Module):
 
     @property
     def attention(self) -> list[Attention]:
-        """The attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
-        return [block.branch for block in self.layers if block.is_attention]
+        """The self-attention modules, in order: `attention[i]` owns the hook points `layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_attention and not block.is_cross]
+
+    @property
+    def cross_attention(self) -> list[Attention]:
+        """The cross-attention modules: `cross_attention[i]` owns the hook points `cross_layers.{i}.attn.*`."""
+        return [block.branch for block in self.layers if block.is_cross]
 
     @property
     def selective(self) -> bool:
         return self.config.selective
 
+    @property
+    def key_extras(self) -> list[str]:
+        """Names of the key columns every attention layer puts in front of the tokens (sink, zero, memory)."""
+        return self.config.attn.key_extras
+
     def visible_mask(self, batch: int, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
                      device: torch.device | None = None) -> Tensor | None:
-        """[b|1, 1, i, j] True where key j is visible to query i: padding, custom and causal masks combined.
+        """[b|1, 1, i, j] True where key j is visible to query i: padding, custom, window (attn_max_attend_past)
+        and causal masks combined.
 
         mask [b, n]: key padding, True = a real token. attn_mask [i, j] or [b, i, j]: True = may attend.
         Returns None when nothing is masked.
@@ -156,6 +200,8 @@ class AttentionLayers(nn.Module):
                 raise ValueError(f"attn_mask must be a boolean tensor of shape [seq, seq] or [batch, seq, seq] "
                                  f"with seq = {n}, batch = {batch}; got {attn_mask.dtype} {tuple(attn_mask.shape)}")
             parts.append(attn_mask.view(-1, 1, n, n))
+        if self.config.attn.max_attend_past is not None:
+            parts.append(window_visible(n, self.config.attn.max_attend_past, device)[None, None])
         if self.causal:
             parts.append(causal_visible(n, device)[None, None])
         if not parts:
@@ -165,22 +211,42 @@ class AttentionLayers(nn.Module):
             visible = visible & part
         return visible
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j]."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j].
+        context [b, m, dim]: what the cross-attention layers read (given iff cross_attend); context_mask [b, m]
+        pads its positions."""
         b, n, _ = x.shape
+        check_context(self.config, b, context, context_mask)
+        cross = None if context is None else cross_inputs(context, context_mask, mask)
         visible = self.visible_mask(b, n, mask, attn_mask, x.device)
         fully_masked = None if visible is None else ~visible.any(dim=-1)
         if fully_masked is not None and not fully_masked.any():
             fully_masked = None
-        rotary = rotary_frequencies(n, self.rotary_dim, device=x.device) if self.rotary_dim else None
+        config = self.config
+        rotary = xpos = None
+        if self.rotary_dim:
+            rotary = rotary_frequencies(n, self.rotary_dim, config.rotary_base, config.rotary_interpolation_factor,
+                                        device=x.device)
+        if config.rotary_xpos:
+            xpos = xpos_scale(n, self.rotary_dim, config.rotary_xpos_scale_base, x.device)
         bias = alibi_bias(n, self.alibi_heads, self.heads, x.device).to(x.dtype) if self.alibi_heads else None
+        if self.rel_pos is not None:
+            bias = self.rel_pos(n, n)
 
-        prev_logits = None
+        prev_logits = prev_cross = value_residual = None   # residual attention chains self and cross apart
         for block in self.layers:
-            x, logits = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
-                              bias=bias, prev_logits=prev_logits) if block.is_attention else block(x)
+            if block.is_cross:
+                x, logits, _ = block(x, **cross, prev_logits=prev_cross)
+                prev_cross = logits if self.config.cross_residual_attn else None
+                continue
+            x, logits, values = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
+                                      xpos=xpos, bias=bias, prev_logits=prev_logits, value_residual=value_residual) \
+                if block.is_attention else block(x)
             if logits is not None and self.residual_attn:
                 prev_logits = logits
+            if values is not None and self.add_value_residual and value_residual is None:
+                value_residual = values        # the first attention layer's values (ResFormer)
         return x if self.final_norm is None else self.final_norm(x)
 
 

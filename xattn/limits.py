@@ -27,9 +27,12 @@ def parameter_count(config: ModelConfig) -> int:
 
 def trace_bytes(config: ModelConfig, batch: int, n: int, stages: Sequence[str] | None = None,
                 layers: Sequence[int] | None = None) -> int:
-    """Upper bound on the bytes a trace of `n` tokens holds: stages × layers × batch × heads × n²."""
+    """Upper bound on the bytes a trace of `n` tokens holds: stages × layers × batch × heads × queries × keys
+    (n counting memory tokens; the keys also count the extra key columns in front)."""
     depth = config.attn_layers.num_attn_layers if layers is None else len(layers)
-    return len(check_stages(stages)) * depth * batch * config.attn_layers.heads * n * n * BYTES_PER_VALUE
+    n += config.num_memory_tokens
+    keys = n + len(config.attn_layers.attn.key_extras)
+    return len(check_stages(stages)) * depth * batch * config.attn_layers.heads * n * keys * BYTES_PER_VALUE
 
 
 def check(config: ModelConfig | dict[str, Any], *, max_parameters: int, max_trace_bytes: int, batch: int = 1,

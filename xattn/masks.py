@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .attention import causal_visible
+from .attention import causal_visible, window_visible
 
 
 def no_mask(n: int) -> Tensor:
@@ -64,9 +64,14 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
 
-    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only).
+    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only),
+    `window` hides keys more than attn_max_attend_past positions back. A model with memory tokens sees them in
+    front: the maps then cover M + n positions, as its trace does.
     """
     layers = getattr(model, "attn_layers", model)
+    if getattr(model, "num_memory_tokens", 0):
+        mask, attn_mask = model.layer_masks(mask, attn_mask)
+        n += model.num_memory_tokens
     batch = 1
     if mask is not None:
         batch = mask.shape[0]
@@ -74,9 +79,11 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
         batch = attn_mask.shape[0]
     full = torch.ones(batch, n, n, dtype=torch.bool)
     effective = layers.visible_mask(batch, n, mask, attn_mask)
+    window = layers.config.attn.max_attend_past
     return {
         "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
         "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
         "causal": causal_visible(n).expand(batch, n, n) if layers.causal else full,
+        "window": full if window is None else window_visible(n, window).expand(batch, n, n),
         "effective": full if effective is None else effective[:, 0].expand(batch, n, n),
     }

@@ -2,13 +2,20 @@
 
 `trace[stage]` is a float tensor [layers, batch, heads, query, key] holding exactly what the model
 computed (masked cells keep the fill value −finfo.max, so numbers compare with x-transformers);
-`trace.drawable(stage)` is the same with masked cells as NaN, for drawing.
+`trace.drawable(stage)` is the same with masked cells as NaN, for drawing. The key axis starts with the
+attention layers' extra key columns (`trace.key_extras`: sink, zero key, memory key/values), visible to
+every query, then the keys proper.
+
+A model that cross-attends also has `trace.cross`: a Trace of its cross-attention layers, whose keys are
+the context's positions ([cross layers, batch, heads, decoder token, context position], its own `visible`
+and `key_labels`); an encoder–decoder's trace has `trace.encoder`, the encoder's self-attention.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,11 +58,16 @@ class Trace:
     """Recorded stages. `layers[k]` is the model layer that `trace[stage][k]` came from."""
 
     stages: StackedStages
-    visible: Tensor                      # [batch, query, key] bool, True = the key is visible
-    tokens: Tensor                       # [batch, seq]
+    visible: Tensor                      # [batch, query, key] bool, True = the key is visible (memory tokens first)
+    tokens: Tensor                       # [batch, seq] (memory tokens are not tokens: see `memory_tokens`)
     layers: list[int]
     config: ModelConfig
     labels: list[list[str]] | None = None  # token strings per batch row, for axes
+    is_cross: bool = False                 # a cross-attention trace: keys are context positions, not the tokens
+    key_labels: list[list[str]] | None = None  # cross-attention: labels of the context positions per batch row
+    cross: Trace | None = None             # a cross-attending model's cross-attention layers
+    encoder: Trace | None = None           # an encoder–decoder's encoder (self-attention of the source)
+    key_extras: list[str] = field(default_factory=list)  # names of the extra key columns in front
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, stage: str) -> Tensor:
@@ -65,6 +77,12 @@ class Trace:
 
     def __contains__(self, stage: str) -> bool:
         return stage in self.stages
+
+    @property
+    def memory_tokens(self) -> int:
+        """How many learned memory tokens stand in front of the tokens on the query and key axes
+        (`num_memory_tokens`): axis position M + t is token t."""
+        return self.config.num_memory_tokens
 
     @property
     def fully_masked(self) -> Tensor:
@@ -117,8 +135,9 @@ class Trace:
 
 @contextmanager
 def recording(model: nn.Module, stages: Sequence[str] | None = None,
-              layers: Sequence[int] | None = None) -> Iterator[dict[str, dict[int, Tensor]]]:
-    """Attach hooks that keep (by reference, no copy) each chosen stage of each chosen layer.
+              layers: Sequence[int] | None = None, cross: bool = False) -> Iterator[dict[str, dict[int, Tensor]]]:
+    """Attach hooks that keep (by reference, no copy) each chosen stage of each chosen layer, of the
+    self-attention layers or, with `cross`, of the cross-attention layers.
 
     Yields {stage: {layer: tensor [b, h, i, j]}}, filled as the model runs inside the block.
     """
@@ -130,17 +149,19 @@ def recording(model: nn.Module, stages: Sequence[str] | None = None,
         kept[hook.stage][hook.layer] = tensor.detach()
 
     names = {name for name, p in hook_points(model).items()
-             if p.stage in chosen and (wanted is None or p.layer in wanted)}
-    with attached(model, [(names.__contains__, keep)]):
+             if p.cross == cross and p.stage in chosen and (wanted is None or p.layer in wanted)}
+    with attached(model, [(names.__contains__, keep)] if names else []):
         yield kept
 
 
 def build_trace(kept: dict[str, dict[int, Tensor]], visible: Tensor, tokens: Tensor,
-                config: ModelConfig, labels: list[list[str]] | None = None) -> Trace:
-    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read."""
+                config: ModelConfig, labels: list[list[str]] | None = None, **fields: Any) -> Trace:
+    """A Trace over per-layer records, stacked into [layers, b, h, i, j] when read (no stage without a layer).
+    `fields`: key_extras and the cross-attention ones (is_cross, key_labels, cross, encoder)."""
     layers = sorted(next(iter(kept.values())).keys()) if kept else []
-    stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()})
-    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels)
+    stages = StackedStages({s: [per_layer[layer] for layer in layers] for s, per_layer in kept.items()} if layers
+                           else {})
+    return Trace(stages=stages, visible=visible, tokens=tokens, layers=layers, config=config, labels=labels, **fields)
 
 
 __all__ = ["Trace", "recording", "build_trace", "STAGES"]

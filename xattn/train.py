@@ -39,7 +39,12 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "residual": {"residual_attn": True},
     "selective": {"attn_selective": True},
     "both": {"residual_attn": True, "attn_selective": True},
+    # Options whose stages a figure shows side by side: T5 bias, pre-softmax talking heads, soft-capping, a sink.
+    "showcase": {"rel_pos_bias": True, "attn_pre_talking_heads": True, "attn_softclamp_logits": True,
+                 "attn_logit_softclamp_value": 10.0, "attn_head_learned_sink": True, "use_rmsnorm": True},
 }
+# The variants bundled for every task and compared in the README (the showcase is trained only for a figure).
+COMPARED_VARIANTS = ("baseline", "residual", "selective", "both")
 
 
 @dataclass
@@ -128,6 +133,7 @@ def notable_heads(model: TransformerWrapper, task: Task, top: int = 2) -> list[d
     attn = trace["attn"]                                             # [layers, b, heads, i, j]
     pairs = [(row, q, k) for row, s in enumerate(samples) for q, k in task.attention_targets(s)]
     rows, queries, keys = (torch.tensor(x) for x in zip(*pairs, strict=True))
+    queries, keys = queries + trace.memory_tokens, keys + trace.memory_tokens    # memory tokens come first
     score = attn[:, rows, :, queries, keys].mean(dim=0).flatten()    # [layers × heads]
     heads = attn.shape[2]
     return [{"layer": i // heads, "head": i % heads, "attention_on_predicted_key": round(float(score[i]), 3),

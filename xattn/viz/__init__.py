@@ -11,6 +11,7 @@ from .figures import (
     grid,
     heatmap,
     js_divergence,
+    key_labels,
     layer_similarity,
     mask_breakdown,
     mask_figure,
@@ -26,6 +27,6 @@ from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
 __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
-    "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region", "SCREEN",
-    "pool_figure",
+    "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
+    "SCREEN", "pool_figure",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from safetensors.torch import save_file
 
 from ..trace import Trace
 
@@ -36,7 +37,11 @@ def to_png(fig: go.Figure, path: str | os.PathLike, *, scale: float = 2.0) -> Pa
     if browser is None:
         raise RuntimeError("to_png needs a Chromium browser: install one (e.g. `apt install chromium`) or point "
                            "XATTN_CHROMIUM at a Chrome/Chromium executable; to_html works without one")
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright  # optional: only PNG export needs it
+    except ImportError:
+        raise RuntimeError("to_png needs the playwright package: `pip install playwright` (it drives the system "
+                           "Chromium; no browser download is needed); to_html works without it") from None
 
     width, height = fig.layout.width or 900, fig.layout.height or 600
     html = fig.to_html(include_plotlyjs=True, full_html=True, div_id="figure")
@@ -62,16 +67,17 @@ def trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
 
 
 def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
-    """Write the trace's tensors to `.npz` (compressed) or `.safetensors`, chosen by suffix. Labels and the
-    model config go along (as arrays in .npz, as JSON header metadata in .safetensors)."""
+    """Write the trace's tensors to `.npz` (compressed) or `.safetensors`, chosen by suffix. Labels, the
+    model config and the extra key columns' names go along (as arrays in .npz, as JSON header metadata in
+    .safetensors)."""
     path = Path(path)
     tensors = trace_tensors(trace)
-    meta = {"config": json.dumps(trace.config.to_dict(), sort_keys=True), "labels": json.dumps(trace.labels)}
+    meta = {"config": json.dumps(trace.config.to_dict(), sort_keys=True), "labels": json.dumps(trace.labels),
+            "key_extras": json.dumps(trace.key_extras)}
     if path.suffix == ".npz":
         arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in tensors.items()}
         np.savez_compressed(path, **arrays, **{k: np.array(v) for k, v in meta.items()})
     elif path.suffix == ".safetensors":
-        from safetensors.torch import save_file
         save_file(tensors, str(path), metadata=meta)
     else:
         raise ValueError(f"save_trace writes .npz or .safetensors files, not {path.suffix or 'no suffix'!r}")

@@ -1,4 +1,6 @@
 """Trace → plotly figures. Queries run down the rows, keys along the columns; masked cells are grey.
+A cross-attention trace (`trace.cross`) has decoder tokens down the rows and context (encoder) tokens along
+the columns. Key axes start with the extra key columns (sink, zero key, memory key/values), named as such.
 
 Heatmap values travel as one-byte codes (see payload.py) on a colour axis whose colour bar is
 labelled in real values; focused single-head views also carry the exact float32 values for hover.
@@ -14,7 +16,6 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..config import ModelConfig
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -77,15 +78,34 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
 
 
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels."""
+    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels.
+    Memory tokens in front are 'mem 0', 'mem 1' …"""
     _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
     tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
-    return [f"{token}·{i}" for i, token in enumerate(tokens)]
+    memory = [f"mem {m}" for m in range(trace.memory_tokens)]
+    return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
 
 
-def _flags(config: ModelConfig) -> tuple[bool, bool]:
-    """(residual attention on, selective attention on) from a trace's model config."""
-    return config.attn_layers.residual_attn, config.attn_layers.selective
+def key_labels(trace: Trace, batch: int = 0) -> list[str]:
+    """Column labels: the names of the extra key columns in front (`trace.key_extras`), then the tokens' for
+    self-attention, or for cross-attention the context positions', 'label·j' (from `trace.key_labels`, else 'ctx·j')."""
+    if not trace.is_cross:
+        return [*trace.key_extras, *token_labels(trace, batch)]
+    _check_index("batch", batch, trace.visible.shape[0], "batch rows")
+    keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * (trace.visible.shape[-1] - len(trace.key_extras))
+    return [*trace.key_extras, *(f"{key}·{j}" for j, key in enumerate(keys))]
+
+
+def axis_titles(trace: Trace) -> tuple[str, str]:
+    """(x, y) axis titles of a query × key panel."""
+    return ("context (encoder) token", "decoder token") if trace.is_cross else ("key", "query")
+
+
+def _flags(trace: Trace) -> tuple[bool, bool]:
+    """(residual attention on, selective attention on) in a trace's layers, from its model config; cross-attention
+    layers chain their logits by cross_residual_attn and are never selective."""
+    layers = trace.config.attn_layers
+    return (layers.cross_residual_attn, False) if trace.is_cross else (layers.residual_attn, layers.selective)
 
 
 # building blocks
@@ -112,12 +132,14 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
-             factor: int = 1, exact: bool = False, name: str = "value", where: str = "") -> go.Heatmap:
+             factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
+             keys: list[str] | None = None) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes at full resolution, positions
-    when pooled; with `exact` the float32 values ride along as customdata for hover."""
+    category codes when there is no scale. Token labels on the axes at full resolution (`keys` along x
+    when they are not the queries), positions when pooled; with `exact` the float32 values ride along as
+    customdata for hover."""
     if labels is not None and factor == 1:
-        axes = dict(x=labels, y=labels)
+        axes = dict(x=labels if keys is None else keys, y=labels)
     else:
         axes = dict(x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2, dy=factor)
     position = ("query %{y}<br>key %{x}" if factor == 1
@@ -161,19 +183,21 @@ def _pool_note(factor: int) -> str:
 
 
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
-             main: str, notes: list[str]) -> tuple[go.Figure, int]:
-    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens.
+             main: str, notes: list[str], keys: list[str] | None = None,
+             titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
+    """One query × key panel with exact hover values, pooled beyond FULL_RESOLUTION tokens; `keys` label
+    the columns when they are not the queries, `titles` name the (x, y) axes.
     Returns the figure and the pooling factor."""
-    factor = math.ceil(values.shape[-1] / FULL_RESOLUTION)
+    factor = math.ceil(max(values.shape[-2:]) / FULL_RESOLUTION)
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
-                             name=style.name))
+                             name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(main, notes + [_pool_note(factor)]),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title="key", constrain="domain"),
-                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"))
+                      xaxis=dict(title=titles[0], constrain="domain"),
+                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -183,11 +207,14 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
 
 def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
-    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens."""
+    fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
+    kind = "cross-attention layer" if trace.is_cross else "layer"
     fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · layer {layer} · head {head}", [DESCRIPTIONS[stage]])
+                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
 
@@ -239,17 +266,17 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     if not chosen:
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
-    factor = 1 if max_cells is None else pool_factor(trace.visible.shape[-1], 1, max_cells)
+    factor = 1 if max_cells is None else pool_factor(max(trace.visible.shape[-2:]), 1, max_cells)
     values = {s: max_pool(v, factor, signed=STAGE_STYLE[s].diverging) for s, v in values.items()}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
-    residual, selective = _flags(trace.config)
+    residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
-               "pre_softmax": "" if selective else " (selective attention off)",
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
+    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
     groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
@@ -266,12 +293,12 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name, factor=factor), row=1, col=column)
+                                   name=STAGE_STYLE[stage].name, keys=keys, factor=factor), row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="key")
-    fig.update_yaxes(title_text="query", col=1)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
@@ -292,18 +319,18 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
         raise ValueError(f"the traces differ in length ({va.shape[-1]} vs {vb.shape[-1]} tokens); "
                          f"diff needs inputs of equal length")
     delta = va - vb
-    labels = token_labels(a, batch)
+    labels, keys = token_labels(a, batch), key_labels(a, batch)
     source = "" if b is a else " (b: other trace)"
     main = f"Δ = {STAGE_STYLE[stage].name} − {STAGE_STYLE[stage_b].name}{source} · layer {layer} · head {head}"
     magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
     top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
     rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
-    biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {labels[cols[0]]} (circled)"
+    biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {keys[cols[0]]} (circled)"
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
-    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest])
-    place = (lambda k: labels[k]) if factor == 1 else (lambda k: k)
-    fig.add_trace(go.Scatter(x=[place(c) for c in cols], y=[place(r) for r in rows], mode="markers",
+    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
+    fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
+                             y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
                              marker=dict(symbol="circle-open", size=16, color="black", line=dict(width=2)),
                              hovertemplate="query %{y}<br>key %{x}<br>Δ: %{customdata:.4g}<extra>large change</extra>"))
@@ -319,8 +346,8 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
     pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
     state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
-    _, selective = _flags(trace.config)
-    labels = token_labels(trace, batch)
+    _, selective = _flags(trace)
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
         "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
         f"{STAGE_STYLE['selection'].name}<br><sup>summed gate of earlier queries, subtracted from every head</sup>",
@@ -330,10 +357,10 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
                                       title="gate logits" if column == 1 else None)
-        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name),
+        fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
-    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels), row=1, col=3)
+    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
@@ -353,14 +380,14 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     """Where does one token look? Its row of `stage` over the keys, one bar per head."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
-    style, labels = STAGE_STYLE[stage], token_labels(trace, batch)
+    style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=labels, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                             hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                      for h in range(row.shape[0])])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
+                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
                           DESCRIPTIONS[stage],
                           f"{masked} masked keys have no bar" if masked else "",
@@ -382,10 +409,12 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
     key): each head against the same head in the next traced layer — the RealFormer view — and each
-    head against the other heads of its layer."""
-    _check_stage(trace, "attn")
+    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
+    post-softmax talking heads mix `attn`), or `attn` in a trace without it."""
+    stage = "post_softmax" if "post_softmax" in trace else "attn"
+    _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    p = np.nan_to_num(trace.drawable("attn")[:, batch].double().cpu().numpy())   # [layer, head, query, key]
+    p = np.nan_to_num(trace.drawable(stage)[:, batch].double().cpu().numpy())    # [layer, head, query, key]
     rows = ~trace.fully_masked[batch].cpu().numpy()
     heads = p.shape[1]
     across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
@@ -402,7 +431,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
-    residual, _ = _flags(trace.config)
+    residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
@@ -422,14 +451,13 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
     fully_masked = trace.fully_masked[batch].cpu().numpy()
     state = np.where(visible, 0, np.where(fully_masked[:, None], 2, 1)).astype(np.uint8)
     labels = token_labels(trace, batch)
-    n = visible.shape[0]
     hidden = [labels[i] for i in np.flatnonzero(fully_masked)]
-    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels))
+    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch)))
     fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title(f"Effective mask · batch row {batch}", [
-                          f"{int(visible.sum())} of {n * n} (query, key) pairs visible",
+                          f"{int(visible.sum())} of {visible.size} (query, key) pairs visible",
                           f"{len(hidden)} fully masked queries: "
                           f"{', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))
@@ -439,7 +467,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
 
 def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *, batch: int = 0) -> go.Figure:
     """What each mask removes: every hidden (query, key) cell coloured by the first mask that hides it
-    (padding, then custom, then causal). `parts` is `xattn.masks.breakdown(...)`."""
+    (padding, then custom, then causal, then the attn_max_attend_past window). `parts` is
+    `xattn.masks.breakdown(...)`."""
     _check_index("batch", batch, parts["effective"].shape[0], "batch rows")
     hidden = np.stack([~parts[name][batch].cpu().numpy() for name in REMOVER_COLORS])
     code = np.where(hidden.any(0), hidden.argmax(0) + 1, 0).astype(np.uint8)

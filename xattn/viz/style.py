@@ -28,11 +28,21 @@ STAGE_STYLE: dict[str, StageStyle] = {
     "scores": StageStyle("Scores", LOGITS, diverging=True, adds="q·kᵀ/√d of this layer"),
     "residual": StageStyle("Residual", LOGITS, diverging=True, adds="previous layer's logits, carried in"),
     "scores_residual": StageStyle("Scores + residual", LOGITS, diverging=True, adds="+ previous layer's logits"),
-    "biased": StageStyle("Biased", LOGITS, diverging=True, adds="+ position bias (ALiBi)"),
-    "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom and causal masks applied"),
+    "talking_heads_pre": StageStyle("Talking heads (pre-softmax)", LOGITS, diverging=True,
+                                    adds="+ a learned mix of the heads"),
+    "position_bias": StageStyle("Position bias", LOGITS, diverging=True,
+                                adds="the position bias alone (ALiBi, T5, dynamic, data-dependent)"),
+    "biased": StageStyle("Biased", LOGITS, diverging=True, adds="+ position bias"),
+    "softclamped": StageStyle("Soft-capped", LOGITS, diverging=True, adds="v·tanh(logit / v)"),
+    "magnitude": StageStyle("Magnitude", LOGITS, diverging=True, adds="|logit| (Cog: signs return after softmax)"),
+    "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom, window and causal masks applied"),
+    "cope": StageStyle("CoPE position logits", "PRGn", diverging=True, adds="q · embedding of a gate-counted position"),
     "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head"),
-    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="− selective penalty F"),
-    "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+    "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="+ CoPE, − penalty F, + sink"),
+    "topk": StageStyle("Top-k", LOGITS, diverging=True, adds="all but each query's k largest logits masked"),
+    "post_softmax": StageStyle("Post-softmax", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+    "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0),
+                       adds="softmax, then any post-softmax mix"),
 }
 assert set(STAGE_STYLE) == set(STAGES)
 
@@ -40,7 +50,8 @@ DIFF_STYLE = StageStyle("Δ", "PiYG_r", diverging=True, adds="a − b")
 DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples")
 MASKED_COLOR = "#c9c9c9"
 MASK_COLORS = {"visible": "#4575b4", "masked": MASKED_COLOR, "fully masked query": "#d73027"}
-REMOVER_COLORS = {"padding": "#fdae61", "custom": "#9467bd", "causal": MASKED_COLOR}   # in the order they are checked
+REMOVER_COLORS = {"padding": "#fdae61", "custom": "#9467bd", "causal": MASKED_COLOR,    # in the order they are checked
+                  "window": "#80cdc1"}
 PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_COLOR}
 FLAG_COLOR = "#d73027"    # outline of fully masked query rows
 HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
