@@ -22,8 +22,12 @@ const ready = () => new Promise(resolve => {
   wait();
 });
 const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
-const labels = () => info.labels || [];
+const labels = () => info.labels || [];                     // the queries' (rows')
+const keys = () => info.keys || labels();                    // the keys' (columns'): extra keys, context tokens
 const label = k => (labels()[k] !== undefined ? labels()[k] : String(k));
+const keyLabel = k => (keys()[k] !== undefined ? keys()[k] : String(k));
+const rows = () => info.n || labels().length || 1;
+const cols = () => info.n_keys || keys().length || rows();
 const position = v => (typeof v === 'number' ? Math.round(v) : parseInt(String(v).split('\u00b7').pop(), 10));
 const fmt = v => (v === null || v === undefined || Number.isNaN(v) ? 'masked'
                   : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4));
@@ -76,11 +80,11 @@ function headCell(q, k) {
 
 function describe(t, cell) {
   const m = t.meta || {};
-  const span = (a, b) => (a === b ? label(a) : `${a}\u2013${b} (${label(a)} \u2026 ${label(b)})`);
+  const span = (a, b, name) => (a === b ? name(a) : `${a}\u2013${b} (${name(a)} \u2026 ${name(b)})`);
   const block = cell.q1 > cell.q0 ? ` <i>(peak of a ${cell.q1 - cell.q0 + 1}\u00d7${cell.k1 - cell.k0 + 1} block)</i>` : '';
   const where = m.layer !== undefined ? `layer ${m.layer} \u00b7 head ${m.head}<br>` : '';
   const name = m.name || 'value';
-  return `${where}query ${span(cell.q0, cell.q1)}<br>key ${span(cell.k0, cell.k1)}<br>` +
+  return `${where}query ${span(cell.q0, cell.q1, label)}<br>key ${span(cell.k0, cell.k1, keyLabel)}<br>` +
          `<b>${name}: ${fmt(valueOf(t, cell))}</b>${block}`;
 }
 
@@ -125,7 +129,7 @@ function marks() {
                   line: {color: '#ff2d95', width: 1.5, dash: 'dot'}, name: 'xattn-mark'});
     }
   }
-  if (role === 'row' && key !== null && key !== undefined && key < labels().length)
+  if (role === 'row' && key !== null && key !== undefined && key < cols())
     out.push({type: 'rect', xref: 'x', x0: key - 0.5, x1: key + 0.5, yref: 'y domain', y0: 0, y1: 1,
               fillcolor: '#ff2d95', opacity: 0.12, line: {width: 0}, layer: 'below', name: 'xattn-mark'});
   return out;
@@ -148,26 +152,28 @@ function stamp() {
 
 // ---- tick labels: token labels once few tokens are visible
 
-function visible(n) {
-  const fl = plot._fullLayout;
+function visible() {
+  // [i0, i1, j0, j1]: the query rows and key columns the axes show now
+  const fl = plot._fullLayout, n = rows(), m = cols();
   const [a, b] = fl.xaxis.range, [c, d] = fl.yaxis.range;
-  const j0 = clamp(Math.floor(Math.min(a, b) + 0.5), 0, n), j1 = clamp(Math.ceil(Math.max(a, b) + 0.5), 0, n);
+  const j0 = clamp(Math.floor(Math.min(a, b) + 0.5), 0, m), j1 = clamp(Math.ceil(Math.max(a, b) + 0.5), 0, m);
   const i0 = clamp(Math.floor(Math.min(c, d) + 0.5), 0, n), i1 = clamp(Math.ceil(Math.max(c, d) + 0.5), 0, n);
   return [i0, i1, j0, j1];
 }
 
 async function relabel() {
   if (role !== 'head' || !info.n) return;
-  const [i0, i1, j0, j1] = visible(info.n);
+  const [i0, i1, j0, j1] = visible();
   const fl = plot._fullLayout;
-  const ticks = (a, b, px) => {
+  const ticks = (a, b, px, name) => {
     if (b - a > 64 || b <= a) return {tickmode: 'auto', tickvals: null, ticktext: null};
     const every = Math.max(1, Math.ceil((b - a) / Math.max(1, Math.floor(px / 15))));   // labels 15 px apart
     const vals = [];
     for (let v = a; v < b; v += every) vals.push(v);
-    return {tickmode: 'array', tickvals: vals, ticktext: vals.map(v => label(v))};
+    return {tickmode: 'array', tickvals: vals, ticktext: vals.map(name)};
   };
-  const update = {}, want = {xaxis: ticks(j0, j1, fl.xaxis._length), yaxis: ticks(i0, i1, fl.yaxis._length)};
+  const update = {}, want = {xaxis: ticks(j0, j1, fl.xaxis._length, keyLabel),
+                             yaxis: ticks(i0, i1, fl.yaxis._length, label)};
   for (const axis of ['xaxis', 'yaxis']) {
     const now = plot.layout[axis] || {};
     if (now.tickmode !== want[axis].tickmode || JSON.stringify(now.tickvals || null) !== JSON.stringify(want[axis].tickvals))
@@ -194,9 +200,9 @@ async function dropDetail() {
 
 async function zoomed() {
   if (role !== 'head' || !info.n) return;
-  const [i0, i1, j0, j1] = visible(info.n);
+  const [i0, i1, j0, j1] = visible();
   if (i1 <= i0 || j1 <= j0) return;
-  if (i0 === 0 && j0 === 0 && i1 === info.n && j1 === info.n) { await dropDetail(); return; }
+  if (i0 === 0 && j0 === 0 && i1 === rows() && j1 === cols()) { await dropDetail(); return; }
   if ((info.factor || 1) === 1) return;                      // the first view is already at full resolution
   const px = Math.round(clamp(plot._fullLayout._size.w, 64, 1024));
   const need = factorFor(i1 - i0, j1 - j0, px * px);
@@ -229,9 +235,9 @@ async function draw() {
     if (t.type === 'heatmap') { t.hoverinfo = 'none'; delete t.hovertemplate; }
   }
   const layout = Object.assign({}, fig.layout, {autosize: true, width: undefined});
-  const region = meta.region || [0, meta.n, 0, meta.n];
+  const width = meta.n_keys || meta.n, region = meta.region || [0, meta.n, 0, width];
   const isDetail = role === 'head' && meta.n && !(region[0] === 0 && region[2] === 0 && region[1] === meta.n
-                                                   && region[3] === meta.n);
+                                                   && region[3] === width);
   if (isDetail) {
     // a zoomed-in region: lay it over the pooled first view of the same head, keeping the user's zoom
     if (!plot._fullLayout || meta.key !== info.key) return;  // the head shown has changed since: stale
@@ -277,8 +283,7 @@ function wire() {
     let q, k, t = p.fullData;
     if (role === 'head') [q, k] = pointer(ev.event);
     else { const cell = cellOf(t, p.pointNumber[0], p.pointNumber[1]); q = cell.q0; k = cell.k0; }
-    const n = labels().length || info.n || 1;
-    q = clamp(q, 0, n - 1); k = clamp(k, 0, n - 1);
+    q = clamp(q, 0, rows() - 1); k = clamp(k, 0, cols() - 1);
     const m = t.meta || {};
     X.key = k;
     X.bus.dispatchEvent(new Event('key'));

@@ -127,8 +127,8 @@ def _name_traces(fig: go.Figure, name_of: Any) -> None:
             trace.meta = {**(trace.meta or {}), **name_of(trace)}
 
 
-def tag_grid(fig: go.Figure, *, layers: list[int], heads: list[int], stage: str, labels: list[str], key: str,
-             focus: dict) -> go.Figure:
+def tag_grid(fig: go.Figure, *, layers: list[int], heads: list[int], stage: str, labels: list[str],
+             keys: list[str], key: str, focus: dict) -> go.Figure:
     """viz.grid's tiles, in the order it adds them (layer by layer), learn their layer and head."""
     tiles = iter([(layer, head) for layer in layers for head in heads])
     name = viz.STAGE_STYLE[stage].name
@@ -138,7 +138,7 @@ def tag_grid(fig: go.Figure, *, layers: list[int], heads: list[int], stage: str,
         return {"layer": layer, "head": head, "name": name}
 
     _name_traces(fig, of)
-    return _tag(fig, kind="grid", key=key, labels=labels, n=len(labels), focus=focus)
+    return _tag(fig, kind="grid", key=key, labels=labels, keys=keys, n=len(labels), n_keys=len(keys), focus=focus)
 
 
 def tag_head(fig: go.Figure, *, stage: str, key: str, focus: dict) -> go.Figure:
@@ -146,21 +146,22 @@ def tag_head(fig: go.Figure, *, stage: str, key: str, focus: dict) -> go.Figure:
     return _tag(fig, kind="head", key=key, focus=focus)
 
 
-def tag_strip(fig: go.Figure, *, stages: list[str], labels: list[str], key: str, focus: dict) -> go.Figure:
+def tag_strip(fig: go.Figure, *, stages: list[str], labels: list[str], keys: list[str], key: str,
+              focus: dict) -> go.Figure:
     """viz.stages' panels learn their stage from their column."""
     def of(trace: Any) -> dict:
         column = int((trace.xaxis or "x")[1:] or 1)
         return {"name": viz.STAGE_STYLE[stages[column - 1]].name}
 
     _name_traces(fig, of)
-    return _tag(fig, kind="strip", key=key, labels=labels, n=len(labels), focus=focus)
+    return _tag(fig, kind="strip", key=key, labels=labels, keys=keys, n=len(labels), n_keys=len(keys), focus=focus)
 
 
-def tag_row(fig: go.Figure, *, labels: list[str], key: str, focus: dict) -> go.Figure:
-    return _tag(fig, kind="row", key=key, labels=labels, n=len(labels), focus=focus)
+def tag_row(fig: go.Figure, *, labels: list[str], keys: list[str], key: str, focus: dict) -> go.Figure:
+    return _tag(fig, kind="row", key=key, labels=labels, keys=keys, n=len(labels), n_keys=len(keys), focus=focus)
 
 
-def bars_as_steps(fig: go.Figure, labels: list[str]) -> go.Figure:
+def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
     draws a path per head instead of heads × keys bars (the query row of a long input)."""
     steps = []
@@ -169,11 +170,11 @@ def bars_as_steps(fig: go.Figure, labels: list[str]) -> go.Figure:
             steps.append(bar)
             continue
         hover = bar.hovertemplate.replace("key %{x}", "key %{text}")
-        steps.append(go.Scatter(x=list(range(len(bar.y))), y=bar.y, text=labels, name=bar.name, mode="lines",
+        steps.append(go.Scatter(x=list(range(len(bar.y))), y=bar.y, text=keys, name=bar.name, mode="lines",
                                 line=dict(color=bar.marker.color, width=1.2, shape="hvh"), hovertemplate=hover))
     fig.data = []
     fig.add_traces(steps)
-    fig.update_xaxes(type="linear", range=[-0.5, len(labels) - 0.5])
+    fig.update_xaxes(type="linear", range=[-0.5, len(keys) - 0.5])
     return fig
 
 

@@ -244,24 +244,26 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     run = explore_run(load(session, model, progress), text, progress, reuse=shown is not None)
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
-    trace, name, labels = run.trace, run.loaded.name, viz.token_labels(run.trace)
+    trace, name = run.trace, run.loaded.name
+    labels, key_labels = viz.token_labels(trace), viz.key_labels(trace)
     shown = shown or {}
     keys = {"grid": heatmap.key_of(name, run.ids, stage), "head": heatmap.key_of(name, run.ids, stage, layer, head)}
     focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
     same = {what: shown.get(what) == key for what, key in keys.items()}
     grid = gr.update() if same["grid"] else heatmap.tag_grid(
         viz.grid(trace, stage, max_cells=grid_cells(run)), layers=list(trace.layers),
-        heads=list(range(run.loaded.heads)), stage=stage, labels=labels, key=keys["grid"], focus=focus)
+        heads=list(range(run.loaded.heads)), stage=stage, labels=labels, keys=key_labels, key=keys["grid"],
+        focus=focus)
     focused = gr.update() if same["head"] else heatmap.tag_head(
         viz.heatmap_region(trace, layer, head, stage), stage=stage, key=keys["head"], focus=focus)
     stages = strip_stages(run.loaded)
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
-        strip(run, layer, head, stages, STRIP_PANEL_CELLS), stages=stages, labels=labels, key=keys["head"],
-        focus=focus)
+        strip(run, layer, head, stages, STRIP_PANEL_CELLS), stages=stages, labels=labels, keys=key_labels,
+        key=keys["head"], focus=focus)
     row = viz.query_row(trace, layer, query, stage=stage)
-    if run.n > ROW_BARS:
-        row = heatmap.bars_as_steps(row, labels)
-    row = heatmap.tag_row(row, labels=labels, key=keys["head"], focus=focus)
+    if len(key_labels) > ROW_BARS:
+        row = heatmap.bars_as_steps(row, key_labels)
+    row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)
     return grid, focused, strip_fig, row, run.summary()
 
 

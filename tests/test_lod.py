@@ -152,3 +152,23 @@ def test_stage_strip_pooled_before_it_is_built(long_trace: xattn.Trace) -> None:
     assert "max-pooled 5×5" in pooled.layout.title.text
     full = viz.stages(long_trace, 1, 0, stages=["attn"], max_cells=N * N)
     assert np.asarray(full.data[0].z).shape == (N, N) and "max-pooled" not in full.layout.title.text
+
+
+def test_a_head_with_extra_keys_and_memory_tokens_is_a_rectangle() -> None:
+    """Memory key/values add key columns, memory tokens add rows: regions, ticks and meta follow each axis."""
+    torch.manual_seed(0)
+    model = xattn.TransformerWrapper(num_tokens=20, max_seq_len=64, num_memory_tokens=2, attn_layers=xattn.Decoder(
+        dim=16, depth=1, heads=2, attn_dim_head=8, attn_num_mem_kv=3)).eval()
+    _, trace = model.run_with_trace(torch.randint(0, 20, (1, 10)))
+    values = trace.drawable("attn")[0, 0, 1].numpy()                               # 12 queries × 15 keys
+    fig = viz.heatmap_region(trace, 0, 1, "attn")
+    meta = fig.layout.meta["xattn"]
+    assert (meta["n"], meta["n_keys"]) == (12, 15) and meta["keys"] == viz.key_labels(trace)
+    np.testing.assert_array_equal(np.asarray(heat(fig).customdata), values.astype(np.float32))
+    assert list(fig.layout.xaxis.ticktext)[:3] == ["mem kv 0", "mem kv 1", "mem kv 2"]
+    assert list(fig.layout.yaxis.ticktext)[:2] == ["mem 0", "mem 1"]
+    corner = viz.heatmap_region(trace, 0, 1, "attn", region=(8, 40, 10, 40))        # clipped to 12 × 15
+    assert corner.layout.meta["xattn"]["region"] == [8, 12, 10, 15]
+    np.testing.assert_array_equal(np.asarray(heat(corner).customdata), values[8:12, 10:15].astype(np.float32))
+    pooled = viz.heatmap_region(trace, 0, 1, "attn", max_cells=30)
+    assert np.asarray(heat(pooled).customdata).shape == (4, 5)                    # 3 × 3 blocks

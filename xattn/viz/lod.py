@@ -20,7 +20,18 @@ import plotly.graph_objects as go
 
 from ..stages import DESCRIPTIONS
 from ..trace import Trace
-from .figures import _coloraxis, _flag_rows, _head, _heatmap, _legend_masked, _pool_note, _title, token_labels
+from .figures import (
+    _coloraxis,
+    _flag_rows,
+    _head,
+    _heatmap,
+    _legend_masked,
+    _pool_note,
+    _title,
+    axis_titles,
+    key_labels,
+    token_labels,
+)
 from .payload import Scale, max_pool
 from .style import STAGE_STYLE, TEMPLATE
 
@@ -40,20 +51,21 @@ class Region:
     j1: int
 
     @classmethod
-    def of(cls, region: tuple[int, int, int, int] | Region | None, n: int) -> Region:
-        """`region` (i0, i1, j0, j1) clipped to an n × n head; None is the whole head. An empty or inverted
-        rectangle is refused with a ValueError."""
+    def of(cls, region: tuple[int, int, int, int] | Region | None, n: int, keys: int | None = None) -> Region:
+        """`region` (i0, i1, j0, j1) clipped to a head of n queries × `keys` keys (default n); None is the whole
+        head. An empty or inverted rectangle is refused with a ValueError."""
+        keys = n if keys is None else keys
         if region is None:
-            return cls(0, n, 0, n)
+            return cls(0, n, 0, keys)
         if isinstance(region, Region):
             region = (region.i0, region.i1, region.j0, region.j1)
         if len(region) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in region):
             raise ValueError(f"a region is four whole numbers (i0, i1, j0, j1); got {region!r}")
         i0, i1, j0, j1 = (int(v) for v in region)
-        clipped = cls(max(i0, 0), min(i1, n), max(j0, 0), min(j1, n))
+        clipped = cls(max(i0, 0), min(i1, n), max(j0, 0), min(j1, keys))
         if clipped.rows <= 0 or clipped.cols <= 0:
             raise ValueError(f"the region queries {i0}..{i1 - 1} × keys {j0}..{j1 - 1} shows no cell of this "
-                             f"{n}-token head")
+                             f"head of {n} queries × {keys} keys")
         return clipped
 
     @property
@@ -64,8 +76,8 @@ class Region:
     def cols(self) -> int:
         return self.j1 - self.j0
 
-    def whole(self, n: int) -> bool:
-        return (self.i0, self.i1, self.j0, self.j1) == (0, n, 0, n)
+    def whole(self, n: int, keys: int | None = None) -> bool:
+        return (self.i0, self.i1, self.j0, self.j1) == (0, n, 0, n if keys is None else keys)
 
 
 def region_factor(rows: int, cols: int, max_cells: int) -> int:
@@ -85,7 +97,7 @@ def head_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     where masked; the region, clipped; the factor, 1 = full resolution; the colour scale of the whole head)."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
-    box = Region.of(region, values.shape[-1])
+    box = Region.of(region, *values.shape)
     factor = region_factor(box.rows, box.cols, max_cells)
     shown = max_pool(values[box.i0:box.i1, box.j0:box.j1], factor, signed=style.diverging)
     return shown, box, factor, Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
@@ -108,28 +120,33 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     magnitude for logits, its largest for attention and F), at full resolution once it fits. Colours use the
     whole head's range; exact float32 values ride along for hover; axes are token positions.
 
-    `layout.meta["xattn"]` says what is drawn: n, region, factor and the token labels."""
+    `layout.meta["xattn"]` says what is drawn: n (queries), n_keys, region, factor, the query labels and the
+    key labels. Cross-attention traces (`trace.cross`) draw decoder rows against context columns."""
     shown, box, factor, scale = head_region(trace, layer, head, stage, region=region, max_cells=max_cells,
                                             batch=batch)
     style = STAGE_STYLE[stage]
-    labels = token_labels(trace, batch)
-    n = len(labels)
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
+    n, n_keys = len(labels), len(keys)
     heat = _heatmap(shown, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
     fig = go.Figure(heat)
     notes = [DESCRIPTIONS[stage], _pool_note(factor)]
-    if not box.whole(n):
-        notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n}")
-    ranges = {} if box.whole(n) else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
+    whole = box.whole(n, n_keys)
+    if not whole:
+        notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
+    ranges = {} if whole else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
+    x_title, y_title = axis_titles(trace)
+    kind = "cross-attention layer" if trace.is_cross else "layer"
     fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(f"{style.name} · layer {layer} · head {head}", notes),
+                      title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title="key", constrain="domain", range=ranges.get("x"),
-                                 **_ticks(labels, box.j0, box.j1)),
-                      yaxis=dict(title="query", scaleanchor="x", constrain="domain", range=ranges.get("y"),
+                      xaxis=dict(title=x_title, constrain="domain", range=ranges.get("x"),
+                                 **_ticks(keys, box.j0, box.j1)),
+                      yaxis=dict(title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
                                  autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
-                      meta=dict(xattn=dict(n=n, region=[box.i0, box.i1, box.j0, box.j1], factor=factor,
-                                           labels=labels, stage=stage, layer=layer, head=head)))
+                      meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1],
+                                           factor=factor, labels=labels, keys=keys, stage=stage, layer=layer,
+                                           head=head)))
     _legend_masked(fig, shown)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
     return fig
