@@ -159,3 +159,21 @@ def test_a_long_query_row_is_one_step_line_per_head() -> None:
         np.testing.assert_allclose(np.asarray(line.y, dtype=float), trace.drawable("attn")[0, 0, h, 500].numpy(),
                                    rtol=1e-5, atol=1e-6)
         assert list(line.x) == list(range(len(ids))) and line.text[500].endswith("·500")
+
+
+def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:
+    """2 memory tokens (rows in front) and 3 memory key/values (columns in front): a click's query and key are
+    positions on their own axes, and a zoom's region is clipped to each."""
+    loaded = models.fresh(1, 2, 16, ["causal", "pre_norm", "use_abs_pos_emb"], 0, 64, 2, 0, 3)
+    session, text = {loaded.name: loaded}, "hello there"
+    args = [session, loaded.name, text, "attn", 0, 1, 3]
+    _, _, query, _, focused, _, row, _ = views.explore_pick(*args, event(query=13, key=16))
+    meta = focused.layout.meta["xattn"]
+    assert (meta["n"], meta["n_keys"]) == (14, 17) and query == 13
+    assert row.layout.meta["xattn"]["keys"][:4] == ["mem kv 0", "mem kv 1", "mem kv 2", "mem 0"]
+    detail = views.explore_zoom(session, *args[1:6], event(region=[10, 99, 12, 99], px=600, head=meta["key"]))
+    assert detail.layout.meta["xattn"]["region"] == [10, 14, 12, 17]
+    ids = loaded.tokenizer.encode(text)
+    _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
+    np.testing.assert_allclose(exact(heat(detail)), trace.drawable("attn")[0, 0, 1, 10:14, 12:17].numpy(),
+                               rtol=1e-5, atol=1e-6)
