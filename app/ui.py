@@ -105,8 +105,8 @@ def build() -> gr.Blocks:
                     max_len = gr.Number(512, label="max_seq_len", precision=0)
                     seed = gr.Number(0, label="seed", precision=0)
                     encoder_decoder = gr.Checkbox(False, label="encoder–decoder (XTransformer)",
-                                                  info="an encoder and a decoder that cross-attends to it, both of "
-                                                       "these sizes: see the Cross-attention tab")
+                                                  info="an encoder and a causal decoder that cross-attends to it, "
+                                                       "both of these sizes: see the Cross-attention tab")
                 options = gr.CheckboxGroup(models.form_options(), value=list(FRESH_OPTIONS),
                                            label="options (README: supported options)")
                 with gr.Row():
