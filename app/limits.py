@@ -28,6 +28,8 @@ RECENT_BYTES = 768 * MIB              # … counting twice their recorded stages
 CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour
 
 
-def check(config: dict[str, Any], n: int | None = None) -> None:
-    """Refuse, with the numbers, a model or a trace of `n` tokens (default: its max_seq_len) over the budgets."""
-    xattn.limits.check(config, max_parameters=MAX_PARAMETERS, max_trace_bytes=MAX_TRACE_BYTES, n=n)
+def check(config: Any, n: int | None = None, n_src: int | None = None) -> None:
+    """Refuse, with the numbers, a model or a trace of `n` tokens (default: its max_seq_len) over the budgets;
+    an encoder–decoder's (an EncDecConfig) `n` is its target's and `n_src` its source's, and its trace counts
+    the encoder, the decoder and the cross-attention."""
+    xattn.limits.check(config, max_parameters=MAX_PARAMETERS, max_trace_bytes=MAX_TRACE_BYTES, n=n, n_src=n_src)

@@ -21,7 +21,8 @@ import torch
 
 import xattn
 from xattn import registry
-from xattn.describe import describe
+from xattn.config import XTRANSFORMER_WRAPPER_KWARGS
+from xattn.describe import describe, option_phrase, switched_on
 from xattn.tokenizer import SPECIALS, CharTokenizer
 
 from . import limits
@@ -38,25 +39,45 @@ BUILDING = threading.Lock()
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model ready to trace, with the tokenizer that reads text for it and an example input."""
+    """A model ready to trace, with the tokenizer that reads text for it and an example input.
+
+    An encoder–decoder (`xattn.XTransformer`, `encdec`) reads a source and a target with the one tokenizer; its
+    `depth`, `heads` and `max_seq_len` are its decoder's as the Cross-attention tab addresses it: `depth` counts
+    the decoder's cross-attention layers (what the layer sliders pick while it is chosen), `max_seq_len` is the
+    target's; `max_source_len` is the encoder's. Only the Cross-attention tab traces it (see `single_stack`)."""
 
     name: str
-    model: xattn.TransformerWrapper
+    model: xattn.TransformerWrapper | xattn.XTransformer
     tokenizer: CharTokenizer
     example: str
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def encdec(self) -> bool:
+        return isinstance(self.model, xattn.XTransformer)
+
+    @property
+    def decoder(self) -> xattn.TransformerWrapper:
+        """The stack whose layers the sliders address: an encoder–decoder's decoder, else the model itself."""
+        return self.model.decoder if self.encdec else self.model
+
+    @property
     def depth(self) -> int:
-        return self.model.attn_layers.num_attn_layers
+        layers = self.decoder.attn_layers
+        return layers.config.num_cross_layers if self.encdec else layers.num_attn_layers
 
     @property
     def heads(self) -> int:
-        return self.model.attn_layers.heads
+        return self.decoder.attn_layers.heads
 
     @property
     def max_seq_len(self) -> int:
-        return self.model.max_seq_len
+        return self.decoder.max_seq_len
+
+    @property
+    def max_source_len(self) -> int:
+        """The longest source an encoder–decoder's encoder reads (for any other model, its max_seq_len)."""
+        return self.model.encoder.max_seq_len if self.encdec else self.max_seq_len
 
     def describe(self) -> str:
         """One markdown line: what the model is."""
@@ -99,6 +120,24 @@ def resolve(name: str | None, session: Session | None) -> Loaded:
     raise ValueError(f"There is no model called {name!r} in this session. Choose one of: {known}.")
 
 
+def single_stack(loaded: Loaded) -> Loaded:
+    """`loaded`, if the views that trace one token sequence can: an encoder–decoder, or a decoder that
+    cross-attends without an encoder, is refused with a sentence (the Cross-attention tab shows the first)."""
+    if loaded.encdec:
+        raise ValueError(f"{loaded.name} is an encoder–decoder: it reads a source and a target, so the "
+                         "Cross-attention tab shows it (its encoder, and its decoder's cross-attention); this view "
+                         "traces models that read one text.")
+    if loaded.model.config.attn_layers.cross_attend:
+        raise ValueError(f"{loaded.name} cross-attends, but has no encoder to give it a context: upload it as the "
+                         "decoder of an encoder–decoder (XTransformer).")
+    return loaded
+
+
+def stacks(model: xattn.TransformerWrapper | xattn.XTransformer) -> list[xattn.TransformerWrapper]:
+    """The token-reading stacks of a model: an encoder–decoder's encoder and decoder, else the model."""
+    return [model.encoder, model.decoder] if isinstance(model, xattn.XTransformer) else [model]
+
+
 def check_range(value: float, what: str, name: str | None = None) -> int:
     """`value` as a whole number inside LIMITS[what]; the refusal names the field (`name`, default `what`)."""
     low, high = LIMITS[what]
@@ -119,11 +158,11 @@ def form_numbers() -> list[tuple[str, str]]:
 
 
 def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, max_seq_len: int = 512,
-          *counts: float) -> Loaded:
+          *counts: float, encoder_decoder: bool = False) -> Loaded:
     """A randomly initialised model (reproducible from `seed`) reading printable ASCII, with the on/off options
     in `options` switched on and the others off, and the counts of `form_numbers()` in order (0 or missing
     means off). Its size and the size of its longest trace are checked against `limits` before any weight is
-    allocated."""
+    allocated. With `encoder_decoder`, an `xattn.XTransformer` of these sizes on both sides (see `encdec_config`)."""
     depth, heads, dim = check_range(depth, "depth"), check_range(heads, "heads"), check_range(dim, "dim")
     max_seq_len, seed = check_range(max_seq_len, "max_seq_len"), check_range(seed, "seed")
     if dim % heads:
@@ -139,6 +178,8 @@ def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, m
     causal = flags.pop("causal")
     wrapper = {name: flags.pop(name) for name in list(flags) if name in WRAPPER_OPTIONS}
     tokenizer = CharTokenizer(ASCII)
+    if encoder_decoder:
+        return fresh_encdec(depth, heads, dim, seed, max_seq_len, tokenizer, wrapper, flags)
     layers = dict(kind="Decoder" if causal else "Encoder", dim=dim, depth=depth, heads=heads,
                   attn_dim_head=dim // heads, **flags)
     config = xattn.ModelConfig.from_dict(dict(num_tokens=tokenizer.vocab_size, max_seq_len=max_seq_len,
@@ -149,6 +190,69 @@ def fresh(depth: int, heads: int, dim: int, options: Sequence[str], seed: int, m
         model = xattn.build(config)
     name = f"fresh {depth}×{heads} dim {dim} seed {seed}: {describe(config)}"
     return Loaded(name=name, model=model.eval(), tokenizer=tokenizer, example=FRESH_EXAMPLE)
+
+
+def encdec_config(depth: int, heads: int, dim: int, max_seq_len: int, num_tokens: int, wrapper: dict[str, Any],
+                  flags: dict[str, Any]) -> xattn.EncDecConfig:
+    """An encoder–decoder of the form's sizes on both sides: an Encoder and a causal, cross-attending Decoder,
+    each with the form's layer options that it can take (the form's `causal` does not apply: the encoder is
+    never causal, the decoder always). Refused with a sentence: an option neither side can take, or one of the
+    embedding options x-transformers' XTransformer does not pass to its sides."""
+    refused = [name for name, value in wrapper.items() if value and name not in XTRANSFORMER_WRAPPER_KWARGS]
+    if refused:
+        raise ValueError(f"An encoder–decoder (x-transformers' XTransformer) takes no {', '.join(refused)}: only "
+                         f"{', '.join(XTRANSFORMER_WRAPPER_KWARGS)} reach its encoder and decoder. Untick "
+                         f"{'them' if len(refused) > 1 else 'it'} (or set it to 0), or untick encoder–decoder.")
+    kept = {name: value for name, value in wrapper.items() if name in XTRANSFORMER_WRAPPER_KWARGS}
+
+    def side(kind: str, options: dict[str, Any]) -> xattn.ModelConfig:
+        layers = dict(kind=kind, dim=dim, depth=depth, heads=heads, attn_dim_head=dim // heads, **options)
+        if kind == "Decoder":
+            layers["cross_attend"] = True
+        return xattn.ModelConfig.from_dict(dict(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers,
+                                                return_only_embed=kind == "Encoder", **kept))
+
+    def takes(kind: str, name: str) -> str | None:
+        """None if a `kind` side takes the option `name` as set, else the reason it cannot."""
+        try:
+            side(kind, {name: flags[name]})
+        except ValueError as err:
+            return str(err)
+        return None
+
+    sides: dict[str, dict[str, Any]] = {"Encoder": {}, "Decoder": {}}
+    labels = {name: label for label, name in form_options() + form_numbers()}
+    for name, value in flags.items():
+        reasons = {kind: takes(kind, name) for kind in sides}
+        if all(reasons.values()):
+            raise ValueError(f"An encoder–decoder cannot take {labels.get(name, name)} ({name}): "
+                             f"{reasons['Decoder']}. Untick it, or untick encoder–decoder.")
+        for kind, reason in reasons.items():
+            if reason is None:
+                sides[kind][name] = value
+    return xattn.EncDecConfig(encoder=side("Encoder", sides["Encoder"]), decoder=side("Decoder", sides["Decoder"]))
+
+
+def fresh_encdec(depth: int, heads: int, dim: int, seed: int, max_seq_len: int, tokenizer: CharTokenizer,
+                 wrapper: dict[str, Any], flags: dict[str, Any]) -> Loaded:
+    """`fresh` for an encoder–decoder (`encdec_config`), checked against `limits` before any weight exists."""
+    config = encdec_config(depth, heads, dim, max_seq_len, tokenizer.vocab_size, wrapper, flags)
+    limits.check(config)
+    with BUILDING, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = xattn.XTransformer(config=config)
+    name = f"fresh encoder–decoder {depth}×{heads} dim {dim} seed {seed}: {encdec_options(config)}"
+    return Loaded(name=name, model=model.eval(), tokenizer=tokenizer, example=FRESH_EXAMPLE)
+
+
+def encdec_options(config: xattn.EncDecConfig) -> str:
+    """The options of an encoder–decoder in one short phrase, those of one side only marked as such."""
+    encoder = switched_on(dataclasses.replace(config.encoder, return_only_embed=False))
+    decoder = {k: v for k, v in switched_on(config.decoder).items() if k != "cross_attend"}
+    both = [option_phrase(k, v) for k, v in decoder.items() if k in encoder and encoder[k] == v]
+    own = [f"{option_phrase(k, v)} (encoder only)" for k, v in encoder.items() if k not in decoder or decoder[k] != v]
+    own += [f"{option_phrase(k, v)} (decoder only)" for k, v in decoder.items() if k not in encoder or encoder[k] != v]
+    return ", ".join(both + own) or "plain attention"
 
 
 def check_file(path: str, what: str) -> None:
@@ -182,12 +286,13 @@ def uploaded(path: str, config_path: str | None = None, alphabet: str = "") -> L
     with BUILDING:
         model = xattn.io.load_checkpoint(path, config_path).eval()
     saved = xattn.read_tokenizer(path) if Path(path).suffix == ".safetensors" and not config_path else None
-    tokenizer = CharTokenizer(alphabet) if alphabet else saved or CharTokenizer(
-        ASCII[: model.num_tokens - len(SPECIALS)])
-    if tokenizer.vocab_size > model.num_tokens:
+    # An encoder–decoder reads source and target with one tokenizer: it must fit both sides' token ids.
+    num_tokens = min(stack.num_tokens for stack in stacks(model))
+    tokenizer = CharTokenizer(alphabet) if alphabet else saved or CharTokenizer(ASCII[: num_tokens - len(SPECIALS)])
+    if tokenizer.vocab_size > num_tokens:
         raise ValueError(f"The alphabet has {len(tokenizer.alphabet)} characters but the checkpoint only has "
-                         f"{model.num_tokens} token ids (two are the BOS and padding tokens).")
-    example = tokenizer.alphabet[: min(24, model.max_seq_len - 1)]
+                         f"{num_tokens} token ids (two are the BOS and padding tokens).")
+    example = tokenizer.alphabet[: min(24, min(stack.max_seq_len for stack in stacks(model)) - 1)]
     return Loaded(name=f"upload {Path(path).name}", model=model, tokenizer=tokenizer, example=example)
 
 

@@ -52,3 +52,18 @@ mask is yours (a preset, or type rows of 0/1 — one row per token, row = query,
 **causal** hides the future in a decoder. A row left with no visible key has nothing to average: its
 attention output is set to zero, and it is flagged below. The difference plot is attention with your
 custom mask minus attention without it."""
+
+CROSS = """### Cross-attention (encoder–decoders)
+An encoder–decoder reads two texts. The **encoder** reads the *source* (the box below) with ordinary
+self-attention and hands on one vector per source token. The **decoder** reads the *target* (the text box at
+the top), causally, and after each of its self-attention layers has a **cross-attention** layer: its queries
+come from the decoder's tokens, its keys and values from the encoder's output,
+
+$$A = \\mathrm{softmax}\\Big(\\frac{Q_{\\text{decoder}} K_{\\text{encoder}}^\\top}{\\sqrt{d}}\\Big),$$
+
+so each decoder token decides which source tokens to read. In the heatmaps **rows are decoder (target)
+tokens and columns are source tokens**; there is no causal mask across (every decoder token may see the whole
+source), so the pattern is a rectangle, not a triangle. The layer slider picks a **cross-attention layer**
+(a decoder has one after each self-attention layer); the last plot is the encoder's own self-attention.
+Build a fresh encoder–decoder (tick *encoder–decoder* in *Load another model*) or upload one saved with
+`xattn.save`; the other tabs trace models that read one text."""

@@ -13,7 +13,7 @@ import gradio as gr
 import xattn
 from xattn import masks, registry
 
-from . import limits, models, texts, views
+from . import cross, limits, models, texts, views
 from .heatmap import plotly_view
 from .models import Loaded, Session
 
@@ -125,6 +125,9 @@ def build() -> gr.Blocks:
                     dim = gr.Number(64, label="dim", precision=0)
                     max_len = gr.Number(512, label="max_seq_len", precision=0)
                     seed = gr.Number(0, label="seed", precision=0)
+                    encoder_decoder = gr.Checkbox(False, label="encoder–decoder (XTransformer)",
+                                                  info="an encoder and a causal decoder that cross-attends to it, "
+                                                       "both of these sizes: see the Cross-attention tab")
                 options = gr.CheckboxGroup(models.form_options(), value=list(FRESH_OPTIONS),
                                            label="options (README: supported options)")
                 with gr.Row():
@@ -202,6 +205,20 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     heat_a, heat_b = plot("model A"), plot("model B")
                 cmp_diff = plot("A − B")
+            with gr.Tab("Cross-attention") as cross_tab:
+                markdown(texts.CROSS)
+                source = gr.Textbox(cross.SOURCE_EXAMPLE, label="source (the encoder's input; the text above is the "
+                                    "decoder's)")
+                with gr.Row():
+                    x_stage = stage_dropdown()
+                    # Layer sliders range over Loaded.depth: an encoder–decoder's cross-attention layers.
+                    x_layer, x_head = controls.slider("layer", "cross-attention layer"), controls.slider("head")
+                cross_button = gr.Button("Run", variant="primary")
+                cross_info = gr.Markdown(label="summary")
+                with gr.Row():
+                    cross_grid = plot("cross-attention layers × heads")
+                    cross_head = plot("focused cross-attention head")
+                encoder_grid = plot("encoder self-attention")
 
         # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
         def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
@@ -222,6 +239,8 @@ def build() -> gr.Blocks:
              [effective, parts, mask_diff, mask_info], [preset, pad_side, m_layer, m_head])
         wire("compare", views.compare, cmp_tab, cmp_button, [model, model_b, text, c_stage, c_layer, c_head],
              [heat_a, heat_b, cmp_diff, cmp_info], [model_b, c_stage, c_layer, c_head])
+        wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
+             [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
 
         # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
         sliders = [s for _, s in controls.sliders]
@@ -262,9 +281,11 @@ def build() -> gr.Blocks:
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
-                  max_seq_len: float, *counts: float, progress: gr.Progress = gr.Progress()) -> list[Any]:
+                  max_seq_len: float, *rest: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
+            *counts, encdec = rest          # the form's counts, then the encoder–decoder box
             progress(0.1, desc="Building the model")
-            return added(session, models.fresh(depth, heads, dim, options, seed, max_seq_len, *counts))
+            return added(session, models.fresh(depth, heads, dim, options, seed, max_seq_len, *counts,
+                                               encoder_decoder=bool(encdec)))
 
         @views.friendly
         def upload(session: Session, checkpoint: str | None, config: str | None, alphabet: str,
@@ -278,7 +299,7 @@ def build() -> gr.Blocks:
         text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
                     controls.queries(), api_visibility="private", trigger_mode="always_last")
         load_outputs = [session, model, model_b, card, text, *sliders]
-        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts],
+        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder],
                            load_outputs, api_name="fresh_model").then(
             views.explore, explore_inputs, explore_outputs, api_visibility="private")
         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,

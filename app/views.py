@@ -223,7 +223,7 @@ def strip(run: Run, layer: int, head: int, stages: list[str], max_cells: int | N
 def load(session: Session | None, name: str, progress: gr.Progress | None) -> Loaded:
     if progress is not None:
         progress(0.05, desc=f"Loading {name}")
-    return models.resolve(name, session)
+    return models.single_stack(models.resolve(name, session))
 
 
 # The views

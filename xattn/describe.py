@@ -7,11 +7,12 @@ x-transformers options xattn does not run yet, read off its constructors' signat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIONS, PLACES, LayersConfig, ModelConfig, changed_fields
+from .config import OPTIONS, PLACES, EncDecConfig, LayersConfig, ModelConfig, changed_fields
 from .convert import HARMLESS_KWARGS
 from .stages import DESCRIPTIONS, STAGES, X_TRANSFORMERS_FIELDS
 
@@ -38,9 +39,14 @@ def option_phrase(name: str, value: Any) -> str:
     return f"{label} {value}"
 
 
-def describe(config: ModelConfig) -> str:
+def describe(config: ModelConfig | EncDecConfig) -> str:
     """One line: kind, sizes and every option set away from its default, e.g.
-    `causal, 3 layers × 4 heads, dim 64, up to 36 tokens; residual attention (RealFormer), selective attention`."""
+    `causal, 3 layers × 4 heads, dim 64, up to 36 tokens; residual attention (RealFormer), selective attention`;
+    for an encoder–decoder, `encoder–decoder — encoder: … · decoder: …` (its layers × heads: self-attention)."""
+    if isinstance(config, EncDecConfig):
+        encoder = dataclasses.replace(config.encoder, return_only_embed=False)    # every encoder returns embeddings
+        tied = " · tied encoder–decoder embedding" if config.tie_token_emb else ""
+        return f"encoder–decoder — encoder: {describe(encoder)} · decoder: {describe(config.decoder)}{tied}"
     layers: LayersConfig = config.attn_layers
     count, heads = layers.num_attn_layers, layers.heads
     kind = "causal" if layers.causal else "bidirectional"

@@ -221,7 +221,9 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
 def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, heads: list[int] | None = None,
          batch: int = 0, max_cells: int = MAX_CELLS) -> go.Figure:
     """Layers × heads small multiples of one stage on a shared colour axis. Above `max_cells` cells in
-    all, every panel is max-pooled by the same factor (so a sharp peak stays visible), and the title says so."""
+    all, every panel is max-pooled by the same factor (so a sharp peak stays visible), and the title says so.
+    Given a cross-attention trace (`trace.cross`) the rows are its cross-attention layers, and each panel has
+    decoder tokens down and context tokens across."""
     style = _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     layers = list(trace.layers) if layers is None else list(layers)
@@ -229,18 +231,20 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     if not layers or not heads:
         raise ValueError("grid needs at least one layer and one head")
     positions = [_layer_position(trace, layer) for layer in layers]
+    kind = "cross-attention layer" if trace.is_cross else "layer"
+    rows = [f"{'cross ' * trace.is_cross}layer {layer}" for layer in layers]
     for head in heads:
         _check_index("head", head, trace.shape[2], "heads")
     if max_cells < len(layers) * len(heads):
         raise ValueError(f"max_cells = {max_cells} leaves less than one cell per panel")
     values = trace.drawable(stage)[positions, batch][:, heads].cpu().numpy()     # [layer, head, query, key]
-    factor = pool_factor(values.shape[-1], len(layers) * len(heads), max_cells)
+    factor = pool_factor(max(values.shape[-2:]), len(layers) * len(heads), max_cells)   # cross: i ≠ j
     pooled = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(pooled, diverging=style.diverging, fixed=style.fixed_range)
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.01, vertical_spacing=0.01,
-                        row_titles=[f"layer {layer}" for layer in layers], column_titles=[f"head {h}" for h in heads])
+                        row_titles=rows, column_titles=[f"head {h}" for h in heads])
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
     fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor,
                              where=f"layer {layers[r]} · head {heads[c]}<br>")
@@ -248,7 +252,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
-                      title=_title(f"{style.name} · {len(layers)} layers × {len(heads)} heads",
+                      title=_title(f"{style.name} · {len(layers)} {kind}s × {len(heads)} heads",
                                    [DESCRIPTIONS[stage], _pool_note(factor)]))
     _legend_masked(fig, pooled)
     return fig
