@@ -275,9 +275,9 @@ def build() -> gr.Blocks:
 
         explore_inputs = [session, *explore_inputs]
         model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(
-            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
         demo.load(chosen, [session, model], [card, text, model_b, *sliders], api_visibility="private").then(
-            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
@@ -301,8 +301,8 @@ def build() -> gr.Blocks:
         load_outputs = [session, model, model_b, card, text, *sliders]
         fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder],
                            load_outputs, api_name="fresh_model").then(
-            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
                             api_name="upload_model").then(
-            views.explore, explore_inputs, explore_outputs, api_visibility="private")
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
     return demo

@@ -236,6 +236,16 @@ def explore(session: Session | None, model: str, text: str, stage: str, layer: f
     return explored(session, model, text, stage, layer, head, query, progress)
 
 
+@friendly
+def explore_loaded(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
+                   query: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+    """Explore, as the page does after a model is chosen, built or uploaded; an encoder–decoder is left as it
+    is (its views are on the Cross-attention tab), instead of answering with an error."""
+    if models.resolve(model, session).encdec:
+        return tuple(gr.skip() for _ in range(5))
+    return explored(session, model, text, stage, layer, head, query, progress)
+
+
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
              progress: gr.Progress | None = None, *, shown: dict | None = None) -> tuple[Any, ...]:
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 pytest.importorskip("gradio")
+import gradio as gr  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
-from app import cross, limits, models  # noqa: E402
+from app import cross, limits, models, views  # noqa: E402
 from xattn import viz  # noqa: E402
 from xattn.tokenizer import CharTokenizer  # noqa: E402
 
@@ -124,6 +125,14 @@ def test_a_model_without_cross_attention_is_refused(client: Client, default: mod
         cross.cross(session, lone.name, "ab", "ba", "attn", 0, 0, progress=None)
     with pytest.raises(Exception, match="cross-attends, but has no encoder to give it a context"):
         models.single_stack(lone)
+
+
+def test_loading_an_encoder_decoder_leaves_explore_as_it_is() -> None:
+    """After a model is built the page explores it; an encoder–decoder is skipped, not answered with an error."""
+    loaded = fresh()
+    session = {loaded.name: loaded}
+    skipped = views.explore_loaded(session, loaded.name, "a=1;?a", "attn", 0, 0, 0)
+    assert len(skipped) == 5 and all(isinstance(output, type(gr.skip())) for output in skipped)
 
 
 def test_the_single_text_views_refuse_an_encoder_decoder(client: Client) -> None:
