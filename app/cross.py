@@ -79,12 +79,7 @@ def trace_pair(loaded: Loaded, source: str, target: str, progress: gr.Progress |
     logits, trace = loaded.model.run_with_trace(torch.tensor([source_ids]), torch.tensor([target_ids]),
                                                 src_labels=[source_labels], tgt_labels=[target_labels])
     for part, traced in (("the encoder", trace.encoder), ("the decoder", trace), ("the cross-attention", trace.cross)):
-        overflow = traced.nonfinite()
-        if overflow:
-            cells = ", ".join(f"{count} in {stage}" for stage, count in overflow.items())
-            notes.append(f"Numerical overflow in {part}: {cells} are NaN or infinite although no mask hides "
-                         "them. The figures draw them grey like masked cells; they are not masked.")
-            gr.Warning(notes[-1])
+        notes += views.overflow_notes(traced, part)
     if progress is not None:
         progress(0.7, desc="Drawing")
     return CrossRun(loaded, source_ids, target_ids, source_labels, target_labels, logits, trace, notes)

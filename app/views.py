@@ -130,15 +130,22 @@ def trace_text(loaded: Loaded, text: str, *, padding: int = 0, pad_left: bool = 
     limits.check(loaded.model.config, n)
     logits, trace = loaded.model.run_with_trace(torch.tensor([ids]), mask=pad_mask, attn_mask=attn_mask,
                                                 labels=[labels])
-    overflow = trace.nonfinite()
-    if overflow:
-        cells = ", ".join(f"{count} in {stage}" for stage, count in overflow.items())
-        notes.append(f"Numerical overflow: {cells} are NaN or infinite although no mask hides them. The "
-                     "figures draw them grey like masked cells; they are not masked.")
-        gr.Warning(notes[-1])
+    notes += overflow_notes(trace)
     if progress is not None:
         progress(0.7, desc="Drawing")
     return Run(loaded, ids, labels, logits, trace, pad_mask, attn_mask, notes)
+
+
+def overflow_notes(trace: xattn.Trace, part: str = "") -> list[str]:
+    """A warning (shown, and returned as a note) if a number overflowed where no mask hides it, in `part`."""
+    overflow = trace.nonfinite()
+    if not overflow:
+        return []
+    cells = ", ".join(f"{count} in {stage}" for stage, count in overflow.items())
+    note = (f"Numerical overflow{f' in {part}' if part else ''}: {cells} are NaN or infinite although no mask "
+            "hides them. The figures draw them grey like masked cells; they are not masked.")
+    gr.Warning(note)
+    return [note]
 
 
 # The Explore tab's latest traces, so that a click or a zoom on what the page shows does not trace it again.

@@ -26,6 +26,9 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_browser_clicks import CELL, TILE  # noqa: E402  (where to point the mouse, as the browser test does)
 
 from app import main as app_main  # noqa: E402
 from app import models  # noqa: E402
@@ -39,20 +42,6 @@ STAMPS = """(views) => Object.fromEntries(views.map(id => {
   const view = document.querySelector('#' + id + ' .xattn-view');
   return [id, view ? Object.assign({}, view.parentElement.dataset) : {}];
 }))"""
-TILE = """([layer, head]) => {
-  const gd = document.querySelector('#layers-heads .js-plotly-plot');
-  gd.scrollIntoView({block: 'center'});
-  const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
-  const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
-  const box = gd.getBoundingClientRect();
-  return [box.left + xa._offset + xa._length * 0.5, box.top + ya._offset + ya._length * 0.5];
-}"""
-CELL = """([query, key]) => {
-  const gd = document.querySelector('#focused-head .js-plotly-plot');
-  gd.scrollIntoView({block: 'center'});
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-  return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
-}"""
 # Every view drawn since `before` (drawn counters), all showing focus `focus` ("layer,head,query" or a prefix).
 DONE = """([views, before, focus, redrawn]) => {
   const now = Object.fromEntries(views.map(id => {
