@@ -35,8 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
     "topk": "sparse top-k: only each query's k largest logits kept, the rest filled like masked ones",
     "post_softmax": "the attention function's output: softmax, or sigmoid; × the logits' signs with Cog signed "
                     "attention",
-    "attn": "the pattern that weights the values: post_softmax, then post-softmax talking heads (a learned head "
-            "mix) and the pre-scale-post scale (a head mix of scores_residual, multiplied in)",
+    "attn": "the pattern that weights the values (post_softmax after any post-softmax head mix)",
 }
 
 # Stages x-transformers also exposes, by the field of its attention intermediates that holds them.
