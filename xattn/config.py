@@ -483,12 +483,12 @@ class LayersConfig:
         cross: of the cross-attention layers, which take the attn_ options and the cross ones only."""
         fed = {"scores", "masked", "attn"}
         for config in (self, self.attn) if cross else (self, self.attn, self.ff):
-            for f in dataclasses.fields(config):
-                meta = f.metadata.get("option")
-                if config is self and (f.name in CROSS_OPTIONS) != cross:
+            rows = {f.name: f.metadata.get("option") for f in dataclasses.fields(config)}
+            for name, value in changed_fields(config).items():
+                if config is self and (name in CROSS_OPTIONS) != cross:
                     continue
-                if meta is not None and getattr(config, f.name) not in (f.default, None, False):
-                    fed.update(meta.stages)
+                if rows[name] is not None and value not in (None, False):
+                    fed.update(rows[name].stages)
         return tuple(s for s in STAGES if s in fed)
 
     @property
