@@ -1,9 +1,11 @@
 """xattn: x-transformers-style attention models whose every attention-score stage can be traced and drawn."""
 from . import limits, masks, memory
 from .attention import Attention, selective_penalty
+from .cache import KVCache
 from .config import OPTIONS, AttentionConfig, EncDecConfig, FeedForwardConfig, LayersConfig, ModelConfig, Option
 from .convert import from_x_transformers, from_x_transformers_state_dict
 from .encdec import XTransformer, build_any
+from .generate import Generation, Prune, generate
 from .hooks import HookPoint
 from .io import load, load_checkpoint, read_tokenizer, save
 from .layers import AttentionLayers, Decoder, Encoder
@@ -17,5 +19,5 @@ __all__ = [
     "DESCRIPTIONS", "TERMS", "OPTIONS", "Option", "ModelConfig", "LayersConfig", "AttentionConfig", "FeedForwardConfig",
     "build", "load", "save", "read_tokenizer", "load_checkpoint", "from_x_transformers",
     "from_x_transformers_state_dict", "selective_penalty", "pretrained", "available", "masks", "limits", "memory",
-    "XTransformer", "EncDecConfig", "build_any",
+    "XTransformer", "EncDecConfig", "build_any", "generate", "Generation", "Prune", "KVCache",
 ]

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, einsum, nn
 
+from .cache import LayerCache
 from .config import AttentionConfig
 from .hooks import HookPoint
-from .positions import DataDependentAlibi
+from .positions import DataDependentAlibi, relative_distance
 from .stages import STAGES, TERMS
 
 
@@ -29,16 +30,16 @@ def mask_fill_value(dtype: torch.dtype) -> float:
     return -torch.finfo(dtype).max
 
 
-def causal_visible(n: int, device: torch.device | None = None) -> Tensor:
-    """[i, j] True where key j is visible to query i under causal attention (j ≤ i)."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+def causal_visible(n: int, device: torch.device | None = None, offset: int = 0) -> Tensor:
+    """[i, j] True where key j is visible to query i under causal attention (j ≤ i); with `offset`, the n
+    queries are the last of offset + n keys."""
+    return relative_distance(n, offset + n, device) >= 0
 
 
-def window_visible(n: int, max_attend_past: int, device: torch.device | None = None) -> Tensor:
+def window_visible(n: int, max_attend_past: int, device: torch.device | None = None, offset: int = 0) -> Tensor:
     """[i, j] True unless key j lies more than `max_attend_past` positions before query i (later keys stay
-    visible: causality is a mask of its own)."""
-    pos = torch.arange(n, device=device)
-    return pos[:, None] - pos[None, :] <= max_attend_past
+    visible: causality is a mask of its own); `offset` as in `causal_visible`."""
+    return relative_distance(n, offset + n, device) <= max_attend_past
 
 
 def l2norm(t: Tensor, groups: int = 1) -> Tensor:
@@ -60,22 +61,37 @@ def sparse_topk(logits: Tensor, k: int) -> Tensor:
     return logits.masked_fill(~((logits >= kth) & (logits > fill)), fill)
 
 
+def selection(logits: Tensor, extra: int, carried: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Selective attention's F for queries that are the last i of the tokens, and its running sum.
+
+    logits [b, h, i, j]: `extra` memory / zero key columns in front of the tokens (never pruned), the queries
+    the last i tokens. carried [b, t] (t ≤ j − extra): the gate summed over the queries before these (a cache's),
+    zeros if None. Returns (F [b, 1, i, j], the gate summed over every query so far [b, j − extra]: the F row of
+    the next query).
+    """
+    i, j = logits.shape[-2:]
+    gate = F.relu(logits[:, 0])
+    keep = torch.ones(i, j, dtype=logits.dtype, device=logits.device)
+    keep[:, : extra + 1] = 0.0           # never prune the extra keys or the first token
+    keep.diagonal(j - i).fill_(0.0)      # a token does not prune itself
+    gate = gate * keep
+    before = F.pad(gate, (0, 0, 1, -1)).cumsum(dim=-2)   # shift one query down: only later queries are affected
+    if carried is not None:
+        before = before + F.pad(carried, (extra, j - extra - carried.shape[-1]))[:, None]
+    total = before[:, -1] + gate[:, -1]
+    return rearrange(before, "b i j -> b 1 i j"), total[:, extra:]
+
+
 def selective_penalty(logits: Tensor) -> Tensor:
     """Selective attention's F (Leviathan et al. 2024, as x-transformers' `selective_attn`).
 
     Head 0's positive logits decide, for each query, which earlier keys later queries may ignore.
     The first key column (BOS) and the diagonal never count; the gate is shifted one query down and
-    summed over queries, so query i is penalised by what queries < i decided. Returns [b, 1, i, j].
+    summed over queries, so query i is penalised by what queries < i decided. Key columns in front of the
+    i queries' own tokens (memory / zero keys) never count either. Returns [b, 1, i, j].
     """
     i, j = logits.shape[-2:]
-    extra = j - i                        # memory / zero keys in front: never pruned
-    gate = F.relu(logits[:, 0])
-    keep = torch.ones(i, j, dtype=logits.dtype, device=logits.device)
-    keep[:, : extra + 1] = 0.0           # never prune the extra keys or the first token
-    keep[:, extra:].fill_diagonal_(0.0)  # a token does not prune itself
-    gate = gate * keep
-    gate = F.pad(gate, (0, 0, 1, -1))    # shift one query down: only future queries are affected
-    return rearrange(gate.cumsum(dim=-2), "b i j -> b 1 i j")
+    return selection(logits, j - i)[0]
 
 
 def alibi_slopes(heads: int) -> list[float]:
@@ -90,12 +106,10 @@ def alibi_slopes(heads: int) -> list[float]:
     return power_of_two(closest) + power_of_two(2 * closest)[0::2][: heads - closest]
 
 
-def alibi_bias(n: int, alibi_heads: int, total_heads: int, device: torch.device | None = None) -> Tensor:
-    """[1, h, i, j] bias −slope·|i − j|; heads past `alibi_heads` get no bias."""
+def alibi_bias(i: int, j: int, alibi_heads: int, total_heads: int, device: torch.device | None = None) -> Tensor:
+    """[1, h, i, j] bias −slope·|query − key| for the last i of j positions; heads past `alibi_heads` get none."""
     slopes = torch.tensor(alibi_slopes(alibi_heads), device=device)
-    pos = torch.arange(n, device=device)
-    distance = -(pos[None, :] - pos[:, None]).abs()
-    bias = rearrange(slopes, "h -> h 1 1") * distance
+    bias = rearrange(slopes, "h -> h 1 1") * -relative_distance(i, j, device).abs()
     bias = F.pad(bias, (0, 0, 0, 0, 0, total_heads - alibi_heads))
     return rearrange(bias, "h i j -> 1 h i j")
 
@@ -339,7 +353,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, *, visible: Tensor | None = None, fully_masked: Tensor | None = None,
                 query_mask: Tensor | None = None, rotary: Tensor | None = None, xpos: Tensor | None = None,
                 bias: Tensor | None = None, prev_logits: Tensor | None = None, value_residual: Tensor | None = None,
-                context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                context: Tensor | None = None, cache: LayerCache | None = None,
+                track_selection: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, n, dim] → (output [b, n, dim], pre-softmax logits [b, h, i, j] for residual attention,
         this layer's own values [b, h, n, d] for the value residual).
 
@@ -349,7 +364,9 @@ class Attention(nn.Module):
         rotary [n, r]: rotary angles, xpos [n, r]: xPos factors (queries × xpos, keys ÷ xpos);
         bias [b|1, h, i, j]: the layers' shared position bias (data-dependent ALiBi makes its own instead);
         value_residual [b, h, n, d]: the first attention layer's values, mixed into this layer's (ResFormer);
-        context [b, m, dim]: the sequence keys and values come from (cross-attention; j runs over m), else x.
+        context [b, m, dim]: the sequence keys and values come from (cross-attention; j runs over m), else x;
+        cache: this layer's key/value cache (x holds only the new tokens, the last i of j; see `xattn.cache`);
+        track_selection: carry head 0's accumulated positive logits in the cache without selective attention.
         """
         kv_input = x if context is None else context
         q, k = self.queries_and_keys(x, kv_input, rotary, xpos)
@@ -361,6 +378,8 @@ class Attention(nn.Module):
             mix = 0.5 if self.to_value_residual_mix is None \
                 else rearrange(self.to_value_residual_mix(x).sigmoid(), "b n h -> b h n 1")
             v = value_residual.lerp(v, mix)
+        if cache is not None:
+            k, v = cache.extend(k, v)
         if self.extra_kv:           # visible to every query
             k, v = self.prepend_extra_kv(k, v)
             visible = None if visible is None else F.pad(visible, (self.extra_kv, 0), value=True)
@@ -395,7 +414,12 @@ class Attention(nn.Module):
 
         logits = self.add_stage(logits, None if self.cope is None else self.cope(q, logits), self.hook_cope)
 
-        penalty = selective_penalty(logits) if self.selective else None
+        penalty = None
+        if cache is not None and (self.selective or track_selection):
+            penalty, cache.selected = selection(logits, self.extra_kv, cache.selected)
+        elif self.selective:
+            penalty = selective_penalty(logits)
+        penalty = penalty if self.selective else None
         logits = self.add_stage(logits, penalty, self.hook_selection, subtract=True)
         if self.sink is not None:
             logits = torch.cat((self.sink_column(logits), logits), dim=-1)

@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies, window_visible
+from .cache import KVCache
 from .config import FeedForwardConfig, LayersConfig
 from .cross import check_context, cross_inputs
 from .norms import LayerNorm, make_norm
@@ -181,11 +182,12 @@ class AttentionLayers(nn.Module):
         return self.config.attn.key_extras
 
     def visible_mask(self, batch: int, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                     device: torch.device | None = None) -> Tensor | None:
+                     device: torch.device | None = None, offset: int = 0) -> Tensor | None:
         """[b|1, 1, i, j] True where key j is visible to query i: padding, custom, window (attn_max_attend_past)
         and causal masks combined.
 
         mask [b, n]: key padding, True = a real token. attn_mask [i, j] or [b, i, j]: True = may attend.
+        offset: the n queries are the last of offset + n keys (a cached step; no mask or attn_mask then).
         Returns None when nothing is masked.
         """
         parts = []
@@ -201,9 +203,9 @@ class AttentionLayers(nn.Module):
                                  f"with seq = {n}, batch = {batch}; got {attn_mask.dtype} {tuple(attn_mask.shape)}")
             parts.append(attn_mask.view(-1, 1, n, n))
         if self.config.attn.max_attend_past is not None:
-            parts.append(window_visible(n, self.config.attn.max_attend_past, device)[None, None])
+            parts.append(window_visible(n, self.config.attn.max_attend_past, device, offset)[None, None])
         if self.causal:
-            parts.append(causal_visible(n, device)[None, None])
+            parts.append(causal_visible(n, device, offset)[None, None])
         if not parts:
             return None
         visible = parts[0]
@@ -212,41 +214,56 @@ class AttentionLayers(nn.Module):
         return visible
 
     def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
         """x [b, n, dim] → [b, n, dim]. mask [b, n] pads keys and queries; attn_mask [i, j] or [b, i, j].
         context [b, m, dim]: what the cross-attention layers read (given iff cross_attend); context_mask [b, m]
-        pads its positions."""
+        pads its positions. cache: x holds only the tokens after the `cache.length` cached ones, whose keys and
+        values each layer reads from (and appends to) the cache (causal layers, no masks, no context)."""
         b, n, _ = x.shape
         check_context(self.config, b, context, context_mask)
+        offset = 0 if cache is None else cache.length
+        if cache is not None and not (self.causal and mask is None and attn_mask is None and context is None):
+            raise ValueError("a cache needs causal layers and takes no mask, attn_mask or context")
         cross = None if context is None else cross_inputs(context, context_mask, mask)
-        visible = self.visible_mask(b, n, mask, attn_mask, x.device)
+        visible = self.visible_mask(b, n, mask, attn_mask, x.device, offset)
         fully_masked = None if visible is None else ~visible.any(dim=-1)
         if fully_masked is not None and not fully_masked.any():
             fully_masked = None
-        config = self.config
+        config, total = self.config, offset + n
         rotary = xpos = None
         if self.rotary_dim:
-            rotary = rotary_frequencies(n, self.rotary_dim, config.rotary_base, config.rotary_interpolation_factor,
-                                        device=x.device)
+            rotary = rotary_frequencies(total, self.rotary_dim, config.rotary_base,
+                                        config.rotary_interpolation_factor, device=x.device)[offset:]
         if config.rotary_xpos:
             xpos = xpos_scale(n, self.rotary_dim, config.rotary_xpos_scale_base, x.device)
-        bias = alibi_bias(n, self.alibi_heads, self.heads, x.device).to(x.dtype) if self.alibi_heads else None
+        bias = alibi_bias(n, total, self.alibi_heads, self.heads, x.device).to(x.dtype) if self.alibi_heads else None
         if self.rel_pos is not None:
-            bias = self.rel_pos(n, n)
+            bias = self.rel_pos(n, total)
 
         prev_logits = prev_cross = value_residual = None   # residual attention chains self and cross apart
+        attention_index = 0
         for block in self.layers:
             if block.is_cross:
                 x, logits, _ = block(x, **cross, prev_logits=prev_cross)
                 prev_cross = logits if self.config.cross_residual_attn else None
                 continue
-            x, logits, values = block(x, visible=visible, fully_masked=fully_masked, query_mask=mask, rotary=rotary,
-                                      xpos=xpos, bias=bias, prev_logits=prev_logits, value_residual=value_residual) \
-                if block.is_attention else block(x)
+            if block.is_attention:
+                layer_cache = None if cache is None else cache.layers[attention_index]
+                attention_index += 1
+                x, logits, values = block(
+                    x, visible=visible if layer_cache is None else layer_cache.hide(visible, n),
+                    fully_masked=fully_masked, query_mask=mask, rotary=rotary, xpos=xpos, bias=bias,
+                    prev_logits=prev_logits, value_residual=value_residual, cache=layer_cache,
+                    track_selection=cache is not None and cache.track_selection)
+            else:
+                x, logits, values = block(x)
             if logits is not None and self.residual_attn:
                 prev_logits = logits
             if values is not None and self.add_value_residual and value_residual is None:
                 value_residual = values        # the first attention layer's values (ResFormer)
+        if cache is not None:
+            cache.length = total
         return x if self.final_norm is None else self.final_norm(x)
 
 

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
+from .cache import KVCache, uncached_options
 from .config import ModelConfig
 from .cross import context_visible
+from .generate import Generation, Prune, generate
 from .hooks import HookFn, HookPoint, NameFilter, attached, hook_points
 from .layers import AttentionLayers
 from .norms import LayerNorm
@@ -57,25 +59,29 @@ class TransformerWrapper(nn.Module):
         self.tie_scale = dim ** -0.5
         self.to_logits = None if tie_embedding or return_only_embed else nn.Linear(dim, num_tokens, bias=False)
 
-    def check_input(self, tokens: Tensor) -> None:
+    def check_input(self, tokens: Tensor, cached: int = 0) -> None:
+        """Refuse what the model cannot read: not [batch, seq] integers, empty, unknown ids, or with the `cached`
+        tokens before it longer than max_seq_len."""
         if tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"tokens must be an integer tensor [batch, seq], got {tokens.dtype} {tuple(tokens.shape)}")
         if tokens.shape[1] == 0:
             raise ValueError("the input is empty: give at least one token")
-        if tokens.shape[1] > self.max_seq_len:
-            raise ValueError(f"the input has {tokens.shape[1]} tokens; this model takes at most {self.max_seq_len}")
+        if cached + tokens.shape[1] > self.max_seq_len:
+            after = f" after {cached} cached ones" if cached else ""
+            raise ValueError(f"the input has {tokens.shape[1]} tokens{after}; this model takes at most "
+                             f"{self.max_seq_len}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.num_tokens):
             raise ValueError(f"token ids must lie in [0, {self.num_tokens}); "
                              f"got {int(tokens.min())}..{int(tokens.max())}")
 
-    def embed(self, tokens: Tensor) -> Tensor:
+    def embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """tokens [b, n] → the sequence the layers see [b, M + n, dim]: token + position embedding, [l2-normalised
-        each], [normed], [projected to dim], after the M memory tokens."""
+        each], [normed], [projected to dim], after the M memory tokens. offset: the tokens' first position."""
         x = self.token_emb(tokens)
         if self.l2norm_embed:
             x = F.normalize(x, dim=-1)
         if self.pos_emb is not None:
-            pos = self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
+            pos = self.pos_emb(torch.arange(offset, offset + tokens.shape[1], device=tokens.device))
             x = x + (F.normalize(pos, dim=-1) if self.l2norm_embed else pos * self.pos_scale)
         if self.post_emb_norm is not None:
             x = self.post_emb_norm(x)
@@ -99,13 +105,21 @@ class TransformerWrapper(nn.Module):
         return mask, attn_mask
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                cache: KVCache | None = None) -> Tensor:
         """tokens [b, n] → logits [b, n, num_tokens] (none for memory tokens; with return_only_embed the final
         embeddings [b, n, dim]). context [b, m, dim] and its padding context_mask [b, m]: what a cross-attending
-        model reads."""
-        self.check_input(tokens)
-        x = self.attn_layers(self.embed(tokens), *self.layer_masks(mask, attn_mask), context=context,
-                             context_mask=context_mask)
+        model reads. cache (`xattn.cache.KVCache`): tokens are the next n after the cached ones, which the
+        layers read from the cache and extend it with (a decoder without the options `uncached_options` lists)."""
+        offset = 0
+        if cache is not None:
+            unsupported = uncached_options(self.config)
+            if unsupported:
+                raise ValueError(f"no cached path for {', '.join(unsupported)}: run the whole sequence instead")
+            offset = cache.length
+        self.check_input(tokens, offset)
+        x = self.attn_layers(self.embed(tokens, offset), *self.layer_masks(mask, attn_mask), context=context,
+                             context_mask=context_mask, cache=cache)
         if self.memory_tokens is not None:
             x = x[:, self.num_memory_tokens:]
         if self.return_only_embed:
@@ -150,6 +164,14 @@ class TransformerWrapper(nn.Module):
             labels, is_cross=True, key_labels=context_labels, key_extras=extras)
         return logits, build_trace(kept, with_extra_keys(visible, extras), tokens, self.config, labels, cross=cross,
                                    key_extras=extras)
+
+    def generate(self, prompt: Tensor, steps: int, temperature: float = 0.0, top_k: int | None = None,
+                 eos: int | None = None, seed: int | None = None, cache: bool = True, prune: Prune | None = None,
+                 stages: Sequence[str] | None = None) -> Generation:
+        """Generate `steps` tokens after `prompt` step by step, recording each new query's attention row
+        (`xattn.generate.generate` says how)."""
+        return generate(self, prompt, steps, temperature=temperature, top_k=top_k, eos=eos, seed=seed, cache=cache,
+                        prune=prune, stages=stages)
 
     def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options
