@@ -72,9 +72,10 @@ class Prune:
 class Generation:
     """What `generate` produced. b = batch, steps = tokens generated (fewer than asked when every row hit eos).
 
-    rows[s][stage] [layers, b, heads, 1, keys]: step s's query (position prompt_length + s − 1) at each recorded
-    stage; keys = prompt_length + s, after the layers' extra key columns (`key_extras`: sink, zero, memory kv).
-    dropped[s] [layers, b, keys]: keys (tokens only) pruned from each layer's context before step s's query.
+    rows[s][stage] [layers, b, heads, 1, keys]: step s's query (token position prompt_length + s − 1) at each
+    recorded stage; its keys are the layers' extra key columns (`key_extras`: sink, zero, memory kv), then the
+    `memory_tokens` learned memory tokens, then the prompt_length + s tokens.
+    dropped[s] [layers, b, prompt_length + s]: tokens pruned from each layer's context before step s's query.
     """
 
     tokens: Tensor                 # [b, prompt_length + steps], prompt included; after eos, eos repeated
@@ -86,6 +87,7 @@ class Generation:
     rows: list[dict[str, Tensor]]
     dropped: list[Tensor]
     key_extras: list[str]
+    memory_tokens: int             # learned memory tokens in front of the tokens on the rows' key axis
     cached: bool                   # whether steps ran through the KV cache (else the whole sequence each step)
     note: str                      # how it ran: cache or why not, and what pruning used
 
@@ -212,39 +214,39 @@ def generate(model: TransformerWrapper, prompt: Tensor, steps: int, temperature:
     was_training = model.training
     model.eval()
     try:
-        for step in range(steps):
-            if kv is None:
-                new = tokens
-            elif step > 0:
-                new = tokens[:, -1:]
-            elif prune is None:
-                new = prompt
-            else:                       # feed the prompt token by token, pruning after each
-                for position in range(n - 1):
-                    model(prompt[:, position:position + 1], cache=kv)
-                    prune.apply(kv)
-                new = prompt[:, -1:]
-            dropped.append(dropped_row(kv, num_layers, batch, tokens.shape[1], prompt.device))
-            with recording(model.attn_layers, chosen) as kept:
-                logits = model(new, cache=kv)[:, -1]
-            rows.append({stage: torch.stack([kept[stage][layer][..., -1:, :] for layer in sorted(kept[stage])])
-                         for stage in chosen})
-            if prune is not None:
-                prune.apply(kv)
-            distribution = logits.float().softmax(dim=-1)
-            top = distribution.topk(min(CANDIDATES, distribution.shape[-1]), dim=-1)
-            token = choose(logits, temperature, top_k, generator)
-            if eos is not None:
-                token = token.masked_fill(done, eos)
-            probs.append(distribution.gather(-1, token[:, None])[:, 0])
-            top_ids.append(top.indices)
-            top_probs.append(top.values)
-            finished.append(done.clone())
-            tokens = torch.cat((tokens, token[:, None]), dim=1)
-            if eos is not None:
-                done = done | (token == eos)
-                if done.all():
-                    break
+        with recording(model.attn_layers, chosen) as kept:     # each forward overwrites the records
+                for step in range(steps):
+                    if kv is None:
+                        new = tokens
+                    elif step > 0:
+                        new = tokens[:, -1:]
+                    elif prune is None:
+                        new = prompt
+                    else:                       # feed the prompt token by token, pruning after each
+                        for position in range(n - 1):
+                            model(prompt[:, position:position + 1], cache=kv)
+                            prune.apply(kv)
+                        new = prompt[:, -1:]
+                    dropped.append(dropped_row(kv, num_layers, batch, tokens.shape[1], prompt.device))
+                    logits = model(new, cache=kv)[:, -1]
+                    rows.append({stage: torch.stack([kept[stage][layer][..., -1:, :] for layer in sorted(kept[stage])])
+                                 for stage in chosen})
+                    if prune is not None:
+                        prune.apply(kv)
+                    distribution = logits.float().softmax(dim=-1)
+                    top = distribution.topk(min(CANDIDATES, distribution.shape[-1]), dim=-1)
+                    token = choose(logits, temperature, top_k, generator)
+                    if eos is not None:
+                        token = token.masked_fill(done, eos)
+                    probs.append(distribution.gather(-1, token[:, None])[:, 0])
+                    top_ids.append(top.indices)
+                    top_probs.append(top.values)
+                    finished.append(done.clone())
+                    tokens = torch.cat((tokens, token[:, None]), dim=1)
+                    if eos is not None:
+                        done = done | (token == eos)
+                        if done.all():
+                            break
     finally:
         model.train(was_training)
 
@@ -255,7 +257,8 @@ def generate(model: TransformerWrapper, prompt: Tensor, steps: int, temperature:
 
     return Generation(tokens=tokens, prompt_length=n, probs=stacked(probs, torch.float), rows=rows, dropped=dropped,
                       top_ids=stacked(top_ids, torch.long, k), top_probs=stacked(top_probs, torch.float, k),
-                      finished=stacked(finished, torch.bool), key_extras=model.attn_layers.key_extras, cached=cached,
+                      finished=stacked(finished, torch.bool), key_extras=model.attn_layers.key_extras,
+                      memory_tokens=model.num_memory_tokens, cached=cached,
                       note=note)
 
 
