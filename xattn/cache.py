@@ -75,13 +75,5 @@ class KVCache:
     def empty(cls, num_layers: int, track_selection: bool = False) -> KVCache:
         return cls([LayerCache() for _ in range(num_layers)], track_selection=track_selection)
 
-    def nbytes(self) -> int:
-        """Bytes of cached keys and values."""
-        return sum(t.nbytes for layer in self.layers for t in (layer.keys, layer.values) if t is not None)
-
-    def held(self) -> Tensor:
-        """[layers, b] keys each layer still shows later queries (dropped ones not counted)."""
-        return torch.stack([(~layer.dropped).sum(-1) for layer in self.layers])
-
 
 __all__ = ["KVCache", "LayerCache", "uncached_options"]
