@@ -99,7 +99,8 @@ def token_text_view() -> gr.HTML:
     """The text view (xattn.viz.token_html): a click on a token sends `pick` with its query position and what
     the page's Plotly views show (app/heatmap.js keeps that in window.xattnViews), as their clicks do."""
     return gr.HTML("", label="the text, shaded by where the query looks (click a token to make it the query)",
-                   show_label=True, container=True, elem_id="token-text", js_on_load=TOKEN_CLICKS)
+                   show_label=True, container=True, padding=True, scale=3, elem_id="token-text",
+                   css_template=".xattn-tokens { padding-top: 1.8em; }", js_on_load=TOKEN_CLICKS)
 
 
 TOKEN_CLICKS = """
@@ -185,7 +186,7 @@ def build() -> gr.Blocks:
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
                     tokens_view = token_text_view()
-                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens")
+                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True)
                 with gr.Row():
                     grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
                 strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")

@@ -70,7 +70,7 @@ class Shown:
 
     def note(self) -> str:
         """A subtitle saying what is hidden, '' when nothing is."""
-        parts = ([f"attention < {self.threshold:g} hidden"] if self.threshold > 0 else []) + \
+        parts = ([f"attention below {self.threshold:g} hidden"] if self.threshold > 0 else []) + \
             (["sink column hidden"] if self.hide_sink else [])
         return " · ".join(parts + ["values not renormalised"]) if parts else ""
 
