@@ -21,6 +21,7 @@ from .models import Loaded, Session
 # the page narrows every slider to the chosen model as soon as it loads.
 CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
+TEXT_ROW_PX = 300       # Explore's text view and predictions: room for the table, so the views below do not jump
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -99,7 +100,7 @@ def token_text_view() -> gr.HTML:
     """The text view (xattn.viz.token_html): a click on a token sends `pick` with its query position and what
     the page's Plotly views show (app/heatmap.js keeps that in window.xattnViews), as their clicks do."""
     return gr.HTML("", label="the text, shaded by where the query looks (click a token to make it the query)",
-                   show_label=True, container=True, padding=True, scale=3, elem_id="token-text",
+                   show_label=True, container=True, padding=True, scale=3, min_height=TEXT_ROW_PX, elem_id="token-text",
                    css_template=".xattn-tokens { padding-top: 1.8em; }", js_on_load=TOKEN_CLICKS)
 
 
@@ -186,7 +187,8 @@ def build() -> gr.Blocks:
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
                     tokens_view = token_text_view()
-                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True)
+                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True,
+                                              min_height=TEXT_ROW_PX)
                 with gr.Row():
                     grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
                 strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
