@@ -74,9 +74,10 @@ def element_id(label: str) -> str:
     return re.sub(r"\W+", "-", label).strip("-")
 
 
-def plot(label: str) -> gr.Plot:
-    """A figure slot."""
-    return gr.Plot(label=label, show_label=True, elem_id=element_id(label))
+def plot(label: str) -> gr.HTML:
+    """A figure slot: our Plotly view without clicks, for its hover (token labels, values, which mask hides a
+    cell, which keys F prunes: app/heatmap.js); API clients get what a gr.Plot sends."""
+    return view(label, "plot")
 
 
 def view(label: str, role: str) -> gr.HTML:

@@ -20,6 +20,13 @@ TOKEN = ("(q) => { const t = document.querySelector(`#token-text [data-q=\"${q}\
          " t.scrollIntoView({block: 'center'});"
          " const b = t.getBoundingClientRect(); return [b.left + b.width / 2, b.top + b.height / 2]; }")
 
+PANEL = """([id, query, key]) => {
+  const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+  gd.scrollIntoView({block: 'center'});
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(query)];
+}"""
+
 
 def hover_tip(page: Any, query: int, key: int) -> str:
     """The focused head's tooltip over cell (query, key)."""
@@ -81,4 +88,18 @@ def test_a_token_click_picks_the_query_and_hover_says_why(browser_page: tuple[An
     page.mouse.move(5, 5)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-tokens.png"), full_page=True)
+
+    # the other tabs' figures hover the same way: the Masking debugger's effective mask names each hiding mask
+    # (2 pad tokens on the left, a sliding window of 4, causal)
+    page.get_by_role("tab", name="Masking debugger").click()
+    page.wait_for_selector("#effective-mask .js-plotly-plot .heatmaplayer image", state="attached",
+                           timeout=DRAW_TIMEOUT_MS)
+    for (query, key), says in {(10, 12): "masked (the causal mask)", (12, 3): "masked (the custom mask)",
+                               (12, 0): "masked (the padding mask)", (10, 9): "visible"}.items():
+        page.mouse.move(5, 5)
+        x, y = page.evaluate(PANEL, ["effective-mask", query, key])
+        page.mouse.move(x, y)
+        tip = page.locator("#effective-mask .xattn-tip")
+        tip.wait_for(state="visible", timeout=5_000)
+        assert says in tip.inner_text(), (query, key, tip.inner_text())
     assert local_only(requests, server) == []

@@ -138,11 +138,13 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
              factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
-             keys: list[str] | None = None, hidden: np.ndarray | None = None) -> go.Heatmap:
+             keys: list[str] | None = None, hidden: np.ndarray | None = None,
+             categories: list[str] | None = None) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), HIDDEN_CODE
     where `hidden` (a display filter's), or category codes when there is no scale. Token labels on the axes at
     full resolution (`keys` along x when they are not the queries), positions when pooled; with `exact` the
-    float32 values ride along as customdata for hover."""
+    float32 values ride along as customdata for hover. The trace's `name` names the value, `meta` the
+    `categories` of category codes, for the app's hover (app/heatmap.js)."""
     if labels is not None and factor == 1:
         axes = dict(x=labels if keys is None else keys, y=labels)
     else:
@@ -151,7 +153,8 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
                 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)")
     value = f"<br>{name}: %{{customdata:.4g}}" if exact else ""
     return go.Heatmap(z=z if scale is None else scale.encode(z, hidden), coloraxis=axis,
-                      meta=None if scale is None else dict(lo=scale.lo, hi=scale.hi),
+                      meta=dict(lo=scale.lo, hi=scale.hi) if scale is not None
+                      else None if categories is None else dict(categories=categories), name=name,
                       customdata=z.astype(np.float32) if exact else None,
                       hovertemplate=f"{where}{position}{value}<extra></extra>", **axes)
 
@@ -187,6 +190,17 @@ def _pool_note(factor: int) -> str:
     return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
 
 
+def _hover_meta(fig: go.Figure, trace: Trace, batch: int, layers: list[int] | None, factor: int = 1,
+                **more: object) -> None:
+    """What the app's hover reads (layout.meta["xattn"]): the query and key labels, and why cells are masked or
+    pruned (cells.why over `layers`, pooled by `factor`); `more` adds fields (the layer of a one-layer figure)."""
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
+    old = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    fig.update_layout(meta={**old, "xattn": {**old.get("xattn", {}), "labels": labels, "keys": keys,
+                                             "n": len(labels), "n_keys": len(keys), **more,
+                                             "why": why(trace, layers, factor=factor, batch=batch)}})
+
+
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
              main: str, notes: list[str], keys: list[str] | None = None,
              titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
@@ -217,9 +231,10 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
-                      keys=key_labels(trace, batch), titles=axis_titles(trace))
+    fig, factor = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
+                           f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                           keys=key_labels(trace, batch), titles=axis_titles(trace))
+    _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
 
 
@@ -253,17 +268,17 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
                         horizontal_spacing=0.01, vertical_spacing=0.01,
                         row_titles=rows, column_titles=[f"head {h}" for h in heads])
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
-    fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor,
-                             where=f"layer {layers[r]} · head {heads[c]}<br>",
-                             hidden=None if hidden is None else hidden[r, c])
-                    for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
+    tiles = [_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
+                      where=f"layer {layers[r]} · head {heads[c]}<br>", hidden=None if hidden is None else hidden[r, c])
+             for r, c in cells]
+    fig.add_traces(tiles, rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
                       title=_title(f"{style.name} · {len(layers)} {kind}s × {len(heads)} heads",
                                    [DESCRIPTIONS[stage], _pool_note(factor), shown.note()]),
-                      meta=dict(xattn=dict(why=why(trace, layers, factor=factor, batch=batch),
-                                           hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
     return fig
 
@@ -337,8 +352,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
                       title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
                                                                              _pool_note(factor), shown.note()]),
-                      meta=dict(xattn=dict(why=why(trace, [layer], factor=factor, batch=batch),
-                                           hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
 
 
@@ -364,6 +379,7 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
     fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
+    _hover_meta(fig, a, batch, [layer], factor, layer=layer)
     fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
                              y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
@@ -395,7 +411,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
-    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
+    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys, categories=list(PRUNE_COLORS)), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
@@ -408,6 +424,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
                           "" if selective else "selective attention is off in this model: F is zero",
                           f"{int(cut.sum())} (query, key) pairs pruned",
                           f"most by query {labels[worst]}: {int(per_query[worst])}" if cut.any() else ""]))
+    _hover_meta(fig, trace, batch, [layer], layer=layer)
     return fig
 
 
@@ -487,7 +504,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
     state = np.where(visible, 0, np.where(fully_masked[:, None], 2, 1)).astype(np.uint8)
     labels = token_labels(trace, batch)
     hidden = [labels[i] for i in np.flatnonzero(fully_masked)]
-    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch)))
+    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch),
+                             categories=list(MASK_COLORS)))
     fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
@@ -497,6 +515,7 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
                           f"{', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))
     _flag_rows(fig, fully_masked)
+    _hover_meta(fig, trace, batch, None)
     return fig
 
 
@@ -508,12 +527,13 @@ def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *,
     code = reasons(parts)[batch].cpu().numpy()
     labels = labels or [str(i) for i in range(code.shape[0])]
     removed = ", ".join(f"{name} {int((~parts[name][batch]).sum())}" for name in MASKS)
-    fig = go.Figure(_heatmap(code, "coloraxis", labels=labels))
+    fig = go.Figure(_heatmap(code, "coloraxis", labels=labels, categories=["visible", *MASKS]))
     fig.update_layout(template=TEMPLATE, width=720, height=700,
                       coloraxis=_category_axis({"visible": MASK_COLORS["visible"], **REMOVER_COLORS}),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title("What each mask removes", [
                           "each hidden cell takes the colour of the first mask that hides it",
-                          f"cells hidden by each mask alone: {removed}"]))
+                          f"cells hidden by each mask alone: {removed}"]),
+                      meta=dict(xattn=dict(labels=labels, n=len(labels))))
     return fig
