@@ -9,6 +9,8 @@ from .io import load, load_checkpoint, read_tokenizer, save
 from .layers import AttentionLayers, Decoder, Encoder
 from .registry import available, pretrained
 from .stages import DESCRIPTIONS, STAGES, TERMS
+from .stats import STATS as HEAD_STATS
+from .stats import HeadStats, TaskData, TextData, TokenBatches, head_stats
 from .trace import Trace
 from .wrapper import TransformerWrapper, build
 
@@ -17,5 +19,6 @@ __all__ = [
     "DESCRIPTIONS", "TERMS", "OPTIONS", "Option", "ModelConfig", "LayersConfig", "AttentionConfig", "FeedForwardConfig",
     "build", "load", "save", "read_tokenizer", "load_checkpoint", "from_x_transformers",
     "from_x_transformers_state_dict", "selective_penalty", "pretrained", "available", "masks", "limits", "memory",
-    "XTransformer", "EncDecConfig", "build_any",
+    "XTransformer", "EncDecConfig", "build_any", "head_stats", "HeadStats", "TaskData", "TextData", "TokenBatches",
+    "HEAD_STATS",
 ]

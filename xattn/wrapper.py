@@ -140,16 +140,22 @@ class TransformerWrapper(nn.Module):
         with recording(self.attn_layers, stages, layers) as kept, \
                 recording(self.attn_layers, stages, cross=True) as kept_cross:
             logits = self(tokens, mask=mask, attn_mask=attn_mask, context=context, context_mask=context_mask)
+        extras = self.attn_layers.key_extras
+        cross = None if context is None else build_trace(
+            kept_cross, with_extra_keys(context_visible(tokens.shape[1] + self.num_memory_tokens, context,
+                                                        context_mask), extras),
+            tokens, self.config, labels, is_cross=True, key_labels=context_labels, key_extras=extras)
+        return logits, build_trace(kept, self.trace_visible(tokens, mask, attn_mask), tokens, self.config, labels,
+                                   cross=cross, key_extras=extras)
+
+    def trace_visible(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """`trace.visible` for these inputs: [b, query, key] True where the key is visible, memory tokens in front
+        of both axes and the extra key columns in front of the keys."""
         b, n = tokens.shape[0], tokens.shape[1] + self.num_memory_tokens
         visible = self.attn_layers.visible_mask(b, n, *self.layer_masks(mask, attn_mask), tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else visible[:, 0].expand(b, n, n).contiguous()       # padding alone gives [b, 1, 1, j]
-        extras = self.attn_layers.key_extras
-        cross = None if context is None else build_trace(
-            kept_cross, with_extra_keys(context_visible(n, context, context_mask), extras), tokens, self.config,
-            labels, is_cross=True, key_labels=context_labels, key_extras=extras)
-        return logits, build_trace(kept, with_extra_keys(visible, extras), tokens, self.config, labels, cross=cross,
-                                   key_extras=extras)
+        return with_extra_keys(visible, self.attn_layers.key_extras)
 
     def with_config(self, **layer_changes: Any) -> TransformerWrapper:
         """A new model with the same weights under changed attention-layer options
