@@ -1,4 +1,4 @@
-"""xattn.stats: every head statistic against loops over single, unpadded traces; flat memory;
+"""xattn.stats: every head statistic against loops over single, unpadded traces; Ray against local; flat memory;
 importance against finite differences; bad input."""
 from __future__ import annotations
 
@@ -132,6 +132,24 @@ def test_importance_matches_finite_differences(model):
     torch.testing.assert_close(stats.values["importance"], expected, atol=1e-5, rtol=1e-4)
 
 
+def test_ray_equals_local():
+    """One local Ray runtime, started and shut down by head_stats itself."""
+    import ray  # the test extra installs it: no skip
+    torch.manual_seed(0)
+    m = xattn.TransformerWrapper(num_tokens=TOK.vocab_size, max_seq_len=12, num_memory_tokens=1,
+                                 attn_layers=xattn.Decoder(dim=16, depth=2, heads=2, attn_dim_head=8,
+                                                           attn_selective=True)).eval()
+    lines = LINES + ["ab?cd", "x" * 3]
+    local = head_stats(m, lines, tokenizer=TOK, batch_size=3, progress=False)
+    remote = head_stats(m, lines, tokenizer=TOK, batch_size=3, progress=False, backend="ray", workers=2)
+    assert not ray.is_initialized()
+    assert remote.counts == local.counts and remote.sequences == local.sequences == len(lines)
+    assert remote.issues == local.issues == {"skipped_characters": 4, "empty_lines": 1}
+    for s, v in local.values.items():
+        torch.testing.assert_close(remote.values[s], v, atol=1e-6, rtol=0, msg=s)
+        assert remote.examples[s].equal(local.examples[s]), s
+
+
 def test_local_engine_keeps_only_running_sums(model):
     """16 times the batches, the same accumulator: nothing is kept per batch or per sequence."""
     stats = ["entropy", "bos", "pruned", "importance"]
@@ -164,7 +182,7 @@ def test_batches_of_tokens_equal_texts_and_progress_is_reported(model):
     assert float(row["value"].iloc[0]) == pytest.approx(float(texts.values["bos"][1, 0]))
 
 
-def test_bad_input_is_refused_or_counted(model):
+def test_bad_input_is_refused_or_counted(model, monkeypatch):
     with pytest.raises(ValueError, match="empty"):
         head_stats(model, [], progress=False)
     with pytest.raises(ValueError, match="empty"):
@@ -196,6 +214,9 @@ def test_bad_input_is_refused_or_counted(model):
     for s, v in cleaned.values.items():
         torch.testing.assert_close(counted.values[s], v, atol=1e-9, rtol=0)
 
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r'pip install "xattn\[ray\]"'):
+        head_stats(model, ["abc"], tokenizer=TOK, backend="ray", progress=False)
 
 
 def test_import_xattn_imports_neither_ray_nor_pandas():

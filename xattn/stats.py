@@ -407,7 +407,11 @@ class HeadStats:
     notes: list[str]
 
     def to_frame(self) -> pandas.DataFrame:
-        import pandas as pd
+        """One row per layer, head and statistic: columns layer, head, stat, value."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("HeadStats.to_frame needs pandas: pip install pandas") from None
         return pd.DataFrame([{"layer": layer, "head": head, "stat": stat, "value": float(v[layer, head])}
                              for stat, v in self.values.items()
                              for layer in range(v.shape[0]) for head in range(v.shape[1])])
