@@ -223,3 +223,20 @@ def test_import_xattn_imports_neither_ray_nor_pandas():
     code = "import sys, xattn; print(sorted({'ray', 'pandas'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_figure_draws_every_statistic_of_every_model(model):
+    from xattn.viz import head_stats_figure
+    plain = xattn.TransformerWrapper(num_tokens=TOK.vocab_size, max_seq_len=12,
+                                     attn_layers=xattn.Decoder(dim=16, depth=2, heads=2, attn_dim_head=8))
+    results = {"selective": head_stats(model, LINES, tokenizer=TOK, progress=False),
+               "plain": head_stats(plain, LINES, tokenizer=TOK, progress=False)}
+    fig = head_stats_figure(results)
+    drawn = [(stat, name) for stat in STATS for name, h in results.items() if stat in h.values]
+    assert len(fig.data) == len(drawn) == 9 + 7      # texts: no target; plain: no selection, no pruned
+    for trace, (stat, name) in zip(fig.data, drawn, strict=True):
+        assert trace.z.tolist() == results[name].values[stat].tolist()
+        assert trace.customdata.tolist() == results[name].examples[stat].tolist()
+    assert sum(a.text == "does not apply" for a in fig.layout.annotations) == 2
+    with pytest.raises(ValueError, match="not in these results"):
+        head_stats_figure(results, names=["target"])

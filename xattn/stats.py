@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import pandas
 
 PRUNED_F = math.log(100)      # F at which selective attention has cut a key's weight a hundredfold
-PER_QUERY = ("entropy", "max_weight", "bos", "distance", "previous", "diagonal")
 SELECTIVE = ("selection", "pruned")
 STATS: dict[str, str] = {
     "entropy": "mean attention entropy per query, nats: −Σⱼ aᵢⱼ ln aᵢⱼ over every key column",
