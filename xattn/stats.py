@@ -20,6 +20,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -451,19 +452,21 @@ def check_stats(stats: Sequence[str] | None, allowed: list[str]) -> list[str]:
     return list(dict.fromkeys(stats))
 
 
-def progress_bar(progress: Progress, total: int | None) -> Callable[[int], None]:
-    """A callback taking sequences just done: a tqdm bar (progress=True), the caller's fn(done, total), or nothing."""
+@contextmanager
+def progress_bar(progress: Progress, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A callback taking sequences just done: a tqdm bar (progress=True, closed on exit), the caller's
+    fn(done, total), or nothing."""
     if progress is True:
-        bar = tqdm(total=total, desc="head stats", unit="seq")
-        return bar.update
-    if not progress:
-        return lambda k: None
+        with tqdm(total=total, desc="head stats", unit="seq") as bar:
+            yield bar.update
+        return
     done = [0]
 
     def step(k: int) -> None:
         done[0] += k
-        progress(done[0], total)
-    return step
+        if progress:
+            progress(done[0], total)
+    yield step
 
 
 def head_stats(model: TransformerWrapper, data: Any, stats: Sequence[str] | None = None, *,
@@ -494,13 +497,13 @@ def run_local(model: TransformerWrapper, source: Source, stats: list[str], batch
               progress: Progress) -> Accumulator:
     """Stream the batches through the model in this process, keeping only the running sums."""
     acc = Accumulator(stats, model.attn_layers.num_attn_layers, model.config.attn_layers.heads)
-    step = progress_bar(progress, None if isinstance(source, TokenBatches) else len(source))
     was_training = model.training
     model.eval()
     try:
-        for batch in batches(source, batch_size):
-            accumulate(acc, model, batch)
-            step(len(batch.ids))
+        with progress_bar(progress, None if isinstance(source, TokenBatches) else len(source)) as step:
+            for batch in batches(source, batch_size):
+                accumulate(acc, model, batch)
+                step(len(batch.ids))
     finally:
         model.train(was_training)
     return acc

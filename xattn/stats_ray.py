@@ -57,11 +57,11 @@ def run_ray(model: TransformerWrapper, source: Source, stats: list[str], batch_s
                                                 "stats": stats},
             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1)
-        step = progress_bar(progress, len(source))
-        for row in partials.iter_rows():
-            part = Accumulator.from_row(row, stats)
-            acc.merge(part)
-            step(part.sequences)
+        with progress_bar(progress, len(source)) as step:
+            for row in partials.iter_rows():
+                part = Accumulator.from_row(row, stats)
+                acc.merge(part)
+                step(part.sequences)
     finally:
         if started:
             ray.shutdown()
