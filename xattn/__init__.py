@@ -11,6 +11,8 @@ from .io import load, load_checkpoint, read_tokenizer, save
 from .layers import AttentionLayers, Decoder, Encoder
 from .registry import available, pretrained
 from .stages import DESCRIPTIONS, STAGES, TERMS
+from .stats import STATS as HEAD_STATS
+from .stats import HeadStats, TaskData, TextData, TokenBatches, head_stats
 from .trace import Trace
 from .wrapper import TransformerWrapper, build
 
@@ -20,4 +22,5 @@ __all__ = [
     "build", "load", "save", "read_tokenizer", "load_checkpoint", "from_x_transformers",
     "from_x_transformers_state_dict", "selective_penalty", "pretrained", "available", "masks", "limits", "memory",
     "XTransformer", "EncDecConfig", "build_any", "generate", "Generation", "Prune", "KVCache",
+    "head_stats", "HeadStats", "TaskData", "TextData", "TokenBatches", "HEAD_STATS",
 ]

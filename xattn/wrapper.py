@@ -154,17 +154,24 @@ class TransformerWrapper(nn.Module):
         with recording(self.attn_layers, stages, layers) as kept, \
                 recording(self.attn_layers, stages, cross=True) as kept_cross:
             logits = self(tokens, mask=mask, attn_mask=attn_mask, context=context, context_mask=context_mask)
+        extras = self.attn_layers.key_extras
+        cross = None if context is None else build_trace(
+            kept_cross, with_extra_keys(context_visible(tokens.shape[1] + self.num_memory_tokens, context,
+                                                        context_mask), extras),
+            tokens, self.config, labels, is_cross=True, key_labels=context_labels, key_extras=extras)
+        layer_mask, layer_attn_mask = self.layer_masks(mask, attn_mask)
+        return logits, build_trace(kept, self.trace_visible(tokens, mask, attn_mask), tokens, self.config, labels,
+                                   cross=cross, key_extras=extras, mask=layer_mask, attn_mask=layer_attn_mask)
+
+    def trace_visible(self, tokens: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """`trace.visible` for these inputs: [b, query, key] True where the key is visible, memory tokens in front
+        of both axes and the extra key columns in front of the keys."""
         b, n = tokens.shape[0], tokens.shape[1] + self.num_memory_tokens
         layer_mask, layer_attn_mask = self.layer_masks(mask, attn_mask)
         visible = self.attn_layers.visible_mask(b, n, layer_mask, layer_attn_mask, tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else visible[:, 0].expand(b, n, n).contiguous()       # padding alone gives [b, 1, 1, j]
-        extras = self.attn_layers.key_extras
-        cross = None if context is None else build_trace(
-            kept_cross, with_extra_keys(context_visible(n, context, context_mask), extras), tokens, self.config,
-            labels, is_cross=True, key_labels=context_labels, key_extras=extras)
-        return logits, build_trace(kept, with_extra_keys(visible, extras), tokens, self.config, labels, cross=cross,
-                                   key_extras=extras, mask=layer_mask, attn_mask=layer_attn_mask)
+        return with_extra_keys(visible, self.attn_layers.key_extras)
 
     def generate(self, prompt: Tensor, steps: int, temperature: float = 0.0, top_k: int | None = None,
                  eos: int | None = None, seed: int | None = None, cache: bool = True, prune: Prune | None = None,

@@ -21,6 +21,7 @@ from .figures import (
     stages,
     token_labels,
 )
+from .heads import STAT_STYLE, head_stats_figure
 from .lod import SCREEN, heatmap_region, pool_figure
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
@@ -31,4 +32,5 @@ __all__ = [
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
     "SCREEN", "pool_figure", "Shown", "why", "decode_why", "token_html", "predictions_table", "display_label",
+    "head_stats_figure", "STAT_STYLE",
 ]
