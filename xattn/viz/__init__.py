@@ -15,11 +15,13 @@ from .figures import (
     layer_similarity,
     mask_breakdown,
     mask_figure,
+    position_labels,
     query_row,
     selection,
     stages,
     token_labels,
 )
+from .generation import generation_candidates, generation_memory, generation_row, generation_text, step_row
 from .lod import SCREEN, heatmap_region, pool_figure
 from .payload import Scale, decode, max_pool
 from .style import MASKED_COLOR, STAGE_STYLE, StageStyle, stage_style
@@ -28,5 +30,6 @@ __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
-    "SCREEN", "pool_figure",
+    "SCREEN", "pool_figure", "position_labels", "generation_row", "generation_candidates", "generation_memory",
+    "generation_text", "step_row",
 ]
