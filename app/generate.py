@@ -82,7 +82,7 @@ def request_of(model: str, text: str, steps: float, temperature: float | None, t
     steps = models.check_range(steps, "steps")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
         raise ValueError(f"Temperature must be a number ≥ 0 (0 = greedy); got {temperature!r}.")
-    top_k = None if top_k in (None, "") else models.check_range(top_k, "top-k", "Top-k (empty: every token)")
+    top_k = None if top_k in (None, "") else models.check_range(top_k, "top-k", "Top-k (0 = every token)") or None
     if pruning not in PRUNING:
         raise ValueError(f"Unknown pruning {pruning!r}; choose one of {', '.join(PRUNING)}.")
     if pruning == "threshold" and not isinstance(threshold, (int, float)):
@@ -195,25 +195,28 @@ def tab(controls: Any, plot: Callable[[str], gr.Plot], stage_dropdown: Callable[
     c: dict[str, Any] = {}
     gr.Markdown(texts.GENERATE)
     with gr.Row():
-        c["steps"] = gr.Number(DEFAULT_STEPS, label="steps", minimum=1)
-        c["temperature"] = gr.Number(0, label="temperature (0 = greedy)", minimum=0)
-        c["top_k"] = gr.Number(None, label="top-k (empty: every token)", minimum=1)
-        c["seed"] = gr.Number(0, label="seed", minimum=0)
+        c["steps"] = gr.Number(DEFAULT_STEPS, label="steps")
+        c["temperature"] = gr.Number(0, label="temperature (0 = greedy)")
+        c["top_k"] = gr.Number(0, label="top-k (0 = every token)")
+        c["seed"] = gr.Number(0, label="seed")
     with gr.Row():
         c["pruning"] = gr.Radio(list(PRUNING), value="none", label="context pruning")
-        c["threshold"] = gr.Number(DEFAULT_THRESHOLD, label="threshold t: drop a key once its F > t", minimum=0)
-        c["budget"] = gr.Number(DEFAULT_BUDGET, label="budget k: keys kept per layer", minimum=2)
+        c["threshold"] = gr.Number(DEFAULT_THRESHOLD, label="threshold t: drop a key once its F > t")
+        c["budget"] = gr.Number(DEFAULT_BUDGET, label="budget k: keys kept per layer")
     c["button"] = gr.Button("Generate", variant="primary")
     c["summary"] = gr.Markdown(label="summary")
     with gr.Row(equal_height=True):
-        c["step"] = gr.Slider(0, 1, value=0, step=1, label="step", scale=3, elem_id="generate-step")
+        c["step"] = gr.Slider(0, 1, value=0, step=1, label="step", scale=4, elem_id="generate-step")
         c["play"] = gr.Button(PLAY, scale=0, min_width=110, elem_id="generate-play")
+    with gr.Row():
         c["stage"] = stage_dropdown()
         c["layer"], c["head"] = controls.slider("layer"), controls.slider("head")
     c["text"] = gr.HTML(label="text so far", elem_id="generated-text")
     with gr.Row():
-        c["row"] = plot("where the new token looks")
-        c["candidates"] = plot("top candidates")
+        with gr.Column(scale=2):
+            c["row"] = plot("where the new token looks")
+        with gr.Column(scale=1, min_width=300):
+            c["candidates"] = plot("top candidates")
     c["memory"] = plot("KV memory held")
     c["timer"] = gr.Timer(PLAY_SECONDS, active=False)
     c["request"], c["playing"] = gr.State(None), gr.State(False)

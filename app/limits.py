@@ -13,7 +13,7 @@ MAX_PARAMETERS = 50_000_000           # a fresh or uploaded model (200 MB of flo
 MAX_TRACE_BYTES = 1024 * MIB          # one trace of the model's full max_seq_len, every stage, layer and head
 FORM = {"depth": (1, 12), "heads": (1, 16), "dim": (8, 512), "max_seq_len": (8, 2048), "seed": (0, 2**32 - 1),
         "count": (0, 2048),               # the form's counts: memory tokens, memory key/values, attention window
-        "steps": (1, 1024), "top-k": (1, 1 << 20), "budget": (2, 1 << 20)}   # the Generate tab's
+        "steps": (1, 1024), "top-k": (0, 1 << 20), "budget": (2, 1 << 20)}   # the Generate tab's
 
 # Inputs.
 MAX_TEXT_CHARS = 100_000              # longer text is refused; text past the model's max_seq_len is cut, with a warning

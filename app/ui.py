@@ -219,7 +219,7 @@ def build() -> gr.Blocks:
                     cross_grid = plot("cross-attention layers × heads")
                     cross_head = plot("focused cross-attention head")
                 encoder_grid = plot("encoder self-attention")
-            with gr.Tab("Generate") as gen_tab:
+            with gr.Tab("Generate", elem_id="generate-tab") as gen_tab:
                 gen = generate.tab(controls, plot, stage_dropdown)
 
         # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.

@@ -28,7 +28,7 @@ SELECTIVE = "variables-both"          # residual + selective attention: pruning 
 PLAIN = "variables-baseline"          # no selective attention: pruning is the control
 
 
-def form(model: str, text: str, steps: float = 6, temperature: float = 0, top_k: float | None = None,
+def form(model: str, text: str, steps: float = 6, temperature: float = 0, top_k: float | None = 0,
          pruning: str = "none", threshold: float = 1.0, budget: float = 6, seed: float = 0, stage: str = "attn",
          layer: float = 1, head: float = 0) -> tuple:
     """/generate's inputs in order."""
@@ -162,7 +162,7 @@ def fresh_session(**kwargs) -> dict:
     ({"steps": 0}, "Steps must be a whole number from 1"),
     ({"temperature": -0.5}, re.escape("Temperature must be ≥ 0 (0 = greedy)")),
     ({"temperature": None}, "Temperature must be a number"),
-    ({"top_k": 0}, re.escape("Top-k (empty: every token) must be a whole number from 1")),
+    ({"top_k": -1}, re.escape("Top-k (0 = every token) must be a whole number from 0")),
     ({"top_k": 2.5}, "got 2.5"),
     ({"seed": 1.5}, "Seed must be a whole number"),
     ({"pruning": "budget", "budget": 3.5}, re.escape("Budget (keys kept per layer) must be a whole number from 2")),

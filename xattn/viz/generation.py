@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..generate import Generation
-from ..stages import DESCRIPTIONS, MASKED_STAGES
+from ..stages import MASKED_STAGES
 from ..trace import carries_fill
 from .figures import _check_index, _title, position_labels
 from .style import HEAD_COLORS, MASKED_COLOR, PRUNE_COLORS, STAGE_STYLE, TEMPLATE, stage_style
@@ -66,7 +66,8 @@ def step_row(gen: Generation, step: int, layer: int, head: int, stage: str = "at
 def generation_row(gen: Generation, step: int, layer: int, head: int, stage: str = "attn", *,
                    vocab: Sequence[str] | None = None, batch: int = 0) -> go.Figure:
     """Where step `step`'s new query looked: one head's row of `stage` over the keys so far, one bar per key;
-    keys the layer pruned are marked on the axis, masked ones have no bar."""
+    keys the layer pruned are marked × on the axis, masked ones (also those a pruned key's mask reaches through
+    residual attention) have no bar."""
     values = step_row(gen, step, layer, head, stage, batch)
     keys, style = step_keys(gen, step, vocab=vocab, batch=batch), STAGE_STYLE[stage]
     pruned = pruned_keys(gen, step, layer, batch)
@@ -83,7 +84,7 @@ def generation_row(gen: Generation, step: int, layer: int, head: int, stage: str
                       xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Step {step}: {query}·{gen.prompt_length + step - 1} looks, picks {picked} · "
                                    f"{style.name} · layer {layer} · head {head}", [
-                                       DESCRIPTIONS[stage], f"{int(pruned.sum())} keys pruned" if pruned.any() else "",
+                                       f"{int(pruned.sum())} keys pruned (×)" if pruned.any() else "",
                                        f"{masked} masked keys have no bar" if masked else ""]))
     return fig
 
