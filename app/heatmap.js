@@ -5,8 +5,9 @@ const tip = element.querySelector('.xattn-tip');
 const role = props.role || 'plot';
 const X = window.xattnViews || (window.xattnViews = {bus: new EventTarget(), focus: null, key: null});
 const LEVEL = new Int16Array(256).fill(-1);      // code -> level (see xattn/viz/payload.py), -1 = masked
+const INDEX = new Int16Array(256).fill(-1);      // code -> its index among the safe codes (xattn/viz/cells.py why)
 for (let c = 0, k = 0; c < 256; c++) {
-  if (c < 224 && (c & 15) !== 15 && (c & 63) < 62) { if (k < 205) LEVEL[c] = k; k++; }
+  if (c < 224 && (c & 15) !== 15 && (c & 63) < 62) { if (k < 205) LEVEL[c] = k; else if (k === 206) LEVEL[c] = -2; INDEX[c] = k++; }
 }
 const CONFIG = {displaylogo: false, responsive: true, scrollZoom: role === 'head',
                 modeBarButtonsToRemove: ['select2d', 'lasso2d', 'toImage']};
@@ -78,14 +79,66 @@ function headCell(q, k) {
   return null;
 }
 
+function bytesOf(spec) {
+  // a base64 typed array as plotly.py writes it ({dtype: 'u1', bdata, shape}) -> [Uint8Array, [rows, cols]]
+  const raw = atob(spec.bdata), out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return [out, String(spec.shape).split(',').map(v => parseInt(v, 10))];
+}
+
+function whyOf(meta) {
+  // layout.meta.xattn.why (xattn/viz/cells.py): why each cell is masked or pruned, decoded once per figure
+  const w = meta && meta.why;
+  if (!w || !w.codes || !w.codes.bdata) return null;
+  const [codes, shape] = bytesOf(w.codes);
+  return Object.assign({}, w, {bytes: codes, shape});
+}
+
+function tileOf(t) {
+  // [layer, head] of a grid tile: tagged by the app (meta), else the figure's list of tiles in trace order
+  const m = t.meta || {};
+  if (m.layer !== undefined) return [m.layer, m.head];
+  return info.tiles && info.tiles[t.index] ? info.tiles[t.index] : [info.layer, undefined];
+}
+
+function reason(t, cell) {
+  // {mask: name} or {pruned: F} for a cell, from the why matrix of its figure (the detail's own, if it is one)
+  const m = t.meta || {}, w = m.detail ? detail && detail.whyCodes : info.whyCodes;
+  if (!w) return {};
+  const layer = tileOf(t)[0] !== undefined ? tileOf(t)[0] : w.layers.length === 1 ? w.layers[0] : undefined;
+  const matrix = w.layers.indexOf(layer) + 1;
+  const [, rows, cols] = w.shape;
+  const r = Math.floor((cell.q0 - w.region[0]) / w.factor), c = Math.floor((cell.k0 - w.region[2]) / w.factor);
+  if (r < 0 || r >= rows || c < 0 || c >= cols) return {};
+  const k = INDEX[w.bytes[(matrix * rows + r) * cols + c]];
+  if (k >= w.pruned) return {pruned: w.f[0] + (k - w.pruned) * (w.f[1] - w.f[0]) / (w.levels - 1)};
+  return k > 0 ? {mask: w.names[k]} : {};
+}
+
+const ours = t => t.type === 'heatmap' && t.meta && (t.meta.lo !== undefined || t.meta.categories);
+
 function describe(t, cell) {
   const m = t.meta || {};
   const span = (a, b, name) => (a === b ? name(a) : `${a}\u2013${b} (${name(a)} \u2026 ${name(b)})`);
   const block = cell.q1 > cell.q0 ? ` <i>(peak of a ${cell.q1 - cell.q0 + 1}\u00d7${cell.k1 - cell.k0 + 1} block)</i>` : '';
-  const where = m.layer !== undefined ? `layer ${m.layer} \u00b7 head ${m.head}<br>` : '';
-  const name = m.name || 'value';
+  const [layer, head] = tileOf(t);
+  const where = head !== undefined ? `layer ${layer} \u00b7 head ${head}<br>` : '';
+  const name = m.name || t.name || 'value';
+  const value = valueOf(t, cell), why = reason(t, cell);
+  let shown = `<b>${name}: ${fmt(value)}</b>`;
+  if (m.categories) {                                       // a category map (masks, pruned keys): its name
+    const what = m.categories[cell.code];
+    shown = `<b>${what}</b>` + (why.mask && what !== why.mask ? ` (the ${why.mask} mask)` : '')
+      + (why.pruned !== undefined ? ` (F = ${fmt(why.pruned)})` : '');
+  } else if (m.lo !== undefined && LEVEL[cell.code] === -2)
+    shown = `<b>${name}</b> hidden: ` + ((info.hidden_keys || []).includes(cell.k0) ? 'the sink column'
+      : `attention below ${info.threshold}`);
+  else if (Number.isNaN(value) || (m.lo !== undefined && LEVEL[cell.code] === -1))
+    shown = `<b>${name}: masked</b>${why.mask ? ` by the ${why.mask} mask` : ''}`;
+  else if (why.pruned !== undefined)
+    shown += `<br><b>pruned by F</b> (F = ${fmt(why.pruned)}${cell.q1 > cell.q0 ? ', the block\u2019s largest' : ''})`;
   return `${where}query ${span(cell.q0, cell.q1, label)}<br>key ${span(cell.k0, cell.k1, keyLabel)}<br>` +
-         `<b>${name}: ${fmt(valueOf(t, cell))}</b>${block}`;
+         `${shown}${block}`;
 }
 
 function showTip(html, ev) {
@@ -231,8 +284,8 @@ async function draw() {
   tip.style.display = 'none';
   if (!fig) { Plotly.purge(plot); info = {}; detail = null; return; }
   const meta = (fig.layout && fig.layout.meta && fig.layout.meta.xattn) || {};
-  for (const t of fig.data) {
-    if (t.type === 'heatmap') { t.hoverinfo = 'none'; delete t.hovertemplate; }
+  for (const t of fig.data) {                                 // our hover for our heatmaps, plotly's for the rest
+    if (ours(t)) { t.hoverinfo = 'none'; delete t.hovertemplate; }
   }
   const layout = Object.assign({}, fig.layout, {autosize: true, width: undefined});
   const width = meta.n_keys || meta.n, region = meta.region || [0, meta.n, 0, width];
@@ -245,13 +298,13 @@ async function draw() {
     heat.meta = Object.assign({}, heat.meta, {detail: true});
     heat.coloraxis = 'coloraxis';
     const kept = plot.data.filter(t => !(t.meta && t.meta.detail));
-    detail = meta;
+    detail = Object.assign({}, meta, {whyCodes: whyOf(meta)});
     const title = Object.assign({}, plot.layout.title, {text: fig.layout.title.text});   // says what the detail is
     await quietly(() => Plotly.react(plot, kept.concat([heat]), Object.assign({}, plot.layout, {title}), CONFIG));
   } else {
     if (role === 'head') layout.uirevision = meta.key || 'head';
     detail = null;
-    info = Object.assign({}, meta, {title: layout.title});
+    info = Object.assign({}, meta, {title: layout.title, whyCodes: whyOf(meta)});
     await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
     if (meta.focus) {
       X.focus = meta.focus;
@@ -273,7 +326,7 @@ function wire() {
   wired = true;
   plot.on('plotly_click', ev => {
     const p = ev.points && ev.points[0];
-    if (!p) return;
+    if (!p || role === 'plot') return;                        // a figure of another tab: hover only
     if (role === 'row') {                                     // the query row: a bar (or step) picks a key
       X.key = p.pointNumber;
       X.bus.dispatchEvent(new Event('key'));
@@ -293,7 +346,7 @@ function wire() {
   });
   plot.on('plotly_hover', ev => {
     const p = ev.points && ev.points[0];
-    if (!p || p.data.type !== 'heatmap') return;
+    if (!p || !ours(p.data)) return;
     let found;
     if (role === 'head') { const [q, k] = pointer(ev.event); found = headCell(q, k); }
     else found = [p.fullData, cellOf(p.fullData, p.pointNumber[0], p.pointNumber[1])];

@@ -12,7 +12,11 @@ $QK^\\top/\\sqrt{d}$ to the softmax. Every view is also an API endpoint (see *Us
 
 EXPLORE = ("*Click* a tile of the grid to focus that layer and head, a cell of the focused head (or of the stage "
            "strip) to pick that query and key, a bar to mark a key; *drag or scroll* on the focused head to zoom — a "
-           "long input then comes back at full resolution for the part you see. Hover shows tokens and values.")
+           "long input then comes back at full resolution for the part you see; *click a token* of the text to make "
+           "it the query. Hover shows tokens and values, and says which mask hides a grey cell and which keys "
+           "selective attention's F prunes. *Hide attention below* and *hide the BOS / sink column* only stop "
+           "drawing cells (white): the values shown are the model's own, rows are not renormalised, and the colours "
+           "then span the cells still shown.")
 
 STAGES = "\n".join(f"- **{stage}** — {xattn.DESCRIPTIONS[stage]}" for stage in xattn.STAGES)
 

@@ -21,6 +21,7 @@ from .models import Loaded, Session
 # the page narrows every slider to the chosen model as soon as it loads.
 CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
+TEXT_ROW_PX = 300       # Explore's text view and predictions: room for the table, so the views below do not jump
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -73,14 +74,45 @@ def element_id(label: str) -> str:
     return re.sub(r"\W+", "-", label).strip("-")
 
 
-def plot(label: str) -> gr.Plot:
-    """A figure slot."""
-    return gr.Plot(label=label, show_label=True, elem_id=element_id(label))
+def plot(label: str) -> gr.HTML:
+    """A figure slot: our Plotly view without clicks, for its hover (token labels, values, which mask hides a
+    cell, which keys F prunes: app/heatmap.js); API clients get what a gr.Plot sends."""
+    return view(label, "plot")
 
 
 def view(label: str, role: str) -> gr.HTML:
     """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
     return plotly_view(label, role=role, elem_id=element_id(label))
+
+
+def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
+    """Explore's display controls: the attention threshold and the sink switch (for the heatmaps and the text
+    view: xattn.viz.cells.Shown), and whether the text view averages the heads."""
+    threshold = gr.Slider(0, 1, value=0, step=0.01, label="hide attention below",
+                          info="cells whose attention weight is lower are drawn white; rows are not renormalised")
+    hide_sink = gr.Checkbox(False, label="hide the BOS / sink column",
+                            info="the first token's column (and a learned sink's); the colours then span the rest")
+    averaged = gr.Checkbox(False, label="text: mean over heads", info="shade the text by the mean of the layer's "
+                           "heads instead of the focused head")
+    return threshold, hide_sink, averaged
+
+
+def token_text_view() -> gr.HTML:
+    """The text view (xattn.viz.token_html): a click on a token sends `pick` with its query position and what
+    the page's Plotly views show (app/heatmap.js keeps that in window.xattnViews), as their clicks do."""
+    return gr.HTML("", label="the text, shaded by where the query looks (click a token to make it the query)",
+                   show_label=True, container=True, padding=True, scale=3, min_height=TEXT_ROW_PX, elem_id="token-text",
+                   css_template=".xattn-tokens { padding-top: 1.8em; }", js_on_load=TOKEN_CLICKS)
+
+
+TOKEN_CLICKS = """
+element.addEventListener('click', ev => {
+  const token = ev.target.closest('[data-q]');
+  if (!token) return;
+  const focus = (window.xattnViews || {}).focus;
+  trigger('pick', {query: parseInt(token.dataset.q, 10), shown: focus ? {grid: focus.grid, head: focus.key} : {}});
+});
+"""
 
 
 def markdown(text: str) -> gr.Markdown:
@@ -149,9 +181,15 @@ def build() -> gr.Blocks:
                     stage = stage_dropdown()
                     e_layer, e_head = controls.slider("layer"), controls.slider("head")
                     e_query = controls.slider("query")
+                with gr.Row():
+                    threshold, hide_sink, averaged = filter_controls()
                 explore_button = gr.Button("Run", variant="primary")
                 gr.Markdown(texts.EXPLORE)
                 explore_info = gr.Markdown(label="summary")
+                with gr.Row():
+                    tokens_view = token_text_view()
+                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True,
+                                              min_height=TEXT_ROW_PX)
                 with gr.Row():
                     grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
                 strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
@@ -228,10 +266,18 @@ def build() -> gr.Blocks:
             triggers = [button.click, tab.select] + [c.release if isinstance(c, gr.Slider) else c.input for c in live]
             gr.on(triggers, fn, [session, *inputs], outputs, api_name=name)
 
-        explore_inputs = [model, text, stage, e_layer, e_head, e_query]
+        explore_inputs = [model, text, stage, e_layer, e_head, e_query, threshold, hide_sink]
         explore_outputs = [grid, heatmap, strip, query_row, explore_info]
         wire("explore", views.explore, explore_tab, explore_button, explore_inputs, explore_outputs,
-             [stage, e_layer, e_head, e_query])
+             [stage, e_layer, e_head, e_query, threshold, hide_sink])
+        text_inputs = [session, model, text, e_layer, e_head, e_query, averaged, threshold, hide_sink]
+        wire("explore_text", views.explore_text, explore_tab, explore_button, text_inputs[1:],
+             [tokens_view, next_tokens], [e_layer, e_head, e_query, averaged, threshold, hide_sink])
+
+        def then_text(event: Any) -> Any:
+            """After `event` has moved the sliders or loaded a model: the text view and predictions follow."""
+            return event.then(views.explore_text_loaded, text_inputs, [tokens_view, next_tokens],
+                              api_visibility="private")
         wire("realformer", views.realformer, real_tab, real_button, [model, text, r_layer, r_head, other],
              [real_strip, real_diff, sim_on, sim_off, real_info], [r_layer, r_head, other])
         wire("selective", views.selective, sel_tab, sel_button, [model, text, s_layer, s_head, s_query],
@@ -270,17 +316,18 @@ def build() -> gr.Blocks:
 
         # Clicks on the Explore views move the sliders and redraw the views in one request; a zoom on the
         # focused head brings the visible region at the detail the screen shows.
-        for clickable in (grid, heatmap, strip):
-            clickable.pick(views.explore_pick, [session, *explore_inputs], [e_layer, e_head, e_query, *explore_outputs],
-                           api_visibility="private", trigger_mode="always_last")
-        heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head], [heatmap],
-                     api_visibility="private", trigger_mode="always_last", show_progress="hidden")
+        for clickable in (grid, heatmap, strip, tokens_view):
+            then_text(clickable.pick(views.explore_pick, [session, *explore_inputs],
+                                     [e_layer, e_head, e_query, *explore_outputs], api_visibility="private",
+                                     trigger_mode="always_last"))
+        heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head, threshold, hide_sink],
+                     [heatmap], api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 
         explore_inputs = [session, *explore_inputs]
-        model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
-        demo.load(chosen, [session, model], [card, text, model_b, *sliders], api_visibility="private").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
+        then_text(model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
+        then_text(demo.load(chosen, [session, model], [card, text, model_b, *sliders], api_visibility="private").then(
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
@@ -302,10 +349,10 @@ def build() -> gr.Blocks:
         text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
                     controls.queries(), api_visibility="private", trigger_mode="always_last")
         load_outputs = [session, model, model_b, card, text, *sliders]
-        fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder],
-                           load_outputs, api_name="fresh_model").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
-        upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
-                            api_name="upload_model").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private")
+        then_text(fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts,
+                                             encoder_decoder], load_outputs, api_name="fresh_model").then(
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
+        then_text(upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
+                                      api_name="upload_model").then(
+            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
     return demo

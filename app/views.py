@@ -22,6 +22,8 @@ import torch
 
 import xattn
 from xattn import masks, viz
+from xattn.predictions import next_tokens
+from xattn.viz.cells import Shown
 
 from . import heatmap, limits, models, texts
 from .models import Loaded, Session
@@ -236,10 +238,11 @@ def strip_stages(loaded: Loaded) -> list[str]:
     return [stage for stage in loaded.model.config.attn_layers.stages_in_use() if stage not in xattn.TERMS]
 
 
-def strip(run: Run, layer: int, head: int, stages: list[str], max_cells: int | None = None) -> Figure:
+def strip(run: Run, layer: int, head: int, stages: list[str], max_cells: int | None = None,
+          view_filter: Shown | None = None) -> Figure:
     """viz.stages for one head (exact hover values only while panels are wide enough to point at a cell),
-    each panel max-pooled to `max_cells`."""
-    return viz.stages(run.trace, layer, head, stages=stages, max_cells=max_cells)
+    each panel max-pooled to `max_cells`, cells hidden by `view_filter`."""
+    return viz.stages(run.trace, layer, head, stages=stages, max_cells=max_cells, shown=view_filter)
 
 
 def load(session: Session | None, name: str, progress: gr.Progress | None) -> Loaded:
@@ -253,44 +256,64 @@ def load(session: Session | None, name: str, progress: gr.Progress | None) -> Lo
 
 @friendly
 def explore(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
+            threshold: float = 0.0, hide_sink: bool = False,
             progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, Figure, str]:
-    """Layers × heads grid, the focused head's heatmap, its stage strip and where one query looks."""
-    return explored(session, model, text, stage, layer, head, query, progress)
+    """Layers × heads grid, the focused head's heatmap, its stage strip and where one query looks; the heatmaps
+    hide attention below `threshold` and, with `hide_sink`, the BOS / sink column (viz.cells.Shown)."""
+    return explored(session, model, text, stage, layer, head, query, progress,
+                    view_filter=filter_of(threshold, hide_sink))
 
 
 @friendly
 def explore_loaded(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
-                   query: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+                   query: float, threshold: float = 0.0, hide_sink: bool = False,
+                   progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
     """Explore, as the page does after a model is chosen, built or uploaded; an encoder–decoder is left as it
     is (its views are on the Cross-attention tab), instead of answering with an error."""
     if models.resolve(model, session).encdec:
         return tuple(gr.skip() for _ in range(5))
-    return explored(session, model, text, stage, layer, head, query, progress)
+    return explored(session, model, text, stage, layer, head, query, progress,
+                    view_filter=filter_of(threshold, hide_sink))
+
+
+def filter_of(threshold: float, hide_sink: bool) -> Shown:
+    """Explore's display filter from its controls (a threshold of None, from an API client, is 0)."""
+    return Shown(0.0 if threshold is None else threshold, bool(hide_sink))
+
+
+def view_keys(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -> dict[str, str]:
+    """The keys (heatmap.key_of) of what the grid and the focused head show: the input, stage, head and filter."""
+    shown_as = (view_filter.threshold, view_filter.hide_sink)
+    return {"grid": heatmap.key_of(run.loaded.name, run.ids, stage, *shown_as),
+            "head": heatmap.key_of(run.loaded.name, run.ids, stage, layer, head, *shown_as)}
 
 
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
-             progress: gr.Progress | None = None, *, shown: dict | None = None) -> tuple[Any, ...]:
+             progress: gr.Progress | None = None, *, shown: dict | None = None,
+             view_filter: Shown | None = None) -> tuple[Any, ...]:
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
-    left as it is (`gr.update()`), so a click on a cell redraws only the query row."""
+    left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
+    of the heatmaps."""
+    view_filter = view_filter or Shown()
     run = explore_run(load(session, model, progress), text, progress, reuse=shown is not None)
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
-    trace, name = run.trace, run.loaded.name
+    trace = run.trace
     labels, key_labels = viz.token_labels(trace), viz.key_labels(trace)
     shown = shown or {}
-    keys = {"grid": heatmap.key_of(name, run.ids, stage), "head": heatmap.key_of(name, run.ids, stage, layer, head)}
+    keys = view_keys(run, stage, layer, head, view_filter)
     focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
     same = {what: shown.get(what) == key for what, key in keys.items()}
     grid = gr.update() if same["grid"] else heatmap.tag_grid(
-        viz.grid(trace, stage, max_cells=grid_cells(run)), layers=list(trace.layers),
+        viz.grid(trace, stage, max_cells=grid_cells(run), shown=view_filter), layers=list(trace.layers),
         heads=list(range(run.loaded.heads)), stage=stage, labels=labels, keys=key_labels, key=keys["grid"],
         focus=focus)
     focused = gr.update() if same["head"] else heatmap.tag_head(
-        viz.heatmap_region(trace, layer, head, stage), stage=stage, key=keys["head"], focus=focus)
+        viz.heatmap_region(trace, layer, head, stage, shown=view_filter), stage=stage, key=keys["head"], focus=focus)
     stages = strip_stages(run.loaded)
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
-        strip(run, layer, head, stages, STRIP_PANEL_CELLS), stages=stages, labels=labels, keys=key_labels,
+        strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages, labels=labels, keys=key_labels,
         key=keys["head"], focus=focus)
     row = viz.query_row(trace, layer, query, stage=stage)
     if len(key_labels) > ROW_BARS:
@@ -315,21 +338,23 @@ def clicked(data: Any, what: str, default: int) -> int:
 
 @friendly
 def explore_pick(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
-                 query: float, evt: gr.EventData, progress: gr.Progress = gr.Progress()) -> list[Any]:
+                 query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
+                 progress: gr.Progress = gr.Progress()) -> list[Any]:
     """A click in the Explore tab: a grid tile focuses its layer and head (and the clicked query), a cell of
-    the focused head or its stage strip picks its query. Returns the layer, head and query sliders, then
-    explore's views (those that would show the same again are left as they are)."""
+    the focused head or its stage strip, or a token of the text view, picks its query. Returns the layer, head
+    and query sliders, then explore's views (those that would show the same again are left as they are)."""
     data = getattr(evt, "_data", None) or {}
     layer, head = clicked(data, "layer", int(layer)), clicked(data, "head", int(head))
     query = clicked(data, "query", int(query))
     shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
-    views = explored(session, model, text, stage, layer, head, query, progress, shown=shown)
+    views = explored(session, model, text, stage, layer, head, query, progress, shown=shown,
+                     view_filter=filter_of(threshold, hide_sink))
     return [layer, head, query, *views]
 
 
 @friendly
 def explore_zoom(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
-                 evt: gr.EventData) -> Any:
+                 evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False) -> Any:
     """A zoom on the focused head: the visible region again, at the detail the plot's width can show (full
     resolution once it fits). Nothing changes if the head shown is no longer the one chosen."""
     data = getattr(evt, "_data", None) or {}
@@ -339,12 +364,43 @@ def explore_zoom(session: Session | None, model: str, text: str, stage: str, lay
     run = explore_run(load(session, model, None), text)
     layer, head = picks(run, layer, head)
     stage = check_stage(stage)
-    key = heatmap.key_of(run.loaded.name, run.ids, stage, layer, head)
+    hiding = filter_of(threshold, hide_sink)
+    key = view_keys(run, stage, layer, head, hiding)["head"]
     if data.get("head") != key:
         return gr.update()
     cells = heatmap.zoom_pixels(data.get("px")) ** 2
-    figure = viz.heatmap_region(run.trace, layer, head, stage, region=tuple(region), max_cells=cells)
+    figure = viz.heatmap_region(run.trace, layer, head, stage, region=tuple(region), max_cells=cells, shown=hiding)
     return heatmap.tag_head(figure, stage=stage, key=key, focus={"layer": layer, "head": head, "key": key})
+
+
+def predictions(run: Run, position: int, heading: str) -> str:
+    """Markdown: the model's five most likely next tokens after token `position` of `run` (viz.predictions_table)."""
+    return viz.predictions_table(next_tokens(run.loaded.model, run.logits, run.loaded.tokenizer, position), heading)
+
+
+@friendly
+def explore_text(session: Session | None, model: str, text: str, layer: float, head: float, query: float,
+                 averaged: bool = False, threshold: float = 0.0, hide_sink: bool = False) -> tuple[str, str]:
+    """The text shaded by the attention the query pays each token (the focused head's, or with `averaged` the
+    mean over heads; the display filter leaves hidden tokens unshaded), and the model's top-5 next tokens there."""
+    run = explore_run(load(session, model, None), text)
+    layer, head, query = picks(run, layer, head, query)
+    shown = viz.token_html(run.trace, layer, query, head=None if averaged else head,
+                           shown=filter_of(threshold, hide_sink))
+    token = query - run.trace.memory_tokens
+    label = viz.token_labels(run.trace)[query]
+    table = (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0
+             else f"*{label} is a memory token: the model predicts nothing there.*")
+    return shown, table
+
+
+@friendly
+def explore_text_loaded(session: Session | None, model: str, *args: Any) -> tuple[Any, ...]:
+    """explore_text as the page runs it after a model is chosen, built or uploaded or a view clicked: left as it
+    is for an encoder–decoder (see explore_loaded)."""
+    if models.resolve(model, session).encdec:
+        return gr.skip(), gr.skip()
+    return explore_text(session, model, *args)
 
 
 @friendly
@@ -434,6 +490,10 @@ def masking(session: Session | None, model: str, text: str, preset: str, size: f
     changed = int((run.logits.argmax(-1) != unmasked.logits.argmax(-1))[real].sum())
     downstream = (f"Downstream, the custom mask changes the predicted next token at {changed} of "
                   f"{run.n - padding} real positions.")
+    last = run.n - 1 - (0 if pad_left else padding)              # the last real token
+    said = f"after `{viz.display_label(run.labels[last])}·{last}`"
+    downstream += "\n\n" + predictions(unmasked, last, f"without the custom mask, {said}") + "\n\n" + \
+        predictions(run, last, f"with the custom mask, {said}")
     return (viz.mask_figure(run.trace), viz.mask_breakdown(parts, viz.token_labels(run.trace)),
             viz.diff(run.trace, unmasked.trace, layer=layer, head=head),
             "\n\n".join([run.summary(), "; ".join(removed) + ".", flagged, downstream]))
@@ -451,5 +511,8 @@ def compare(session: Session | None, model_a: str, model_b: str, text: str, stag
     layer, head = picks(a, layer, head)
     picks(b, layer, head)
     stage = check_stage(stage)
+    said = f"after the last token (`{viz.display_label(a.labels[-1])}`)"
+    guesses = [predictions(r, r.n - 1, f"{r.loaded.name}, {said}") for r in (a, b)]
     return (viz.heatmap(a.trace, layer, head, stage), viz.heatmap(b.trace, layer, head, stage),
-            viz.diff(a.trace, b.trace, layer=layer, head=head, stage=stage), "\n\n".join([a.summary(), b.summary()]))
+            viz.diff(a.trace, b.trace, layer=layer, head=head, stage=stage),
+            "\n\n".join([a.summary(), b.summary(), *guesses]))

@@ -78,10 +78,10 @@ def raw_call(server: str, api: str, body: bytes) -> tuple[int, str]:
 
 
 def test_text_that_is_not_valid_utf8(server: str, client: Client, default: models.Loaded) -> None:
-    lone_surrogate = b'{"data": ["%s", "a=\\ud800", "attn", 0, 0, 0]}' % default.name.encode()
+    lone_surrogate = b'{"data": ["%s", "a=\\ud800", "attn", 0, 0, 0, 0, false]}' % default.name.encode()
     status, answer = raw_call(server, "explore", lone_surrogate)
     assert status == 200 and "event: error" in answer and "cannot read this text" in answer, answer
-    status, answer = raw_call(server, "explore", b'{"data": ["%s", "a=\xff\xfe", "attn", 0, 0, 0]}'
+    status, answer = raw_call(server, "explore", b'{"data": ["%s", "a=\xff\xfe", "attn", 0, 0, 0, 0, false]}'
                               % default.name.encode())
     assert status == 400 and "error parsing the body" in answer
     answers(client, default)
@@ -109,7 +109,7 @@ def test_bad_picks_get_a_sentence(client: Client, default: models.Loaded, layer:
 @pytest.mark.parametrize("picks", [b"NaN, 0, 0", b"0, Infinity, 0", b"0, 0, -Infinity", b'0, "one", 0'])
 def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, default: models.Loaded,
                                               picks: bytes) -> None:
-    status, answer = raw_call(server, "explore", b'{"data": ["%s", "a=1;", "attn", %s]}'
+    status, answer = raw_call(server, "explore", b'{"data": ["%s", "a=1;", "attn", %s, 0, false]}'
                               % (default.name.encode(), picks))
     sentences = ("does not exist", "is greater than maximum", "is less than minimum", "Expected a `float`")
     assert status in (400, 422) or ("event: error" in answer and any(s in answer for s in sentences)), answer

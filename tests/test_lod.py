@@ -43,7 +43,7 @@ def test_whole_head_is_pooled_to_the_budget_and_peaks_survive(long_trace: xattn.
     budget = 128 * 128
     for stage in ("attn", "pre_softmax"):
         full = long_trace.drawable(stage)[1, 0, 1].numpy()
-        shown, box, factor, scale = head_region(long_trace, 1, 1, stage, max_cells=budget)
+        shown, _, box, factor, scale = head_region(long_trace, 1, 1, stage, max_cells=budget)
         assert box == Region(0, N, 0, N) and factor == 5
         assert shown.shape == (math.ceil(N / 5), math.ceil(N / 5)) and shown.size <= budget
         # every block is the peak of its 5 × 5 cells (largest magnitude, sign kept, for logits)

@@ -1,12 +1,18 @@
-"""Custom attention masks (True = may attend) and a breakdown of what each mask removes."""
+"""Custom attention masks (True = may attend), a breakdown of what each mask removes, and why a cell is hidden."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .attention import causal_visible, window_visible
+from .config import LayersConfig
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 
 def no_mask(n: int) -> Tensor:
@@ -60,13 +66,31 @@ def format_mask(mask: Tensor) -> str:
     return "\n".join("".join("1" if v else "0" for v in row) for row in mask.tolist())
 
 
+MASKS = ("padding", "custom", "causal", "window")   # a hidden cell's reason: the first of these that hides it
+REASONS = ("visible", *MASKS)                       # reason codes: 0 visible, k = MASKS[k - 1]
+
+
+def each_mask(config: LayersConfig, batch: int, n: int, mask: Tensor | None = None,
+              attn_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """Visibility [b, n, n] allowed by each mask of MASKS alone, over the layers' sequence of n positions.
+
+    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (causal layers only),
+    `window` hides keys more than attn_max_attend_past positions back."""
+    full = torch.ones(batch, n, n, dtype=torch.bool)
+    window = config.attn.max_attend_past
+    return {
+        "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
+        "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
+        "causal": causal_visible(n).expand(batch, n, n) if config.causal else full,
+        "window": full if window is None else window_visible(n, window).expand(batch, n, n),
+    }
+
+
 def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
+    """`each_mask` for `model`, and the masks combined ("effective", exactly what `model` uses).
 
-    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (Decoder only),
-    `window` hides keys more than attn_max_attend_past positions back. A model with memory tokens sees them in
-    front: the maps then cover M + n positions, as its trace does.
+    A model with memory tokens sees them in front: the maps then cover M + n positions, as its trace does.
     """
     layers = getattr(model, "attn_layers", model)
     if getattr(model, "num_memory_tokens", 0):
@@ -77,13 +101,25 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
         batch = mask.shape[0]
     elif attn_mask is not None and attn_mask.ndim == 3:
         batch = attn_mask.shape[0]
-    full = torch.ones(batch, n, n, dtype=torch.bool)
     effective = layers.visible_mask(batch, n, mask, attn_mask)
-    window = layers.config.attn.max_attend_past
-    return {
-        "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
-        "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
-        "causal": causal_visible(n).expand(batch, n, n) if layers.causal else full,
-        "window": full if window is None else window_visible(n, window).expand(batch, n, n),
-        "effective": full if effective is None else effective[:, 0].expand(batch, n, n),
-    }
+    full = torch.ones(batch, n, n, dtype=torch.bool)
+    return {**each_mask(layers.config, batch, n, mask, attn_mask),
+            "effective": full if effective is None else effective[:, 0].expand(batch, n, n)}
+
+
+def reasons(parts: dict[str, Tensor]) -> Tensor:
+    """Why each cell is hidden, as codes into REASONS [b, i, j] uint8: 0 where every mask of `parts` (from
+    `each_mask` or `breakdown`) lets the key be seen, else 1 + the index in MASKS of the first mask hiding it."""
+    hidden = torch.stack([~parts[name] for name in MASKS])                  # [mask, b, i, j]
+    first = hidden.to(torch.uint8).argmax(dim=0)                            # the first mask that hides the cell
+    return torch.where(hidden.any(dim=0), first + 1, 0).to(torch.uint8)
+
+
+def trace_reasons(trace: Trace) -> Tensor:
+    """`reasons` over a trace's own axes [b, query, key]: the extra key columns in front are visible; in a
+    cross-attention trace a hidden context position is padding."""
+    if trace.is_cross:
+        return torch.where(trace.visible, 0, REASONS.index("padding")).to(torch.uint8)
+    batch, n = trace.visible.shape[0], trace.visible.shape[1]
+    codes = reasons(each_mask(trace.config.attn_layers, batch, n, trace.mask, trace.attn_mask))
+    return F.pad(codes, (len(trace.key_extras), 0), value=0)

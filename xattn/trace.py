@@ -68,6 +68,8 @@ class Trace:
     cross: Trace | None = None             # a cross-attending model's cross-attention layers
     encoder: Trace | None = None           # an encoder–decoder's encoder (self-attention of the source)
     key_extras: list[str] = field(default_factory=list)  # names of the extra key columns in front
+    mask: Tensor | None = None             # the layers' padding mask [batch, query] (memory tokens first), if any
+    attn_mask: Tensor | None = None        # the layers' custom mask [(batch,) query, query], if any
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, stage: str) -> Tensor:

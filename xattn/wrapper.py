@@ -155,7 +155,8 @@ class TransformerWrapper(nn.Module):
                 recording(self.attn_layers, stages, cross=True) as kept_cross:
             logits = self(tokens, mask=mask, attn_mask=attn_mask, context=context, context_mask=context_mask)
         b, n = tokens.shape[0], tokens.shape[1] + self.num_memory_tokens
-        visible = self.attn_layers.visible_mask(b, n, *self.layer_masks(mask, attn_mask), tokens.device)
+        layer_mask, layer_attn_mask = self.layer_masks(mask, attn_mask)
+        visible = self.attn_layers.visible_mask(b, n, layer_mask, layer_attn_mask, tokens.device)
         visible = torch.ones(b, n, n, dtype=torch.bool, device=tokens.device) if visible is None \
             else visible[:, 0].expand(b, n, n).contiguous()       # padding alone gives [b, 1, 1, j]
         extras = self.attn_layers.key_extras
@@ -163,7 +164,7 @@ class TransformerWrapper(nn.Module):
             kept_cross, with_extra_keys(context_visible(n, context, context_mask), extras), tokens, self.config,
             labels, is_cross=True, key_labels=context_labels, key_extras=extras)
         return logits, build_trace(kept, with_extra_keys(visible, extras), tokens, self.config, labels, cross=cross,
-                                   key_extras=extras)
+                                   key_extras=extras, mask=layer_mask, attn_mask=layer_attn_mask)
 
     def generate(self, prompt: Tensor, steps: int, temperature: float = 0.0, top_k: int | None = None,
                  eos: int | None = None, seed: int | None = None, cache: bool = True, prune: Prune | None = None,

@@ -16,14 +16,17 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from ..masks import MASKS, reasons
 from ..stages import DESCRIPTIONS, MASKED_STAGES
 from ..trace import Trace
-from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
+from .cells import PRUNED_BELOW, Shown, pool_shown, pruned, why
+from .payload import HIDDEN_CODE, LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
 from .style import (
     DIFF_STYLE,
     DIVERGENCE_STYLE,
     FLAG_COLOR,
     HEAD_COLORS,
+    HIDDEN_COLOR,
     MASK_COLORS,
     MASKED_COLOR,
     PRUNE_COLORS,
@@ -38,7 +41,6 @@ FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this 
 MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
 EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this many tokens
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
-PRUNED_BELOW = 0.01           # a key is "pruned" when F scales its weight by less than this (F ≥ ln 100)
 TOP_CHANGES = 5               # cells circled in a diff
 
 
@@ -114,13 +116,16 @@ def _flags(trace: Trace) -> tuple[bool, bool]:
 
 # building blocks
 
-def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | None = None) -> dict:
-    """A colour axis over the codes of `scale`: the stage's colours, grey for the masked code,
-    colour-bar ticks labelled in real values."""
-    top = MASKED_CODE if masked else int(SAFE_CODES[LEVELS - 1])
+def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | None = None,
+               hidden: bool = False) -> dict:
+    """A colour axis over the codes of `scale`: the stage's colours, grey for the masked code, white for the
+    hidden one (a display filter's), colour-bar ticks labelled in real values."""
+    top = HIDDEN_CODE if hidden else MASKED_CODE if masked else int(SAFE_CODES[LEVELS - 1])
     stops = [[int(SAFE_CODES[round(p * (LEVELS - 1))]) / top, color] for p, color in get_colorscale(style.colorscale)]
-    if masked:
-        stops.append([1.0, MASKED_COLOR])
+    if masked or hidden:
+        stops.append([MASKED_CODE / top, MASKED_COLOR])
+    if hidden:
+        stops.append([1.0, HIDDEN_COLOR])
     ticks = np.linspace(scale.lo, scale.hi, 5)
     return dict(colorscale=stops, cmin=0, cmax=top, colorbar=dict(
         title=dict(text=title or style.name), tickvals=[scale.code(t) for t in ticks],
@@ -137,11 +142,13 @@ def _category_axis(colors: dict[str, str]) -> dict:
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
              factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
-             keys: list[str] | None = None) -> go.Heatmap:
-    """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), or
-    category codes when there is no scale. Token labels on the axes at full resolution (`keys` along x
-    when they are not the queries), positions when pooled; with `exact` the float32 values ride along as
-    customdata for hover."""
+             keys: list[str] | None = None, hidden: np.ndarray | None = None,
+             categories: list[str] | None = None) -> go.Heatmap:
+    """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), HIDDEN_CODE
+    where `hidden` (a display filter's), or category codes when there is no scale. Token labels on the axes at
+    full resolution (`keys` along x when they are not the queries), positions when pooled; with `exact` the
+    float32 values ride along as customdata for hover. The trace's `name` names the value, `meta` the
+    `categories` of category codes, for the app's hover (app/heatmap.js)."""
     if labels is not None and factor == 1:
         axes = dict(x=labels if keys is None else keys, y=labels)
     else:
@@ -149,8 +156,9 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
     position = ("query %{y}<br>key %{x}" if factor == 1
                 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)")
     value = f"<br>{name}: %{{customdata:.4g}}" if exact else ""
-    return go.Heatmap(z=z if scale is None else scale.encode(z), coloraxis=axis,
-                      meta=None if scale is None else dict(lo=scale.lo, hi=scale.hi),
+    return go.Heatmap(z=z if scale is None else scale.encode(z, hidden), coloraxis=axis,
+                      meta=dict(lo=scale.lo, hi=scale.hi) if scale is not None
+                      else None if categories is None else dict(categories=categories), name=name,
                       customdata=z.astype(np.float32) if exact else None,
                       hovertemplate=f"{where}{position}{value}<extra></extra>", **axes)
 
@@ -186,6 +194,17 @@ def _pool_note(factor: int) -> str:
     return f"max-pooled {factor}×{factor} (each block shows its peak)" if factor > 1 else ""
 
 
+def _hover_meta(fig: go.Figure, trace: Trace, batch: int, layers: list[int] | None, factor: int = 1,
+                **more: object) -> None:
+    """What the app's hover reads (layout.meta["xattn"]): the query and key labels, and why cells are masked or
+    pruned (cells.why over `layers`, pooled by `factor`); `more` adds fields (the layer of a one-layer figure)."""
+    labels, keys = token_labels(trace, batch), key_labels(trace, batch)
+    old = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    fig.update_layout(meta={**old, "xattn": {**old.get("xattn", {}), "labels": labels, "keys": keys,
+                                             "n": len(labels), "n_keys": len(keys), **more,
+                                             "why": why(trace, layers, factor=factor, batch=batch)}})
+
+
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
              main: str, notes: list[str], keys: list[str] | None = None,
              titles: tuple[str, str] = ("key", "query")) -> tuple[go.Figure, int]:
@@ -216,18 +235,20 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
-                      keys=key_labels(trace, batch), titles=axis_titles(trace))
+    fig, factor = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
+                           f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                           keys=key_labels(trace, batch), titles=axis_titles(trace))
+    _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
 
 
 def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, heads: list[int] | None = None,
-         batch: int = 0, max_cells: int = MAX_CELLS) -> go.Figure:
+         batch: int = 0, max_cells: int = MAX_CELLS, shown: Shown | None = None) -> go.Figure:
     """Layers × heads small multiples of one stage on a shared colour axis. Above `max_cells` cells in
     all, every panel is max-pooled by the same factor (so a sharp peak stays visible), and the title says so.
-    Given a cross-attention trace (`trace.cross`) the rows are its cross-attention layers, and each panel has
-    decoder tokens down and context tokens across."""
+    `shown` hides cells (a threshold, the sink column: see cells.Shown). Given a cross-attention trace
+    (`trace.cross`) the rows are its cross-attention layers, and each panel has decoder tokens down and context
+    tokens across. `layout.meta["xattn"]["why"]` says why cells are masked or pruned (cells.why)."""
     style = _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     layers = list(trace.layers) if layers is None else list(layers)
@@ -243,39 +264,60 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
         raise ValueError(f"max_cells = {max_cells} leaves less than one cell per panel")
     values = trace.drawable(stage)[positions, batch][:, heads].cpu().numpy()     # [layer, head, query, key]
     factor = pool_factor(max(values.shape[-2:]), len(layers) * len(heads), max_cells)   # cross: i ≠ j
-    pooled = max_pool(values, factor, signed=style.diverging)
-    scale = Scale.covering(pooled, diverging=style.diverging, fixed=style.fixed_range)
+    shown = shown or Shown()
+    pooled, hidden = pool_shown(values, shown.hidden(trace, layers, heads, batch), factor, signed=style.diverging)
+    scale = _scale(pooled, style, shown)
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.01, vertical_spacing=0.01,
                         row_titles=rows, column_titles=[f"head {h}" for h in heads])
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
-    fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor,
-                             where=f"layer {layers[r]} · head {heads[c]}<br>")
-                    for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
+    tiles = [_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
+                      where=f"layer {layers[r]} · head {heads[c]}<br>", hidden=None if hidden is None else hidden[r, c])
+             for r, c in cells]
+    fig.add_traces(tiles, rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
-                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
+                      coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
                       title=_title(f"{style.name} · {len(layers)} {kind}s × {len(heads)} heads",
-                                   [DESCRIPTIONS[stage], _pool_note(factor)]))
+                                   [DESCRIPTIONS[stage], _pool_note(factor), shown.note()]),
+                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
     return fig
 
 
+def _scale(values: np.ndarray, style: StageStyle, shown: Shown) -> Scale:
+    """The colour scale of the cells drawn: the stage's own, or with a display filter on, the cells it shows
+    (so hiding the sink lets the rest use the whole scale; the values themselves are not renormalised)."""
+    return Scale.covering(values, diverging=style.diverging, fixed=None if shown.active else style.fixed_range)
+
+
+def _any_masked(values: np.ndarray, hidden: np.ndarray | None) -> bool:
+    """Whether any drawn cell is masked (NaN and not merely hidden by a display filter)."""
+    masked = np.isnan(values)
+    return bool((masked if hidden is None else masked & ~hidden).any())
+
+
 def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0,
-           exact: bool | None = None, max_cells: int | None = None) -> go.Figure:
+           exact: bool | None = None, max_cells: int | None = None, shown: Shown | None = None) -> go.Figure:
     """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
     each titled with what it changes. Stages drawn with the same colour scale share one range.
 
     `exact` adds float32 values for hover; by default only up to EXACT_HOVER_TOKENS tokens, past which a
     panel's cells are under a pixel wide and the exact values would be most of the payload. With `max_cells`,
-    panels above that many cells are max-pooled down to it (peaks kept), and the title says so."""
+    panels above that many cells are max-pooled down to it (peaks kept), and the title says so. `shown` hides
+    cells of every panel where this head's attention is below its threshold, and the sink column (cells.Shown)."""
     chosen = [s for s in DEFAULT_STAGES if s in trace] if stages is None else list(stages)
     if not chosen:
         raise ValueError(f"none of the stages {list(DEFAULT_STAGES)} were traced; traced: {list(trace.stages)}")
     values = {s: _head(trace, s, layer, head, batch) for s in chosen}
     factor = 1 if max_cells is None else pool_factor(max(trace.visible.shape[-2:]), 1, max_cells)
-    values = {s: max_pool(v, factor, signed=STAGE_STYLE[s].diverging) for s, v in values.items()}
+    shown = shown or Shown()
+    hiding = shown.hidden(trace, [layer], [head], batch)
+    pooled = {s: pool_shown(v, None if hiding is None else hiding[0, 0], factor, signed=STAGE_STYLE[s].diverging)
+              for s, v in values.items()}
+    values, hidden = {s: v for s, (v, _) in pooled.items()}, {s: h for s, (_, h) in pooled.items()}
     exact = trace.visible.shape[-1] <= EXACT_HOVER_TOKENS if exact is None else exact
     residual, selective = _flags(trace)
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
@@ -295,13 +337,15 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         members = [chosen[c - 1] for c in columns]
         style = STAGE_STYLE[members[0]]
         stacked = np.stack([values[s] for s in members])
-        scale = Scale.covering(stacked, diverging=style.diverging, fixed=style.fixed_range)
-        fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(stacked).any()),
+        scale = _scale(stacked, style, shown)
+        masked = any(_any_masked(values[s], hidden[s]) for s in members)
+        fig.layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
                                       title="logits" if style.diverging and len(members) > 1 else None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name, keys=keys, factor=factor), row=1, col=column)
+                                   name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage]),
+                          row=1, col=column)
             if stage in MASKED_STAGES:
                 _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     fig.update_yaxes(autorange="reversed")
@@ -311,7 +355,9 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     _legend_masked(fig, np.stack(list(values.values())))
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
                       title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
-                                                                             _pool_note(factor)]))
+                                                                             _pool_note(factor), shown.note()]),
+                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
 
 
@@ -337,6 +383,7 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
     fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
+    _hover_meta(fig, a, batch, [layer], factor, layer=layer)
     fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
                              y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
@@ -352,8 +399,8 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     gate = _head(trace, "masked", layer, 0, batch)
     visible = trace.visible[batch].cpu().numpy()
     penalty = np.where(visible, _head(trace, "selection", layer, 0, batch), np.nan)
-    pruned = visible & (penalty >= math.log(1 / PRUNED_BELOW))
-    state = np.where(visible, pruned, 2).astype(np.uint8)          # 0 kept, 1 pruned, 2 masked
+    cut = pruned(trace, layer, batch)
+    state = np.where(visible, cut, 2).astype(np.uint8)             # 0 kept, 1 pruned, 2 masked
     _, selective = _flags(trace)
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
@@ -368,19 +415,20 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
-    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
+    fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys, categories=list(PRUNE_COLORS)), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key")
     fig.update_yaxes(title_text="query", col=1)
-    per_query = pruned.sum(-1)
+    per_query = cut.sum(-1)
     worst = int(per_query.argmax())
     fig.update_layout(template=TEMPLATE, width=1250, height=520, margin=dict(t=130),
                       title=_title(f"Selective attention · layer {layer}", [
                           "" if selective else "selective attention is off in this model: F is zero",
-                          f"{int(pruned.sum())} (query, key) pairs pruned",
-                          f"most by query {labels[worst]}: {int(per_query[worst])}" if pruned.any() else ""]))
+                          f"{int(cut.sum())} (query, key) pairs pruned",
+                          f"most by query {labels[worst]}: {int(per_query[worst])}" if cut.any() else ""]))
+    _hover_meta(fig, trace, batch, [layer], layer=layer)
     return fig
 
 
@@ -460,7 +508,8 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
     state = np.where(visible, 0, np.where(fully_masked[:, None], 2, 1)).astype(np.uint8)
     labels = token_labels(trace, batch)
     hidden = [labels[i] for i in np.flatnonzero(fully_masked)]
-    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch)))
+    fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch),
+                             categories=list(MASK_COLORS)))
     fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
@@ -470,6 +519,7 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
                           f"{', '.join(hidden[:6])}{' …' if len(hidden) > 6 else ''}"
                           if hidden else "every query sees at least one key"]))
     _flag_rows(fig, fully_masked)
+    _hover_meta(fig, trace, batch, None)
     return fig
 
 
@@ -478,16 +528,16 @@ def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *,
     (padding, then custom, then causal, then the attn_max_attend_past window). `parts` is
     `xattn.masks.breakdown(...)`."""
     _check_index("batch", batch, parts["effective"].shape[0], "batch rows")
-    hidden = np.stack([~parts[name][batch].cpu().numpy() for name in REMOVER_COLORS])
-    code = np.where(hidden.any(0), hidden.argmax(0) + 1, 0).astype(np.uint8)
+    code = reasons(parts)[batch].cpu().numpy()
     labels = labels or [str(i) for i in range(code.shape[0])]
-    removed = ", ".join(f"{name} {int(hidden[k].sum())}" for k, name in enumerate(REMOVER_COLORS))
-    fig = go.Figure(_heatmap(code, "coloraxis", labels=labels))
+    removed = ", ".join(f"{name} {int((~parts[name][batch]).sum())}" for name in MASKS)
+    fig = go.Figure(_heatmap(code, "coloraxis", labels=labels, categories=["visible", *MASKS]))
     fig.update_layout(template=TEMPLATE, width=720, height=700,
                       coloraxis=_category_axis({"visible": MASK_COLORS["visible"], **REMOVER_COLORS}),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title("What each mask removes", [
                           "each hidden cell takes the colour of the first mask that hides it",
-                          f"cells hidden by each mask alone: {removed}"]))
+                          f"cells hidden by each mask alone: {removed}"]),
+                      meta=dict(xattn=dict(labels=labels, n=len(labels))))
     return fig

@@ -18,6 +18,7 @@ from ..stages import MASKED_STAGES
 from ..trace import carries_fill
 from .figures import _check_index, _title, position_labels
 from .style import HEAD_COLORS, MASKED_COLOR, PRUNE_COLORS, STAGE_STYLE, TEMPLATE, stage_style
+from .text import display_label
 
 PROMPT_COLOR, GENERATED_COLOR, NEW_COLOR = "#eef1f6", "#e2f0dd", "#4477aa"
 
@@ -97,8 +98,8 @@ def generation_candidates(gen: Generation, step: int, *, vocab: Sequence[str] | 
     chosen = int(gen.tokens[batch, gen.prompt_length + step])
     name = (lambda i: str(i)) if vocab is None else vocab.__getitem__
     colors = [NEW_COLOR if i == chosen else MASKED_COLOR for i in ids]
-    fig = go.Figure(go.Bar(x=probs, y=[f"{name(i)} " for i in ids], orientation="h", marker_color=colors,
-                           text=[f"{p:.1%}" for p in probs], textposition="auto", showlegend=False,
+    fig = go.Figure(go.Bar(x=probs, y=[f"{display_label(name(i))} " for i in ids], orientation="h", marker_color=colors,
+                           text=[f"{p:.1%}" for p in probs], textposition="outside", cliponaxis=False, showlegend=False,
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
     outside = "" if chosen in ids else \
         f"picked {name(chosen)} ({float(gen.probs[batch, step]):.1%}, sampled outside the top {len(ids)})"
@@ -134,8 +135,9 @@ def generation_memory(gen: Generation, step: int | None = None, *, batch: int = 
 def generation_text(gen: Generation, step: int, layer: int, *, vocab: Sequence[str] | None = None,
                     batch: int = 0) -> str:
     """HTML: the text step `step`'s query read (prompt, then generated tokens), the tokens layer `layer` had
-    pruned from its context struck through, then the token it picked. Every token is a chip (so a space shows)
-    with `data-position` and `data-role` (prompt, generated, new) and, when struck, `data-pruned`."""
+    pruned from its context struck through, then the token it picked. Every token is a chip, as `display_label`
+    shows it (a space as ␠), with `data-position`, `data-role` (prompt, generated, new) and, when struck,
+    `data-pruned`."""
     _check(gen, step, batch, layer)
     tokens, dropped = _names(gen, vocab, batch), gen.dropped[step][layer, batch].tolist()
     chip = "white-space:pre;padding:1px 3px;margin:0 1px;border-radius:3px;"
@@ -146,7 +148,7 @@ def generation_text(gen: Generation, step: int, layer: int, *, vocab: Sequence[s
         style = chip + (f"outline:2px solid {NEW_COLOR};font-weight:bold;" if new else "") + \
             f"background:{PROMPT_COLOR if role == 'prompt' else GENERATED_COLOR};"
         title = f"{tokens[position]}·{position} ({role})"
-        text = html.escape(tokens[position])
+        text = html.escape(display_label(tokens[position]))
         if not new and dropped[position]:
             style += f"color:{PRUNE_COLORS['pruned by F']};text-decoration:line-through;"
             title += f", pruned from layer {layer}'s context"

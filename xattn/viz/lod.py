@@ -20,7 +20,9 @@ import plotly.graph_objects as go
 
 from ..stages import DESCRIPTIONS
 from ..trace import Trace
+from .cells import Shown, pool_shown, why
 from .figures import (
+    _any_masked,
     _coloraxis,
     _flag_rows,
     _head,
@@ -92,15 +94,21 @@ def region_factor(rows: int, cols: int, max_cells: int) -> int:
 
 def head_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
                 region: tuple[int, int, int, int] | Region | None = None, max_cells: int = SCREEN_CELLS,
-                batch: int = 0) -> tuple[np.ndarray, Region, int, Scale]:
+                batch: int = 0, shown: Shown | None = None) -> tuple[np.ndarray, np.ndarray | None, Region, int, Scale]:
     """The values drawn for `region` of one head's stage: (values max-pooled in factor × factor blocks, NaN
-    where masked; the region, clipped; the factor, 1 = full resolution; the colour scale of the whole head)."""
+    where masked or hidden; where `shown` hides a block, or None; the region, clipped; the factor, 1 = full
+    resolution; the colour scale of the whole head's cells shown)."""
     values = _head(trace, stage, layer, head, batch)
-    style = STAGE_STYLE[stage]
+    style, shown = STAGE_STYLE[stage], shown or Shown()
     box = Region.of(region, *values.shape)
     factor = region_factor(box.rows, box.cols, max_cells)
-    shown = max_pool(values[box.i0:box.i1, box.j0:box.j1], factor, signed=style.diverging)
-    return shown, box, factor, Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
+    hidden = shown.hidden(trace, [layer], [head], batch)
+    hidden = None if hidden is None else hidden[0, 0]
+    whole = values if hidden is None else np.where(hidden, np.nan, values)
+    cut = None if hidden is None else hidden[box.i0:box.i1, box.j0:box.j1]
+    drawn, hidden = pool_shown(values[box.i0:box.i1, box.j0:box.j1], cut, factor, signed=style.diverging)
+    return drawn, hidden, box, factor, Scale.covering(whole, diverging=style.diverging,
+                                                      fixed=None if shown.active else style.fixed_range)
 
 
 def _ticks(labels: list[str], start: int, stop: int) -> dict:
@@ -114,23 +122,25 @@ def _ticks(labels: list[str], start: int, stop: int) -> dict:
 
 def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
                    region: tuple[int, int, int, int] | Region | None = None, max_cells: int = SCREEN_CELLS,
-                   batch: int = 0) -> go.Figure:
+                   batch: int = 0, shown: Shown | None = None) -> go.Figure:
     """One head's stage over `region` (i0, i1, j0, j1) — default the whole head — with at most `max_cells`
     cells: max-pooled in square blocks when the region is bigger (a block keeps its value of largest
     magnitude for logits, its largest for attention and F), at full resolution once it fits. Colours use the
     whole head's range; exact float32 values ride along for hover; axes are token positions.
 
     `layout.meta["xattn"]` says what is drawn: n (queries), n_keys, region, factor, the query labels and the
-    key labels. Cross-attention traces (`trace.cross`) draw decoder rows against context columns."""
-    shown, box, factor, scale = head_region(trace, layer, head, stage, region=region, max_cells=max_cells,
-                                            batch=batch)
+    key labels, and `why` (cells.why) why cells are masked or pruned. `shown` hides cells (cells.Shown).
+    Cross-attention traces (`trace.cross`) draw decoder rows against context columns."""
+    shown = shown or Shown()
+    drawn, hidden, box, factor, scale = head_region(trace, layer, head, stage, region=region, max_cells=max_cells,
+                                                    batch=batch, shown=shown)
     style = STAGE_STYLE[stage]
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     n, n_keys = len(labels), len(keys)
-    heat = _heatmap(shown, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name)
+    heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
     fig = go.Figure(heat)
-    notes = [DESCRIPTIONS[stage], _pool_note(factor)]
+    notes = [DESCRIPTIONS[stage], _pool_note(factor), shown.note()]
     whole = box.whole(n, n_keys)
     if not whole:
         notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
@@ -139,15 +149,18 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     kind = "cross-attention layer" if trace.is_cross else "layer"
     fig.update_layout(template=TEMPLATE, width=760, height=720,
                       title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
-                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
+                      coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
                       xaxis=dict(title=x_title, constrain="domain", range=ranges.get("x"),
                                  **_ticks(keys, box.j0, box.j1)),
                       yaxis=dict(title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
                                  autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
                       meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1],
                                            factor=factor, labels=labels, keys=keys, stage=stage, layer=layer,
-                                           head=head)))
-    _legend_masked(fig, shown)
+                                           head=head, hidden_keys=shown.sink_columns(trace),
+                                           threshold=shown.threshold,
+                                           why=why(trace, [layer], region=(box.i0, box.i1, box.j0, box.j1),
+                                                   factor=factor, batch=batch))))
+    _legend_masked(fig, drawn)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
     return fig
 

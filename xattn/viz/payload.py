@@ -4,7 +4,7 @@ Plotly ≥ 6 ships numpy arrays as base64 typed arrays, and its JSON writes base
 six-byte escapes \\u002b and \\u002f. Codes are drawn from the 207 byte values that never produce
 either character wherever they sit in the stream, so every cell costs exactly 4/3 bytes on the wire.
 205 of them are value levels (odd, so 0 sits exactly mid-range of a symmetric scale); the next one
-marks masked cells.
+marks masked cells, the last cells a display filter hides.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from einops import rearrange
 SAFE_CODES = np.array([c for c in range(256) if c < 224 and c & 15 != 15 and c & 63 < 62], dtype=np.uint8)
 LEVELS = 205
 MASKED_CODE = int(SAFE_CODES[LEVELS])
+HIDDEN_CODE = int(SAFE_CODES[LEVELS + 1])       # a cell a display filter hides (cells.Shown): drawn white
 LEVEL_OF_CODE = np.full(256, -1)
 LEVEL_OF_CODE[SAFE_CODES[:LEVELS]] = np.arange(LEVELS)
 
@@ -37,11 +38,12 @@ class Scale:
     def level(self, values: np.ndarray) -> np.ndarray:
         return np.clip(np.rint((np.asarray(values, dtype=np.float64) - self.lo) / self.step), 0, LEVELS - 1)
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """Values (NaN = masked) → uint8 codes."""
+    def encode(self, values: np.ndarray, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Values (NaN = masked) → uint8 codes; HIDDEN_CODE where `hidden`."""
         values = np.asarray(values)
         codes = SAFE_CODES[self.level(np.nan_to_num(values)).astype(np.int64)]
-        return np.where(np.isnan(values), MASKED_CODE, codes).astype(np.uint8)
+        codes = np.where(np.isnan(values), MASKED_CODE, codes)
+        return (codes if hidden is None else np.where(hidden, HIDDEN_CODE, codes)).astype(np.uint8)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """uint8 codes → values, NaN for masked."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
+from ..masks import MASKS
 from ..stages import STAGES
 
 
@@ -49,9 +50,11 @@ assert set(STAGE_STYLE) == set(STAGES)
 DIFF_STYLE = StageStyle("Δ", "PiYG_r", diverging=True, adds="a − b")
 DIVERGENCE_STYLE = StageStyle("JS divergence (bits)", "Purples")
 MASKED_COLOR = "#c9c9c9"
+HIDDEN_COLOR = "#ffffff"    # cells a display filter hides (viz.cells.Shown)
 MASK_COLORS = {"visible": "#4575b4", "masked": MASKED_COLOR, "fully masked query": "#d73027"}
 REMOVER_COLORS = {"padding": "#fdae61", "custom": "#9467bd", "causal": MASKED_COLOR,    # in the order they are checked
                   "window": "#80cdc1"}
+assert tuple(REMOVER_COLORS) == MASKS
 PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_COLOR}
 FLAG_COLOR = "#d73027"    # outline of fully masked query rows
 HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
