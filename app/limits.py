@@ -12,7 +12,8 @@ MIB = 2**20
 MAX_PARAMETERS = 50_000_000           # a fresh or uploaded model (200 MB of float32)
 MAX_TRACE_BYTES = 1024 * MIB          # one trace of the model's full max_seq_len, every stage, layer and head
 FORM = {"depth": (1, 12), "heads": (1, 16), "dim": (8, 512), "max_seq_len": (8, 2048), "seed": (0, 2**32 - 1),
-        "count": (0, 2048)}               # the form's counts: memory tokens, memory key/values, attention window
+        "count": (0, 2048),               # the form's counts: memory tokens, memory key/values, attention window
+        "steps": (1, 1024), "top-k": (0, 1 << 20), "budget": (2, 1 << 20)}   # the Generate tab's
 
 # Inputs.
 MAX_TEXT_CHARS = 100_000              # longer text is refused; text past the model's max_seq_len is cut, with a warning
@@ -24,6 +25,7 @@ SESSION_TTL_S = 3600                  # a session's own models are freed an hour
 CONCURRENCY = 2                       # requests computed at once (the machine's cores share the rest)
 QUEUE_SIZE = 64                       # requests waiting beyond those; one more gets "Queue is full"
 RECENT_RUNS = 2                       # traces kept for clicks and zooms on the Explore tab (app/views.py RECENT)
+RECENT_GENERATIONS = 8                # generations kept for the Generate tab's scrubber (app/generate.py)
 RECENT_BYTES = 768 * MIB              # … counting twice their recorded stages; a bigger one is not kept
 CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour
 

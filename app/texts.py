@@ -71,3 +71,16 @@ source), so the pattern is a rectangle, not a triangle. The layer slider picks a
 (a decoder has one after each self-attention layer); the last plot is the encoder's own self-attention.
 Build a fresh encoder–decoder (tick *encoder–decoder* in *Load another model*) or upload one saved with
 `xattn.save`; the other tabs trace models that read one text."""
+
+GENERATE = """### Generate, step by step
+A decoder writes one token at a time: at each **step** the newest token's query reads every earlier token (its
+keys), and the output picks the next token. Press **Generate** (the text box above is the prompt; empty means
+BOS alone), then move the **step** slider or press **Play**: the bars are where that step's query looked (the
+chosen layer, head and stage), the text shows what it had read with the tokens this layer **pruned** struck
+through, and the candidates are its five most probable next tokens.
+
+**Context pruning** (Leviathan et al. 2024): selective attention's penalty *F* only grows, so a key whose *F* is
+large stays ignored, and dropping it from the cache saves memory. *threshold* drops a key once its *F > t*;
+*budget* keeps each layer's *k* keys with the lowest *F*. A model without selective attention is pruned by the
+same sum of head 0's positive logits, which it never subtracts: a control. The last plot is the key/value
+memory each step read against an unpruned run's."""

@@ -13,7 +13,7 @@ import gradio as gr
 import xattn
 from xattn import masks, registry
 
-from . import cross, limits, models, texts, views
+from . import cross, generate, limits, models, texts, views
 from .heatmap import plotly_view
 from .models import Loaded, Session
 
@@ -257,6 +257,8 @@ def build() -> gr.Blocks:
                     cross_grid = plot("cross-attention layers × heads")
                     cross_head = plot("focused cross-attention head")
                 encoder_grid = plot("encoder self-attention")
+            with gr.Tab("Generate", elem_id="generate-tab") as gen_tab:
+                gen = generate.tab(controls, plot, stage_dropdown)
 
         # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
         def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
@@ -287,6 +289,7 @@ def build() -> gr.Blocks:
              [heat_a, heat_b, cmp_diff, cmp_info], [model_b, c_stage, c_layer, c_head])
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
              [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
+        generate.wire(gen, gen_tab, session, model, text)
 
         # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
         sliders = [s for _, s in controls.sliders]

@@ -150,31 +150,46 @@ def overflow_notes(trace: xattn.Trace, part: str = "") -> list[str]:
     return [note]
 
 
-# The Explore tab's latest traces, so that a click or a zoom on what the page shows does not trace it again.
-RECENT: OrderedDict[tuple[int, str], Run] = OrderedDict()
+# The latest traces (Explore's clicks and zooms) and generations (the Generate tab's scrubber), so that what the
+# page shows can be redrawn without running the model again: key → (value, bytes it holds).
+RECENT: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
 RECENT_LOCK = threading.Lock()
 
 
-def explore_run(loaded: Loaded, text: str, progress: gr.Progress | None = None, *, reuse: bool = True) -> Run:
-    """`trace_text(loaded, text)`, kept among the RECENT ones (at most limits.RECENT_RUNS, limits.RECENT_BYTES
-    counting twice the recorded stages for the drawable copies made from them); with `reuse`, a kept one is
-    used again. Each caller gets its own notes."""
-    key = (id(loaded.model), text)
-    if reuse:
-        with RECENT_LOCK:
-            run = RECENT.get(key)
-            if run is not None and run.loaded.model is loaded.model:     # the same model, not one reusing its id
-                RECENT.move_to_end(key)
-                return dataclasses.replace(run, notes=list(run.notes))
-    run = trace_text(loaded, text, progress=progress)
-    size = 2 * run.trace.nbytes()
+def recall(key: tuple) -> Any | None:
+    """The value kept under `key` (now the most recent), or None."""
+    with RECENT_LOCK:
+        entry = RECENT.get(key)
+        if entry is None:
+            return None
+        RECENT.move_to_end(key)
+        return entry[0]
+
+
+def remember(key: tuple, value: Any, size: int, most: int) -> None:
+    """Keep `value`, which holds `size` bytes, under `key`: at most `most` values of its kind (`key[0]`) and
+    limits.RECENT_BYTES in all, the oldest let go first; a value bigger than that is not kept."""
     with RECENT_LOCK:
         RECENT.pop(key, None)
         if size <= limits.RECENT_BYTES:
-            RECENT[key] = dataclasses.replace(run, notes=list(run.notes))
-        while len(RECENT) > limits.RECENT_RUNS or sum(2 * r.trace.nbytes() for r in RECENT.values()) > \
-                limits.RECENT_BYTES:
+            RECENT[key] = (value, size)
+        while (kind := [k for k in RECENT if k[0] == key[0]]) and len(kind) > most:
+            del RECENT[kind[0]]
+        while sum(held for _, held in RECENT.values()) > limits.RECENT_BYTES:
             RECENT.popitem(last=False)
+
+
+def explore_run(loaded: Loaded, text: str, progress: gr.Progress | None = None, *, reuse: bool = True) -> Run:
+    """`trace_text(loaded, text)`, kept among the recent ones (at most limits.RECENT_RUNS, counting twice the
+    recorded stages for the drawable copies made from them); with `reuse`, a kept one is used again. Each
+    caller gets its own notes."""
+    key = ("trace", id(loaded.model), text)
+    if reuse:
+        run = recall(key)
+        if run is not None and run.loaded.model is loaded.model:     # the same model, not one reusing its id
+            return dataclasses.replace(run, notes=list(run.notes))
+    run = trace_text(loaded, text, progress=progress)
+    remember(key, dataclasses.replace(run, notes=list(run.notes)), 2 * run.trace.nbytes(), limits.RECENT_RUNS)
     return run
 
 

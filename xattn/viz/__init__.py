@@ -16,11 +16,13 @@ from .figures import (
     layer_similarity,
     mask_breakdown,
     mask_figure,
+    position_labels,
     query_row,
     selection,
     stages,
     token_labels,
 )
+from .generation import generation_candidates, generation_memory, generation_row, generation_text, step_row
 from .heads import STAT_STYLE, head_stats_figure
 from .lod import SCREEN, heatmap_region, pool_figure
 from .payload import Scale, decode, max_pool
@@ -33,4 +35,5 @@ __all__ = [
     "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
     "SCREEN", "pool_figure", "Shown", "why", "decode_why", "token_html", "predictions_table", "display_label",
     "head_stats_figure", "STAT_STYLE",
+    "position_labels", "generation_row", "generation_candidates", "generation_memory", "generation_text", "step_row",
 ]

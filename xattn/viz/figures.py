@@ -79,13 +79,17 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
     return values[head]
 
 
+def position_labels(tokens: list[str], memory_tokens: int = 0) -> list[str]:
+    """Axis labels 'token·position' (positions keep repeated tokens apart), after 'mem 0', 'mem 1' … for
+    `memory_tokens` learned memory tokens in front."""
+    return [f"mem {m}" for m in range(memory_tokens)] + [f"{token}·{i}" for i, token in enumerate(tokens)]
+
+
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels.
-    Memory tokens in front are 'mem 0', 'mem 1' …"""
+    """A trace's `position_labels`: its token labels, or token ids if it has none."""
     _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
     tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
-    memory = [f"mem {m}" for m in range(trace.memory_tokens)]
-    return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
+    return position_labels(tokens, trace.memory_tokens)
 
 
 def key_labels(trace: Trace, batch: int = 0) -> list[str]:
