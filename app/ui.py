@@ -14,6 +14,7 @@ import xattn
 from xattn import masks, registry
 
 from . import cross, limits, models, texts, views
+from . import heads as heads_app  # `heads` is the fresh-model form's field below
 from .heatmap import plotly_view
 from .models import Loaded, Session
 
@@ -175,8 +176,8 @@ def build() -> gr.Blocks:
                 alphabet = gr.Textbox(label="alphabet: the characters of token ids 2, 3, … (empty = printable ASCII)")
                 upload_button = gr.Button("Load checkpoint")
 
-        with gr.Tabs():
-            with gr.Tab("Explore") as explore_tab:
+        with gr.Tabs() as tabs:
+            with gr.Tab("Explore", id="explore") as explore_tab:
                 with gr.Row():
                     stage = stage_dropdown()
                     e_layer, e_head = controls.slider("layer"), controls.slider("head")
@@ -257,6 +258,8 @@ def build() -> gr.Blocks:
                     cross_grid = plot("cross-attention layers × heads")
                     cross_head = plot("focused cross-attention head")
                 encoder_grid = plot("encoder self-attention")
+            with gr.Tab("Heads", id="heads"):
+                heads_view = heads_app.layout(default)
 
         # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
         def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
@@ -287,6 +290,15 @@ def build() -> gr.Blocks:
              [heat_a, heat_b, cmp_diff, cmp_info], [model_b, c_stage, c_layer, c_head])
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
              [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
+
+        # Heads runs on its button only (a dataset, not one text); a click on a head opens it in Explore.
+        hv = heads_view
+        hv.button.click(heads_app.heads, [session, model, hv.dataset, hv.n, hv.seed, hv.file], [hv.figure, hv.summary,
+                        hv.run], api_name="heads")
+        model.change(heads_app.datasets, [session, model], [hv.dataset], api_visibility="private")
+        then_text(hv.figure.pick(heads_app.pick, [hv.run], [tabs, model, text, e_layer, e_head, e_query],
+                                 api_visibility="private", trigger_mode="always_last").then(
+            views.explore, [session, *explore_inputs], explore_outputs, api_visibility="private"))
 
         # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
         sliders = [s for _, s in controls.sliders]
