@@ -115,8 +115,11 @@ def dataset(loaded: Loaded, choice: str, n: int, seed: float | None, file: str |
         if not file:
             raise ValueError("Choose a text file to upload first (one sequence per line), or pick a task.")
         lines, notes = file_lines(file, n)
-        said = f"{len(lines):,} lines of {Path(file).name}"
-        return TextData(lines, loaded.tokenizer, loaded.max_seq_len), said, notes
+        data = TextData(lines, loaded.tokenizer, loaded.max_seq_len)
+        if not any(data.text(i) for i in range(len(data))):
+            raise ValueError(f"No line of {Path(file).name} holds a character {loaded.name} reads; its alphabet is "
+                             f"{loaded.tokenizer.alphabet!r}.")
+        return data, f"{len(lines):,} lines of {Path(file).name}", notes
     readable = readable_tasks(loaded)
     if choice not in readable:
         offered = ", ".join(readable + [TEXT_FILE])
@@ -195,8 +198,8 @@ def layout(opening: Loaded) -> HeadsTab:
         dataset_choice = gr.Dropdown(choices, value=choices[0][1], label="dataset", scale=2)
         n = gr.Number(DEFAULT_N, label=f"N: sequences (1–{limits.MAX_HEAD_SEQUENCES:,})", precision=0)
         seed = gr.Number(0, label="seed (tasks)", precision=0)
-        file = gr.File(label="text file: one sequence per line (UTF-8)", scale=2, height=120)
-    button = gr.Button("Run", variant="primary")
+        file = gr.File(label="text file: one sequence per line (UTF-8)", scale=2, height=150)
+    button = gr.Button("Run", variant="primary", elem_id="heads-run")
     with gr.Row():
         figure = heatmap.plotly_view("head statistics", role="heads", elem_id="head-statistics")
         summary_md = gr.Markdown(label="summary", elem_id="heads-summary")
