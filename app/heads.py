@@ -58,14 +58,15 @@ def dataset_choices(loaded: Loaded) -> list[tuple[str, str]]:
     return tasks + [("text file (upload below: one sequence per line)", TEXT_FILE)]
 
 
-def datasets(session: Session | None, model: str) -> Any:
-    """The dataset dropdown for `model`, on its trained task (else the first it can read); left alone for a
-    model name that resolves to nothing (the model dropdown says why)."""
+def datasets(session: Session | None, model: str) -> tuple[Any, ...]:
+    """On a model change: the dataset dropdown for `model` (on its trained task, else the first it can read), and
+    the last run's figure, summary and kept run cleared, so a click always opens the model chosen. Left alone for
+    a model name that resolves to nothing (the model dropdown says why)."""
     try:
         choices = dataset_choices(models.resolve(model, session))
     except ValueError:
-        return gr.update()
-    return gr.update(choices=choices, value=choices[0][1])
+        return gr.update(), gr.update(), gr.update(), gr.update()
+    return gr.update(choices=choices, value=choices[0][1]), None, "", None
 
 
 def whole(value: Any, what: str, low: int, high: int) -> int:
@@ -229,8 +230,9 @@ def heads(session: Session | None, model: str, choice: str, n: float, seed: floa
 
 @views.friendly
 def pick(run: HeadsRun | None, evt: gr.EventData) -> list[Any]:
-    """A click on a head: Explore selected, on the run's model, with the head's clearest example of the clicked
-    statistic as the text, that layer and head, and its last token as the query."""
+    """A click on a head: Explore selected, with the head's clearest example of the clicked statistic as the text,
+    that layer and head, and its last token as the query (the run is of the model chosen: `datasets` clears it
+    when the model changes)."""
     if run is None:
         raise ValueError("Run Heads first: a click opens the example of a head in the statistics drawn.")
     data = getattr(evt, "_data", None) or {}
@@ -241,5 +243,5 @@ def pick(run: HeadsRun | None, evt: gr.EventData) -> list[Any]:
     layer = views.index(data.get("layer"), layers, "layer", run.model)
     head = views.index(data.get("head"), heads_, "head", run.model)
     text = run.texts[int(run.stats.examples[stat][layer, head])]
-    return [gr.Tabs(selected="explore"), run.model, text, layer, head, len(text)]
+    return [gr.Tabs(selected="explore"), text, layer, head, len(text)]
 

@@ -295,8 +295,9 @@ def build() -> gr.Blocks:
         hv = heads_view
         hv.button.click(heads_app.heads, [session, model, hv.dataset, hv.n, hv.seed, hv.file], [hv.figure, hv.summary,
                         hv.run], api_name="heads")
-        model.change(heads_app.datasets, [session, model], [hv.dataset], api_visibility="private")
-        then_text(hv.figure.pick(heads_app.pick, [hv.run], [tabs, model, text, e_layer, e_head, e_query],
+        model.change(heads_app.datasets, [session, model], [hv.dataset, hv.figure, hv.summary, hv.run],
+                     api_visibility="private")
+        then_text(hv.figure.pick(heads_app.pick, [hv.run], [tabs, text, e_layer, e_head, e_query],
                                  api_visibility="private", trigger_mode="always_last").then(
             views.explore, [session, *explore_inputs], explore_outputs, api_visibility="private"))
 

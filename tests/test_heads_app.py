@@ -79,8 +79,8 @@ def test_heads_draws_head_stats_and_a_click_opens_the_example(default: models.Lo
     assert f"- on the task's key: layer {layer}, head {head} — {float(direct.values['target'][layer, head]):.3g} " \
            f"(sequence {example})" in summary
 
-    tabs, model, text, *slid = heads.pick(run, gr.EventData(None, {"layer": layer, "head": head, "stat": "target"}))
-    assert tabs.selected == "explore" and model == default.name
+    tabs, text, *slid = heads.pick(run, gr.EventData(None, {"layer": layer, "head": head, "stat": "target"}))
+    assert tabs.selected == "explore"
     assert text == data.text(example) and slid == [layer, head, len(text)]      # the last token: the query
     with pytest.raises(gr.Error, match="no statistic 'nope'"):
         heads.pick(run, gr.EventData(None, {"layer": 0, "head": 0, "stat": "nope"}))
@@ -115,6 +115,9 @@ def test_a_fresh_model_reads_tasks_as_text(default: models.Loaded) -> None:
     choices = [value for _, value in heads.dataset_choices(fresh)]
     assert choices == ["variables", "induction", "brackets", heads.TEXT_FILE]      # printable ASCII reads all three
     assert [v for _, v in heads.dataset_choices(default)] == ["variables", heads.TEXT_FILE]
+    dropdown, figure, summary, run = heads.datasets({fresh.name: fresh}, fresh.name)      # on a model change
+    assert dropdown["value"] == "variables" and [v for _, v in dropdown["choices"]] == choices
+    assert (figure, summary, run) == (None, "", None)
     figure, summary, _ = heads.heads({fresh.name: fresh}, fresh.name, "brackets", 20, 3, None, progress=quiet)
     data = TaskData("brackets", 20, 3)
     same_as(figure, xattn.head_stats(fresh.model, [data.text(i) for i in range(20)], tokenizer=fresh.tokenizer,
@@ -147,7 +150,8 @@ def test_refusals_say_why(client: Client, default: models.Loaded, tmp_path: Path
     refused(r"picture.png is not UTF-8 text \(byte 0 cannot", name, heads.TEXT_FILE, 5, 0,
             write(tmp_path, "picture.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"))
     refused("nul.txt holds NUL bytes", name, heads.TEXT_FILE, 5, 0, write(tmp_path, "nul.txt", b"a=1;\x00\x00?a\n"))
-    refused("No line of other.txt holds a character variables-both reads; its alphabet is", name, heads.TEXT_FILE, 5, 0, write(tmp_path, "other.txt", b"XYZ\nQRS\n"))
+    refused(f"No line of other.txt holds a character {name} reads; its alphabet is", name, heads.TEXT_FILE, 5, 0,
+            write(tmp_path, "other.txt", b"XYZ\nQRS\n"))
     encdec = models.fresh(1, 2, 16, form_options(), 0, 32, encoder_decoder=True)
     refused("is an encoder–decoder", encdec.name, "variables", 5, 0, None, session={encdec.name: encdec})
     # over HTTP: the sentence reaches the client, and the server answers the next request
