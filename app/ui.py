@@ -297,9 +297,9 @@ def build() -> gr.Blocks:
                         hv.run], api_name="heads")
         model.change(heads_app.datasets, [session, model], [hv.dataset, hv.figure, hv.summary, hv.run],
                      api_visibility="private")
-        then_text(hv.figure.pick(heads_app.pick, [hv.run], [tabs, text, e_layer, e_head, e_query],
-                                 api_visibility="private", trigger_mode="always_last").then(
-            views.explore, [session, *explore_inputs], explore_outputs, api_visibility="private"))
+        # Selecting the Explore tab runs its views (its select event, as a click on the tab does).
+        hv.figure.pick(heads_app.pick, [hv.run], [tabs, text, e_layer, e_head, e_query], api_visibility="private",
+                       trigger_mode="always_last")
 
         # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
         sliders = [s for _, s in controls.sliders]

@@ -125,6 +125,15 @@ def test_a_fresh_model_reads_tasks_as_text(default: models.Loaded) -> None:
     assert "numbers its tokens otherwise than the brackets task" in summary and "target" not in drawn(figure)
 
 
+def test_batches_stay_within_the_trace_budget() -> None:
+    """At most heads.BATCH sequences a forward pass, fewer where every stage's trace of the batch would pass
+    MAX_TRACE_BYTES: stages × layers × heads × n² × 4 bytes a sequence."""
+    fresh = models.fresh(2, 2, 16, form_options(), 0, 2048)
+    one = len(xattn.STAGES) * 2 * 2 * 512 * 512 * 4
+    assert heads.batch_size(fresh, 512) == limits.MAX_TRACE_BYTES // one == 17
+    assert heads.batch_size(fresh, 16) == heads.BATCH and heads.batch_size(fresh, 2048) == 1
+
+
 def write(tmp_path: Path, name: str, content: bytes) -> str:
     path = tmp_path / name
     path.write_bytes(content)
@@ -211,3 +220,5 @@ def test_a_click_on_a_head_opens_explore_on_its_example(page: Any, default: mode
     assert page.get_by_role("tab", name="Explore").get_attribute("aria-selected") == "true"
     assert page.get_by_label("text", exact=True).input_value() == text
     assert sliders(page) == [layer, head, len(text)]
+    page.wait_for_function("(n) => document.querySelectorAll('#token-text [data-q]').length === n", arg=len(text) + 1,
+                           timeout=30_000)                             # the text view reads the example too
