@@ -69,18 +69,16 @@ def datasets(session: Session | None, model: str) -> tuple[Any, ...]:
     return gr.update(choices=choices, value=choices[0][1]), None, "", None
 
 
-def whole(value: Any, what: str, low: int, high: int) -> int:
-    """A whole number within [low, high], else a sentence saying what is accepted."""
+def whole(value: Any, what: str, low: int, high: int, past: str = "") -> int:
+    """A whole number within [low, high], else a sentence saying what is accepted (and `past`, above `high`)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError(f"{what} is blank: give a whole number from {low:,} to {high:,}.")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or int(value) != value:
         raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
-    if value > high and what == "N":
-        raise ValueError(f"N = {int(value):,} is more than the {high:,} sequences a Heads run reads here; "
-                         "use xattn.head_stats in a notebook (or its Ray engine) for more.")
     if not low <= value <= high:
-        raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {int(value):,}.")
+        raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {int(value):,}."
+                         + (f" {past}" if value > high and past else ""))
     return int(value)
 
 
@@ -214,7 +212,8 @@ def heads(session: Session | None, model: str, choice: str, n: float, seed: floa
     """Head statistics of `model` over `n` sequences of `choice` (a task, or TEXT_FILE: the first `n` lines of
     `file`): the layers × heads heatmaps, a summary, and the run kept for clicks."""
     loaded = views.load(session, model, progress)
-    n = whole(n, "N", 1, limits.MAX_HEAD_SEQUENCES)
+    n = whole(n, "N", 1, limits.MAX_HEAD_SEQUENCES, "For more sequences, run xattn.head_stats in a notebook (its Ray "
+              "engine spreads them over workers).")
     data, said, notes = dataset(loaded, choice, n, seed, file)
     total = len(data)
 
@@ -224,7 +223,6 @@ def heads(session: Session | None, model: str, choice: str, n: float, seed: floa
     stats = xattn.head_stats(loaded.model, data, batch_size=batch_size(loaded, longest(loaded, data)), progress=step)
     texts = {i: data.text(i) for i in {int(i) for ids in stats.examples.values() for i in ids.flatten()}}
     figure = tag(viz.head_stats_figure(stats), stats)
-    figure.update_layout(meta={"xattn": {"kind": "heads"}})
     return figure, summary(loaded, stats, said, notes), HeadsRun(loaded.name, stats, texts)
 
 
