@@ -333,6 +333,10 @@ function wire() {
       return;
     }
     if (p.data.type !== 'heatmap') return;
+    if (role === 'heads') {                                   // the Heads view: a head of one statistic
+      trigger('pick', {layer: p.y, head: p.x, stat: (p.data.meta || {}).stat});
+      return;
+    }
     let q, k, t = p.fullData;
     if (role === 'head') [q, k] = pointer(ev.event);
     else { const cell = cellOf(t, p.pointNumber[0], p.pointNumber[1]); q = cell.q0; k = cell.k0; }

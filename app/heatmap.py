@@ -5,7 +5,8 @@
 plotly package ships, served by this app's own file route (no CDN: the page works offline), and sends back:
 
 - `pick`: a click on a heatmap cell or a grid tile, as {"query", "key"} (+ {"layer", "head"} for a tile of
-  the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows;
+  the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows; on
+  the Heads view's statistics, {"layer", "head", "stat"};
 - `zoom`: a zoom or pan on a focused head, as {"region": [i0, i1, j0, j1], "px": plot width in pixels,
   "head": its key}; the answer (a `viz.heatmap_region` figure of that region) is laid over the first,
   pooled view at the detail the screen can show.
@@ -64,7 +65,8 @@ def no_stub() -> Iterator[None]:
 with no_stub():
     class PlotlyView(gr.HTML):
         """A Plotly figure slot with `pick` (click) and `zoom` (relayout) events, whose value is a go.Figure sent as
-        gr.Plot sends it. `role`: "grid", "head" (zoom for detail), "strip", "row" or "plot".
+        gr.Plot sends it. `role`: "grid", "head" (zoom for detail), "strip", "row", "heads" (a click sends the
+        head's layer, head and statistic: app/heads.py) or "plot".
 
         A subclass, not a patched gr.HTML: Gradio answers a `gr.update()` by building a fresh component of the
         output's class for the session, and that copy must still turn figures into JSON."""

@@ -18,6 +18,7 @@ FORM = {"depth": (1, 12), "heads": (1, 16), "dim": (8, 512), "max_seq_len": (8, 
 # Inputs.
 MAX_TEXT_CHARS = 100_000              # longer text is refused; text past the model's max_seq_len is cut, with a warning
 MAX_UPLOAD_BYTES = 256 * MIB          # the server refuses bigger uploads (HTTP 413); the loader checks again
+MAX_HEAD_SEQUENCES = 2_000            # sequences one Heads run reads (task samples, or a file's first lines)
 
 # Sessions and the server.
 MAX_SESSION_MODELS = 4                # fresh or uploaded models kept per browser session (the oldest is dropped)

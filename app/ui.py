@@ -14,6 +14,7 @@ import xattn
 from xattn import masks, registry
 
 from . import cross, generate, limits, models, texts, views
+from . import heads as heads_app  # `heads` is the fresh-model form's field below
 from .heatmap import plotly_view
 from .models import Loaded, Session
 
@@ -175,8 +176,8 @@ def build() -> gr.Blocks:
                 alphabet = gr.Textbox(label="alphabet: the characters of token ids 2, 3, … (empty = printable ASCII)")
                 upload_button = gr.Button("Load checkpoint")
 
-        with gr.Tabs():
-            with gr.Tab("Explore") as explore_tab:
+        with gr.Tabs() as tabs:
+            with gr.Tab("Explore", id="explore") as explore_tab:
                 with gr.Row():
                     stage = stage_dropdown()
                     e_layer, e_head = controls.slider("layer"), controls.slider("head")
@@ -259,6 +260,8 @@ def build() -> gr.Blocks:
                 encoder_grid = plot("encoder self-attention")
             with gr.Tab("Generate", elem_id="generate-tab") as gen_tab:
                 gen = generate.tab(controls, plot, stage_dropdown)
+            with gr.Tab("Heads", id="heads"):
+                heads_view = heads_app.layout(default)
 
         # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
         def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
@@ -290,6 +293,16 @@ def build() -> gr.Blocks:
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
              [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
         generate.wire(gen, gen_tab, session, model, text)
+
+        # Heads runs on its button only (a dataset, not one text); a click on a head opens it in Explore.
+        hv = heads_view
+        hv.button.click(heads_app.heads, [session, model, hv.dataset, hv.n, hv.seed, hv.file], [hv.figure, hv.summary,
+                        hv.run], api_name="heads")
+        model.change(heads_app.datasets, [session, model], [hv.dataset, hv.figure, hv.summary, hv.run],
+                     api_visibility="private")
+        # Selecting the Explore tab runs its views (its select event, as a click on the tab does).
+        hv.figure.pick(heads_app.pick, [hv.run], [tabs, text, e_layer, e_head, e_query], api_visibility="private",
+                       trigger_mode="always_last")
 
         # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
         sliders = [s for _, s in controls.sliders]
