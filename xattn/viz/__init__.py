@@ -19,6 +19,7 @@ from .figures import (
     selection,
     stages,
     token_labels,
+    visible_token,
 )
 from .lod import SCREEN, heatmap_region, pool_figure
 from .payload import Scale, decode, max_pool
@@ -28,5 +29,5 @@ __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
-    "SCREEN", "pool_figure",
+    "SCREEN", "pool_figure", "visible_token",
 ]

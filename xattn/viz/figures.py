@@ -16,7 +16,7 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..stages import DESCRIPTIONS, MASKED_STAGES
+from ..stages import DESCRIPTIONS, HEAD_SHARED, MASKED_STAGES, PROBABILITY_STAGES
 from ..trace import Trace
 from .payload import LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
 from .style import (
@@ -40,6 +40,10 @@ EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
 PRUNED_BELOW = 0.01           # a key is "pruned" when F scales its weight by less than this (F ≥ ln 100)
 TOP_CHANGES = 5               # cells circled in a diff
+TITLE_NAME_CHARS = 40        # a name in a title is cut to this many characters
+OWN_RANGE = frozenset({"scores"})   # stages a stage strip gives a colour range of their own
+# Unicode control pictures for characters a label would otherwise show as nothing: U+2400 + code, ␠ for a space.
+PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␠", "\x7f": "␡"}
 
 
 # validation and data access
@@ -77,13 +81,29 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
     return values[head]
 
 
+def visible_token(token: str) -> str:
+    """A token as a label people can see: a space becomes ␠, other whitespace and control characters their
+    Unicode control pictures (newline ␊, tab ␉); anything else is left as it is. Every token label uses it."""
+    return "".join(PICTURES.get(c, c) for c in token)
+
+
+def short(text: str, limit: int = TITLE_NAME_CHARS) -> str:
+    """`text` cut to `limit` characters with an ellipsis: a long model name in a title."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 layer', '2 layers'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart); token ids if no labels.
-    Memory tokens in front are 'mem 0', 'mem 1' …"""
+    """Axis labels 'token·position' (positions keep repeated tokens apart, `visible_token` shows spaces); token
+    ids if no labels. Memory tokens in front are 'mem 0', 'mem 1' …"""
     _check_index("batch", batch, trace.tokens.shape[0], "batch rows")
     tokens = trace.labels[batch] if trace.labels else [str(t) for t in trace.tokens[batch].tolist()]
     memory = [f"mem {m}" for m in range(trace.memory_tokens)]
-    return memory + [f"{token}·{i}" for i, token in enumerate(tokens)]
+    return memory + [f"{visible_token(token)}·{i}" for i, token in enumerate(tokens)]
 
 
 def key_labels(trace: Trace, batch: int = 0) -> list[str]:
@@ -93,7 +113,7 @@ def key_labels(trace: Trace, batch: int = 0) -> list[str]:
         return [*trace.key_extras, *token_labels(trace, batch)]
     _check_index("batch", batch, trace.visible.shape[0], "batch rows")
     keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * (trace.visible.shape[-1] - len(trace.key_extras))
-    return [*trace.key_extras, *(f"{key}·{j}" for j, key in enumerate(keys))]
+    return [*trace.key_extras, *(f"{visible_token(key)}·{j}" for j, key in enumerate(keys))]
 
 
 def axis_titles(trace: Trace) -> tuple[str, str]:
@@ -205,15 +225,18 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
 
 # public figures
 
-def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
+def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0,
+            name: str = "") -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
     fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
-    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens.
+    `name` (e.g. the model's) leads the title."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
     kind = "cross-attention layer" if trace.is_cross else "layer"
+    lead = f"{short(name)} · " if name else ""
     fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      f"{lead}{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
                       keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
@@ -252,7 +275,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
-                      title=_title(f"{style.name} · {len(layers)} {kind}s × {len(heads)} heads",
+                      title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
                                    [DESCRIPTIONS[stage], _pool_note(factor)]))
     _legend_masked(fig, pooled)
     return fig
@@ -261,7 +284,8 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
 def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0,
            exact: bool | None = None, max_cells: int | None = None) -> go.Figure:
     """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
-    each titled with what it changes. Stages drawn with the same colour scale share one range.
+    each titled with what it changes. Stages drawn with the same colour scale share one range, except those in
+    OWN_RANGE (a layer's own scores: small beside the logits residual attention carries in after them).
 
     `exact` adds float32 values for hover; by default only up to EXACT_HOVER_TOKENS tokens, past which a
     panel's cells are under a pixel wide and the exact values would be most of the payload. With `max_cells`,
@@ -282,9 +306,9 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
     keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
-    groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
+    groups: dict[str, list[int]] = {}        # colour range → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
-        groups.setdefault(STAGE_STYLE[stage].colorscale, []).append(column)
+        groups.setdefault(stage if stage in OWN_RANGE else STAGE_STYLE[stage].colorscale, []).append(column)
     axes: list[str] = []
     for k, columns in enumerate(groups.values()):
         axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
@@ -311,21 +335,33 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     return fig
 
 
+def _weights(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
+    """One head's values for a difference: attention weights where a mask hides a key are 0 (the weight it
+    gets), not missing, so a difference shows the attention a mask removed; other stages stay NaN there."""
+    values = _head(trace, stage, layer, head, batch)
+    return np.nan_to_num(values, nan=0.0) if stage in PROBABILITY_STAGES else values
+
+
 def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stage_b: str | None = None,
-         batch: int = 0) -> go.Figure:
+         batch: int = 0, names: tuple[str, str] | None = None) -> go.Figure:
     """a's `stage` minus b's `stage_b` (default the same stage) for one head, diverging around 0, with the
-    largest changes circled. b is either a itself (then the stages differ) or a trace of equal length."""
+    largest changes circled. b is either a itself (then the stages differ) or a trace of equal length; `names`
+    say what a and b are (models, settings) in the title. Attention weights a mask hides count as 0, so the
+    attention a mask removes shows as a negative difference; only cells hidden on both sides are grey."""
     stage_b = stage if stage_b is None else stage_b
     if b is a and stage_b == stage:
         raise ValueError("this diff would compare a stage with itself: give stage_b, or a second trace as b")
-    va, vb = _head(a, stage, layer, head, batch), _head(b, stage_b, layer, head, batch)
+    va, vb = _weights(a, stage, layer, head, batch), _weights(b, stage_b, layer, head, batch)
     if va.shape != vb.shape:
         raise ValueError(f"the traces differ in length ({va.shape[-1]} vs {vb.shape[-1]} tokens); "
                          f"diff needs inputs of equal length")
     delta = va - vb
+    if {stage, stage_b} & PROBABILITY_STAGES:            # grey only where neither side lets a weight through
+        delta[~(a.visible[batch] | b.visible[batch]).cpu().numpy()] = np.nan
     labels, keys = token_labels(a, batch), key_labels(a, batch)
-    source = "" if b is a else " (b: other trace)"
-    main = f"Δ = {STAGE_STYLE[stage].name} − {STAGE_STYLE[stage_b].name}{source} · layer {layer} · head {head}"
+    name_a, name_b = names or ("", "" if b is a else "other trace")
+    sides = [f"{STAGE_STYLE[s].name}{f' ({short(n)})' if n else ''}" for s, n in ((stage, name_a), (stage_b, name_b))]
+    main = f"Δ = {sides[0]} − {sides[1]} · layer {layer} · head {head}"
     magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
     top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
     rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
@@ -381,14 +417,16 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
 
 
 def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0) -> go.Figure:
-    """Where does one token look? Its row of `stage` over the keys, one bar per head."""
+    """Where does one token look? Its row of `stage` over the keys, one bar per head (one bar per key for a
+    stage every head shares, such as selective attention's F)."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                            hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-                     for h in range(row.shape[0])])
+    names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                            hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                     for h, name in enumerate(names)])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
                       xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
@@ -410,11 +448,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (kl_to_m(p) + kl_to_m(q)) / 2
 
 
-def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
-    """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
-    key): each head against the same head in the next traced layer — the RealFormer view — and each
-    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
-    post-softmax talking heads mix `attn`), or `attn` in a trace without it."""
+def _divergences(trace: Trace, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each head vs the same head one traced layer up [layer − 1, head], each head vs its layer's other heads
+    [layer, head]): mean Jensen–Shannon divergence over queries with a visible key."""
     stage = "post_softmax" if "post_softmax" in trace else "attn"
     _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
@@ -423,27 +459,46 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     heads = p.shape[1]
     across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
     within = np.stack([[js_divergence(layer[h], layer)[:, rows].mean(-1) for h in range(heads)] for layer in p])
-    others = within.sum(-1) / max(heads - 1, 1)                                 # [layer, head]; self-JS is 0
-    scale_top = float(max(across.max(initial=0), others.max(initial=0))) or 1.0
-    head_names = [f"head {h}" for h in range(heads)]
+    return across, within.sum(-1) / max(heads - 1, 1)                           # self-JS is 0
+
+
+def layer_similarity(trace: Trace, *, batch: int = 0, share: Trace | None = None) -> go.Figure:
+    """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
+    key): each head against the same head in the next traced layer — the RealFormer view — and each
+    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
+    post-softmax talking heads mix `attn`), or `attn` in a trace without it. With `share` (e.g. the same text
+    with residual attention off) the colour range covers both, so the two figures compare by colour. With one
+    traced layer there is no consecutive pair: a sentence stands in that panel's place."""
+    across, others = _divergences(trace, batch)
+    pairs = [(across, others)] + ([] if share is None else [_divergences(share, batch)])
+    scale_top = float(max(m.max(initial=0) for pair in pairs for m in pair)) or 1.0
+    head_names = [f"head {h}" for h in range(others.shape[1])]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
         "Consecutive layers<br><sup>each head vs the same head one layer up</sup>",
         "Heads within a layer<br><sup>each head vs the layer's other heads (mean)</sup>"])
     for column, (matrix, names) in enumerate([(across, [f"L{a}→L{b}" for a, b in itertools.pairwise(trace.layers)]),
                                               (others, [f"layer {layer}" for layer in trace.layers])], start=1):
+        if not matrix.size:
+            fig.update_xaxes(visible=False, row=1, col=column)
+            fig.update_yaxes(visible=False, row=1, col=column)
+            fig.add_annotation(text="one traced layer:<br>no consecutive layers to compare", showarrow=False,
+                               xref=f"x{column if column > 1 else ''} domain", x=0.5,
+                               yref=f"y{column if column > 1 else ''} domain", y=0.5)
+            continue
         fig.add_trace(go.Heatmap(z=matrix.astype(np.float32), x=head_names, y=names, coloraxis="coloraxis",
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
     residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
+    fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * max(len(trace.layers), 2), margin=dict(t=130),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
                                      colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
                       title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [
                           f"residual attention {'on' if residual else 'off'}",
                           f"mean across consecutive layers {across.mean():.3f} bits" if across.size
-                          else "one traced layer: no consecutive pairs"]))
+                          else "one traced layer: no consecutive pairs",
+                          "colour range shared with the other figure" if share is not None else ""]))
     return fig
 
 
