@@ -60,6 +60,14 @@ def format_mask(mask: Tensor) -> str:
     return "\n".join("".join("1" if v else "0" for v in row) for row in mask.tolist())
 
 
+def custom_adds_nothing(parts: dict[str, Tensor]) -> bool:
+    """True when the custom mask of `breakdown(...)` hides no (query, key) pair that padding, causal or the window
+    do not hide already, so it changes nothing: e.g. prefix-LM in a decoder, whose extra visibility (the prefix
+    seeing its own later tokens) lies in the future that causal hides: custom ∧ causal = causal."""
+    others = parts["padding"] & parts["causal"] & parts["window"]
+    return not bool((others & ~parts["custom"]).any())
+
+
 def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Visibility [b, n, n] allowed by each mask alone, and combined ("effective", exactly what `model` uses).
