@@ -96,5 +96,6 @@ def test_available_prints_one_short_line_per_model():
     assert len(shown) == len(BUNDLED) + 1 and all(len(line) < 100 for line in shown)
     for line, path in zip(shown[1:], sorted(MODELS_DIR.glob("*.card.json")), strict=True):
         card = json.loads(path.read_text())
-        assert line.strip() == f"{card['name']}: {card['task']}, {card['variant']}, {card['eval']['accuracy']:.1f}% accurate"
+        accuracy = card["eval"]["accuracy"]
+        assert line.strip() == f"{card['name']}: {card['task']}, {card['variant']}, {accuracy:.1f}% accurate"
     assert isinstance(cards, dict) and cards[DEFAULT]["name"] == DEFAULT      # still the cards, by name

@@ -458,13 +458,14 @@ def test_heatmap_title_carries_the_model_name(trace):
     assert title.startswith(long[:39]) and "…" in title and long not in title
 
 
-@pytest.mark.parametrize("kind, preset, nothing", [(xattn.Decoder, "prefix-LM", True), (xattn.Encoder, "prefix-LM", False),
-                                                   (xattn.Decoder, "sliding window", False)])
+@pytest.mark.parametrize("kind, preset, nothing", [
+    (xattn.Decoder, "prefix-LM", True), (xattn.Encoder, "prefix-LM", False), (xattn.Decoder, "sliding window", False)])
 def test_a_custom_mask_that_changes_nothing_is_recognised(kind, preset, nothing):
     model = xattn.TransformerWrapper(num_tokens=40, max_seq_len=64, attn_layers=kind(dim=16, depth=1, heads=2)).eval()
     custom = xattn.masks.PRESETS[preset](N, 2)
     parts = xattn.masks.breakdown(model, N, attn_mask=custom)
     assert xattn.masks.custom_adds_nothing(parts) is nothing
     tokens = torch.arange(N)[None]
-    same = torch.equal(model.run_with_trace(tokens, attn_mask=custom)[1].visible, model.run_with_trace(tokens)[1].visible)
+    masked, plain = model.run_with_trace(tokens, attn_mask=custom)[1], model.run_with_trace(tokens)[1]
+    same = torch.equal(masked.visible, plain.visible)
     assert same is nothing                                       # the model agrees: nothing hidden, nothing changed
