@@ -149,7 +149,7 @@ def test_the_single_text_views_refuse_an_encoder_decoder(client: Client) -> None
 
 
 @pytest.mark.parametrize("args, message", [
-    ((SOURCE, TARGET, "attn", 2, 0), "Value 2 is greater than maximum value 1"),     # the re-ranged slider
+    ((SOURCE, TARGET, "attn", 2, 0), "Cross-attention layer 2 does not exist: .* layers 0 to 1"),
     (("  ", TARGET, "attn", 0, 0), r"Source \(the encoder's input\): The text is empty"),
     (("a=§", TARGET, "attn", 0, 0), r"Source \(the encoder's input\): The model .* cannot read this text"),
     ((SOURCE, "", "attn", 0, 0), "The text is empty"),
