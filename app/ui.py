@@ -21,6 +21,9 @@ from .models import Loaded, Session
 # the page narrows every slider to the chosen model as soon as it loads.
 CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
+PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower window stacks them
+# Page CSS (passed to launch): gr.HTML drops min_width, so the pairs' least width is set here, for both kinds.
+CSS = f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}"
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -76,14 +79,15 @@ def element_id(label: str) -> str:
     return re.sub(r"\W+", "-", label).strip("-")
 
 
-def plot(label: str) -> gr.Plot:
-    """A figure slot."""
-    return gr.Plot(label=label, show_label=True, elem_id=element_id(label))
+def plot(label: str, pair: bool = False) -> gr.Plot:
+    """A figure slot; one of a `pair` in a row is at least PAIR_WIDTH wide, else it wraps below the other. No
+    label over it: it would cover the figure's own title."""
+    return gr.Plot(label=label, show_label=False, elem_id=element_id(label), elem_classes=["pair"] if pair else None)
 
 
-def view(label: str, role: str) -> gr.HTML:
+def view(label: str, role: str, pair: bool = False) -> gr.HTML:
     """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
-    return plotly_view(label, role=role, elem_id=element_id(label))
+    return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None)
 
 
 def markdown(text: str) -> gr.Markdown:
@@ -170,7 +174,7 @@ def build() -> gr.Blocks:
                 gr.Markdown(texts.EXPLORE)
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
+                    grid, heatmap = view("layers × heads", "grid", pair=True), view("focused head", "head", pair=True)
                 strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
@@ -195,7 +199,8 @@ def build() -> gr.Blocks:
                 sel_fig = plot("gate head, F and pruned keys")
                 sel_strip = plot("logits before and after F")
                 with gr.Row():
-                    sel_row, sel_grid = plot("F for the chosen query"), plot("F in every layer (gate head)")
+                    sel_row = plot("F for the chosen query", pair=True)
+                    sel_grid = plot("F in every layer (gate head)", pair=True)
             with gr.Tab("Masking debugger") as mask_tab:
                 gr.Markdown(texts.MASKING)
                 with gr.Row():
@@ -209,7 +214,7 @@ def build() -> gr.Blocks:
                 mask_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 mask_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    effective, parts = plot("effective mask"), plot("what each mask removes")
+                    effective, parts = plot("effective mask", pair=True), plot("what each mask removes", pair=True)
                 mask_diff = plot("attention with − without the custom mask")
             with gr.Tab("Compare") as cmp_tab:
                 gr.Markdown("Model A is the model chosen at the top; pick model B (a bundled model, or one you "
@@ -221,7 +226,7 @@ def build() -> gr.Blocks:
                 cmp_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cmp_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    heat_a, heat_b = plot("model A"), plot("model B")
+                    heat_a, heat_b = plot("model A", pair=True), plot("model B", pair=True)
                 cmp_diff = plot("A − B")
             with gr.Tab("Cross-attention") as cross_tab:
                 markdown(texts.CROSS)
@@ -234,8 +239,8 @@ def build() -> gr.Blocks:
                 cross_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cross_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    cross_grid = plot("cross-attention layers × heads")
-                    cross_head = plot("focused cross-attention head")
+                    cross_grid = plot("cross-attention layers × heads", pair=True)
+                    cross_head = plot("focused cross-attention head", pair=True)
                 encoder_grid = plot("encoder self-attention")
 
         # Each view: one API endpoint (a refusal is an error), and on the page run by its button, by opening its

@@ -163,7 +163,7 @@ def test_masking_flags_rows_and_shows_the_effect(client: Client, default: models
     expected = trace.drawable("attn")[0, 0, 0].nan_to_num() - plain.drawable("attn")[0, 0, 0].nan_to_num()
     expected[~(trace.visible[0] | plain.visible[0])] = float("nan")
     same(exact(traces(difference)[0]), expected)
-    assert "(with the custom mask) − Attention (without)" in json.loads(difference["plot"])["layout"]["title"]["text"]
+    assert "with the custom mask − without" in json.loads(difference["plot"])["layout"]["title"]["text"]
     rows = "\n".join("1" * len(ids) for _ in ids)
     *_, free_info = client.predict(default.name, default.example, "none", 0, rows, 0, "right", 0, 0,
                                    api_name="/masking")

@@ -158,12 +158,12 @@ def test_realformer_similarities_share_a_range_and_the_difference_names_its_side
     strip, difference, on, off, _ = views.realformer(None, default.name, default.example, 2, 1, texts.SAME_WEIGHTS)
     assert on.layout.coloraxis.cmax == off.layout.coloraxis.cmax
     title = difference.layout.title.text
-    assert f"(residual on: {default.name[:20]}" in title and "− Attention (off: " in title
+    assert f"<sup>residual on: {default.name[:20]}" in title and " − off: " in title
     scores, rest = strip.data[0], strip.data[1:3]
     assert scores.coloraxis != rest[0].coloraxis and rest[0].coloraxis == rest[1].coloraxis
 
 
 def test_compare_names_the_models_in_every_figure(default: models.Loaded) -> None:
     a, b, difference, _ = views.compare(None, default.name, "variables-baseline", default.example, "attn", 0, 0)
-    assert a.layout.title.text.startswith(f"A: {default.name}") and b.layout.title.text.startswith("B: variables-")
-    assert f"Attention (A: {default.name}) − Attention (B: variables-baseline)" in difference.layout.title.text
+    assert f"<sup>A: {default.name} · " in a.layout.title.text and "<sup>B: variables-baseline · " in b.layout.title.text
+    assert f"<sup>A: {default.name} − B: variables-baseline" in difference.layout.title.text

@@ -413,7 +413,7 @@ def test_the_attention_a_mask_removes_is_a_negative_difference():
     kept = causal & custom.numpy()
     np.testing.assert_allclose(drawn[kept], after[kept] - before[kept], rtol=1e-5, atol=1e-7)
     assert np.isnan(drawn[~causal]).all()                                  # hidden on both sides: grey
-    assert "Attention (with the custom mask) − Attention (without)" in fig.layout.title.text
+    assert fig.layout.title.text.startswith("Δ Attention · layer 1 · head 2<br><sup>with the custom mask − without")
 
 
 def test_selective_penalty_row_is_one_bar_per_key(trace):
@@ -455,7 +455,7 @@ def test_a_space_is_labelled_visibly():
 def test_heatmap_title_carries_the_model_name(trace):
     long = "fresh 3×4 dim 64 seed 0: causal, residual attention, selective attention, pre-norm"
     title = viz.heatmap(trace, 0, 0, name=long).layout.title.text
-    assert title.startswith(long[:39]) and "…" in title and long not in title
+    assert f"<sup>{long[:39]}…" in title and long not in title
 
 
 @pytest.mark.parametrize("kind, preset, nothing", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 
 import numpy as np
 import plotly.graph_objects as go
@@ -40,7 +41,13 @@ EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
 PRUNED_BELOW = 0.01           # a key is "pruned" when F scales its weight by less than this (F ≥ ln 100)
 TOP_CHANGES = 5               # cells circled in a diff
-TITLE_NAME_CHARS = 40        # a name in a title is cut to this many characters
+COMPACT_HEADS = 6            # a grid of more heads titles its columns h0, h1 …
+SUBTITLE_CHARS = 18          # a stage strip's panel subtitles wrap at this many characters
+TITLE_Y = 0.98               # a title's top, as a fraction of the figure's height
+SUBPLOT_TITLE_SIZE = 13      # px: plotly's 16 makes a panel's title wider than a narrow panel
+TITLE_NAME_CHARS = 40
+TITLE_NOTE_CHARS = 64        # a title's small-type lines wrap at this many characters …
+TITLE_NOTE_LINES = 2         # … and stop after this many        # a name in a title is cut to this many characters
 OWN_RANGE = frozenset({"scores"})   # stages a stage strip gives a colour range of their own
 # Unicode control pictures for characters a label would otherwise show as nothing: U+2400 + code, ␠ for a space.
 PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␠", "\x7f": "␡"}
@@ -90,6 +97,12 @@ def visible_token(token: str) -> str:
 def short(text: str, limit: int = TITLE_NAME_CHARS) -> str:
     """`text` cut to `limit` characters with an ellipsis: a long model name in a title."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def wrap(text: str, width: int = SUBTITLE_CHARS) -> str:
+    """`text` broken into lines of at most `width` characters (at spaces) joined by <br>: a panel subtitle that
+    stays within its panel when the figure is drawn narrow."""
+    return "<br>".join(textwrap.wrap(text, width, break_long_words=False)) or text
 
 
 def plural(count: int, noun: str) -> str:
@@ -181,9 +194,12 @@ def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str =
 
 
 def _side_colorbars(fig: go.Figure, axes: list[str]) -> None:
-    """Stand the colour bars of several colour axes side by side to the right of the panels."""
+    """Stack the colour bars of several colour axes one above the other to the right of the panels: side by side
+    they would overlap once the figure is drawn narrower than designed."""
+    gap, size = 0.06, 1 / len(axes)
     for k, axis in enumerate(axes):
-        fig.layout[axis].colorbar.update(x=1.01 + 0.075 * k, xanchor="left", title_side="right")
+        fig.layout[axis].colorbar.update(x=1.01, xanchor="left", title_side="right", len=size - gap, lenmode="fraction",
+                                         y=1 - k * size, yanchor="top")
 
 
 def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
@@ -194,8 +210,13 @@ def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
 
 
 def _title(main: str, notes: list[str]) -> dict:
-    notes = [n for n in notes if n]
-    return dict(text=main + (f"<br><sup>{' · '.join(notes)}</sup>" if notes else ""), x=0.01, xanchor="left")
+    """`main`, then the notes in small type: wrapped at TITLE_NOTE_CHARS, at most TITLE_NOTE_LINES lines (cut
+    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot."""
+    lines = textwrap.wrap(" · ".join(n for n in notes if n), TITLE_NOTE_CHARS)
+    if len(lines) > TITLE_NOTE_LINES:
+        lines = [*lines[: TITLE_NOTE_LINES - 1], lines[TITLE_NOTE_LINES - 1].rstrip(" ·") + " …"]
+    return dict(text="<br>".join([main, *(f"<sup>{line}</sup>" for line in lines)]), x=0.01, xanchor="left",
+                yref="container", y=TITLE_Y, yanchor="top")   # grows down from the top, not both ways
 
 
 def _pool_note(factor: int) -> str:
@@ -214,7 +235,7 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
                              name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(main, notes + [_pool_note(factor)]),
+                      title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
                       xaxis=dict(title=titles[0], constrain="domain"),
                       yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
@@ -230,13 +251,12 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
     fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
     trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens.
-    `name` (e.g. the model's) leads the title."""
+    `name` (e.g. the model's) leads the title's small type."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    lead = f"{short(name)} · " if name else ""
     fig, _ = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                      f"{lead}{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                      f"{style.name} · {kind} {layer} · head {head}", [short(name), DESCRIPTIONS[stage]],
                       keys=key_labels(trace, batch), titles=axis_titles(trace))
     return fig
 
@@ -256,6 +276,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     positions = [_layer_position(trace, layer) for layer in layers]
     kind = "cross-attention layer" if trace.is_cross else "layer"
     rows = [f"{'cross ' * trace.is_cross}layer {layer}" for layer in layers]
+    columns = [f"head {h}" if len(heads) <= COMPACT_HEADS else f"h{h}" for h in heads]
     for head in heads:
         _check_index("head", head, trace.shape[2], "heads")
     if max_cells < len(layers) * len(heads):
@@ -266,17 +287,19 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     scale = Scale.covering(pooled, diverging=style.diverging, fixed=style.fixed_range)
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.01, vertical_spacing=0.01,
-                        row_titles=rows, column_titles=[f"head {h}" for h in heads])
+                        horizontal_spacing=0.01, vertical_spacing=0.01, column_titles=columns)
+    for r, name in enumerate(rows, start=1):          # on the left: on the right they would meet the colour bar
+        fig.update_yaxes(title_text=name, title_standoff=2, row=r, col=1)
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
     fig.add_traces([_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor,
                              where=f"layer {layers[r]} · head {heads[c]}<br>")
                     for r, c in cells], rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
+    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
+                      margin=dict(t=110),
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(pooled).any())),
                       title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
-                                   [DESCRIPTIONS[stage], _pool_note(factor)]))
+                                   [_pool_note(factor), DESCRIPTIONS[stage]]))
     _legend_masked(fig, pooled)
     return fig
 
@@ -301,7 +324,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
                "selection": "" if selective else " (selective attention off)"}
-    titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
+    titles = [f"{STAGE_STYLE[s].name}<br><sup>{wrap(STAGE_STYLE[s].adds + caveats.get(s, ''))}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
     keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
@@ -317,7 +340,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         stacked = np.stack([values[s] for s in members])
         scale = Scale.covering(stacked, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(stacked).any()),
-                                      title="logits" if style.diverging and len(members) > 1 else None)
+                                      title="logits" if style.diverging and len(members) > 1 else style.bar or None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
@@ -328,8 +351,11 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, np.stack(list(values.values())))
-    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
+    lines = max(t.count("<br>") for t in titles) + 1
+    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
+                      margin=dict(t=80 + 14 * lines),
                       title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
                                                                              _pool_note(factor)]))
     return fig
@@ -359,16 +385,17 @@ def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stag
     if {stage, stage_b} & PROBABILITY_STAGES:            # grey only where neither side lets a weight through
         delta[~(a.visible[batch] | b.visible[batch]).cpu().numpy()] = np.nan
     labels, keys = token_labels(a, batch), key_labels(a, batch)
-    name_a, name_b = names or ("", "" if b is a else "other trace")
-    sides = [f"{STAGE_STYLE[s].name}{f' ({short(n)})' if n else ''}" for s, n in ((stage, name_a), (stage_b, name_b))]
-    main = f"Δ = {sides[0]} − {sides[1]} · layer {layer} · head {head}"
+    stages = STAGE_STYLE[stage].name + ("" if stage_b == stage else f" − {STAGE_STYLE[stage_b].name}")
+    main = f"Δ {'= ' * (stage_b != stage)}{stages} · layer {layer} · head {head}"
+    sides = f"{short(names[0])} − {short(names[1])}" if names else "" if b is a else "a − b (another trace)"
     magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
     top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
     rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
     biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {keys[cols[0]]} (circled)"
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
-    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
+    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [sides, biggest], keys=keys,
+                           titles=axis_titles(a))
     fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
                              y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
                              name=f"{len(top)} largest |Δ|", customdata=delta[rows, cols],
@@ -389,26 +416,28 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     _, selective = _flags(trace)
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
-        "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
-        f"{STAGE_STYLE['selection'].name}<br><sup>summed gate of earlier queries, subtracted from every head</sup>",
-        f"Pruned keys<br><sup>F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}</sup>"])
+        f"Gate: head 0 logits<br><sup>{wrap('positive part prunes keys for later queries')}</sup>",
+        f"{STAGE_STYLE['selection'].name}<br><sup>{wrap('summed gate of earlier queries, subtracted from every head')}"
+        "</sup>",
+        f"Pruned keys<br><sup>{wrap(f'F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}')}</sup>"])
     for column, (values, style, axis) in enumerate([(gate, STAGE_STYLE["masked"], "coloraxis"),
                                                     (penalty, STAGE_STYLE["selection"], "coloraxis2")], start=1):
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
-                                      title="gate logits" if column == 1 else None)
+                                      title="gate" if column == 1 else "F")
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key")
     fig.update_yaxes(title_text="query", col=1)
     per_query = pruned.sum(-1)
     worst = int(per_query.argmax())
-    fig.update_layout(template=TEMPLATE, width=1250, height=520, margin=dict(t=130),
+    fig.update_layout(template=TEMPLATE, width=1250, height=560, margin=dict(t=150),
                       title=_title(f"Selective attention · layer {layer}", [
                           "" if selective else "selective attention is off in this model: F is zero",
                           f"{int(pruned.sum())} (query, key) pairs pruned",
@@ -491,7 +520,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0, share: Trace | None = None
                       row=1, col=column)
     residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * max(len(trace.layers), 2), margin=dict(t=130),
+    fig.update_layout(template=TEMPLATE, width=1000, height=220 + 45 * max(len(trace.layers), 2), margin=dict(t=150),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
                                      colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
                       title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [
