@@ -69,8 +69,9 @@ class Controls:
         return [slider for what, slider in self.sliders if what == "query"]
 
     def fit_text(self, n: int | None) -> list[dict[str, Any]]:
-        """Updates that range each query slider to a text of `n` tokens (no change when `n` is None)."""
-        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), interactive=n > 1)
+        """Updates that range each query slider to a text of `n` tokens, on its last token (no change when `n` is
+        None): a value left past the new maximum would be refused by the slider before any view could run."""
+        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), value=n - 1, interactive=n > 1)
                 for _ in self.queries()]
 
 
@@ -272,10 +273,6 @@ def build() -> gr.Blocks:
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
              [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
 
-        # Enter in the text box runs the view on show (each tab's Run button carries the class `run`).
-        text.submit(None, js="() => { const run = [...document.querySelectorAll('button.run')]"
-                             ".find(b => b.offsetParent !== null); if (run) run.click(); }")
-
         # Choosing or loading a model re-ranges the sliders, narrows the stage lists to its stages, shows its
         # card and keeps the text if it can read it (else its example, saying why), then explores it.
         sliders = [s for _, s in controls.sliders]
@@ -339,8 +336,16 @@ def build() -> gr.Blocks:
             return added(session, models.uploaded(checkpoint, config, alphabet))
 
         # Typing re-ranges the query sliders to the text, so a shorter text never leaves one past its end.
-        text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
-                    controls.queries(), api_visibility="private", trigger_mode="always_last")
+        def fit_text(session: Session, model: str, text: str) -> list[dict[str, Any]]:
+            return controls.fit_text(views.token_count(session, model, text))
+
+        text.change(fit_text, [session, model, text], controls.queries(), api_visibility="private",
+                    trigger_mode="always_last")
+        # Enter in the text box runs the view on show (each tab's Run button carries the class `run`), once the
+        # query sliders fit the text.
+        text.submit(fit_text, [session, model, text], controls.queries(), api_visibility="private").then(
+            None, js="() => { const run = [...document.querySelectorAll('button.run')]"
+                     ".find(b => b.offsetParent !== null); if (run) run.click(); }")
         load_outputs = [session, model, model_b]
         fresh_inputs = [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder]
         for loading in (gr.on([fresh_button.click] + [n.submit for n in (depth, heads, dim, max_len, seed, *counts)],

@@ -21,7 +21,7 @@ from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
 WIDTH = 820
 # Every plot's boxes that must not overlap one another: the title, subplot titles and other annotations, colour
 # bars, the legend; and within each axis, neighbouring tick labels. Returns what overlaps, by name.
-OVERLAPS = """(id) => {
+OVERLAPS = r"""(id) => {
   const gd = document.querySelector('#' + id + ' .js-plotly-plot');
   if (!gd) return ['no plot in #' + id];
   const box = e => e.getBoundingClientRect();
@@ -56,7 +56,8 @@ OVERLAPS = """(id) => {
   });
   const outer = box(document.querySelector('#' + id)), svg = box(gd.querySelector('.main-svg'));
   if (svg.right > outer.right + 1) found.push('plot wider than its slot by ' + (svg.right - outer.right) + ' px');
-  named.filter(([what, r]) => what !== 'slot label' && (r.right > svg.right + 1 || r.left < svg.left - 1)).forEach(
+  named.filter(([what, r]) => what !== 'slot label' && (r.right > svg.right + 1 || r.left < svg.left - 1
+                                                           || r.top < svg.top - 1)).forEach(
     ([what]) => found.push(what + ' is cut off at the edge'));
   return [...new Set(found)];
 }"""
@@ -149,8 +150,9 @@ def test_a_refusal_keeps_the_figures_and_is_said_in_place(narrow: Any) -> None:
     box = page.get_by_label("text", exact=True).first
     box.fill("a=1;§")
     box.press("Enter")
-    page.get_by_text("Not drawn:").first.wait_for(timeout=DRAW_TIMEOUT_MS)
-    assert "cannot read this text" in page.get_by_text("Not drawn:").first.inner_text()
+    said = page.locator("p", has_text="Not drawn:").first
+    said.wait_for(timeout=DRAW_TIMEOUT_MS)
+    assert "cannot read this text" in said.inner_text()
     assert page.evaluate(TITLE, "focused-head") == before and page.evaluate(PAINTED, "focused-head")
     assert not page.locator("#focused-head .error").is_visible()            # no error veil over the figure
 
@@ -159,7 +161,8 @@ def test_a_model_switch_keeps_text_it_can_read(narrow: Any) -> None:
     page = narrow
     box = page.get_by_label("text", exact=True).first
     box.fill("b=4;?b")
-    for name, expected in (("variables-baseline", "b=4;?b"), ("brackets-both", models.bundled("brackets-both").example)):
+    brackets = models.bundled("brackets-both").example
+    for name, expected in (("variables-baseline", "b=4;?b"), ("brackets-both", brackets)):
         page.get_by_label("model", exact=True).click()
         page.get_by_role("option", name=name, exact=True).click()
         page.wait_for_function("([text]) => [...document.querySelectorAll('textarea')].some(t => t.value === text)",
@@ -184,3 +187,31 @@ def test_the_mask_box_follows_the_preset_size(narrow: Any) -> None:
     page.wait_for_function("([text]) => [...document.querySelectorAll('textarea')].some(t => t.value === text)",
                            arg=[rows], timeout=DRAW_TIMEOUT_MS)
     assert page.get_by_text(f"free edit: {n} rows of {n} digits").first.is_visible()
+
+
+def test_a_thousand_tokens_and_a_long_model_name_fit(narrow: Any, shots: Path) -> None:
+    page = narrow
+    page.get_by_text("Load another model").click()
+    for label, value in (("depth", "1"), ("heads", "1"), ("dim", "8"), ("max_seq_len", "1024")):
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Build fresh model").click()
+    name = page.wait_for_function("() => { const i = document.querySelector('input[aria-label=\"model\"]');"
+                                  " return i && i.value.startsWith('fresh 1×1') ? i.value : null; }",
+                                  timeout=DRAW_TIMEOUT_MS).json_value()
+    assert len(name) > 60                                                      # a long name, all its options
+    page.get_by_role("tab", name="Explore").click()
+    box = page.get_by_label("text", exact=True).first
+    box.fill(("the quick brown fox jumps over the lazy dog; " * 23)[:999])
+    box.press("Enter")
+    page.locator("p", has_text="1000 tokens").first.wait_for(timeout=DRAW_TIMEOUT_MS)
+    drawn(page, TABS["Explore"])
+    page.screenshot(path=str(shots / "narrow-explore-1000.png"), full_page=True)
+    problems = {elem_id: found for elem_id in TABS["Explore"] if (found := page.evaluate(OVERLAPS, elem_id))}
+    page.get_by_role("tab", name="Compare").click()
+    page.get_by_label("model B", exact=True).click()
+    page.get_by_role("option", name=name, exact=True).click()         # the same model: the same tokens
+    wait_title(page, "A-B", "B: fresh 1×1")
+    drawn(page, TABS["Compare"])
+    page.screenshot(path=str(shots / "narrow-compare-long-names.png"), full_page=True)
+    problems.update({elem_id: found for elem_id in TABS["Compare"] if (found := page.evaluate(OVERLAPS, elem_id))})
+    assert not problems, problems

@@ -165,5 +165,6 @@ def test_realformer_similarities_share_a_range_and_the_difference_names_its_side
 
 def test_compare_names_the_models_in_every_figure(default: models.Loaded) -> None:
     a, b, difference, _ = views.compare(None, default.name, "variables-baseline", default.example, "attn", 0, 0)
-    assert f"<sup>A: {default.name} · " in a.layout.title.text and "<sup>B: variables-baseline · " in b.layout.title.text
+    assert f"<sup>A: {default.name} · " in a.layout.title.text
+    assert "<sup>B: variables-baseline · " in b.layout.title.text
     assert f"<sup>A: {default.name} − B: variables-baseline" in difference.layout.title.text

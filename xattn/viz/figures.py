@@ -216,7 +216,7 @@ def _title(main: str, notes: list[str]) -> dict:
     if len(lines) > TITLE_NOTE_LINES:
         lines = [*lines[: TITLE_NOTE_LINES - 1], lines[TITLE_NOTE_LINES - 1].rstrip(" ·") + " …"]
     return dict(text="<br>".join([main, *(f"<sup>{line}</sup>" for line in lines)]), x=0.01, xanchor="left",
-                yref="container", y=TITLE_Y, yanchor="top")   # grows down from the top, not both ways
+                yref="container", y=TITLE_Y, yanchor="top", pad=dict(t=12))   # grows down, not both ways
 
 
 def _pool_note(factor: int) -> str:
