@@ -2,7 +2,8 @@
 
 Each view tokenises the text (cut to the model's `max_seq_len` with a warning), traces the model with
 `run_with_trace` and composes `xattn.viz` figures. A ValueError anywhere becomes a `gr.Error` carrying its
-sentence (see `friendly`).
+sentence (see `friendly`); the page runs each view through `in_place`, which says it in the view's summary
+instead, leaving the figures as they were.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             message = str(err.args[0] if err.args else err)
             if message.split(" ", 1)[0].isalpha():               # a word, not a file or model name
                 message = message[:1].upper() + message[1:]
-            log.info("refused %s: %s", fn.__name__, message)    # one line: a refusal is no server fault
+            log.warning("refused %s: %s", fn.__name__, message)    # one line, no traceback: no server fault
             raise gr.Error(message, print_exception=False) from None
         except MemoryError:
             log.exception("out of memory in %s", fn.__name__)
