@@ -72,7 +72,7 @@ with no_stub():
         output's class for the session, and that copy must still turn figures into JSON."""
 
         def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, **kwargs: Any) -> None:
-            super().__init__(None, label=label, show_label=True, container=True, html_template=TEMPLATE,
+            super().__init__(None, label=label, show_label=False, container=True, html_template=TEMPLATE,
                              css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
                              role=role, **kwargs)
 
@@ -100,8 +100,9 @@ with no_stub():
 PLOT_API = gr.Plot(render=False).api_info()
 
 
-def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None) -> PlotlyView:
-    return PlotlyView(label, role=role, elem_id=elem_id)
+def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
+                elem_classes: list[str] | None = None) -> PlotlyView:
+    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes)
 
 
 def static_paths() -> list[str]:

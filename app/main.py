@@ -10,7 +10,7 @@ import gradio as gr
 from xattn.memory import reuse_freed_memory
 
 from . import heatmap, limits
-from .ui import build
+from .ui import CSS, build
 
 
 def create_app() -> gr.Blocks:
@@ -47,7 +47,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
               f"{queue_size} queued.")
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
-                            allowed_paths=heatmap.static_paths(), show_error=True)
+                            allowed_paths=heatmap.static_paths(), show_error=True, css=CSS)
     return demo, url
 
 

@@ -120,6 +120,31 @@ def resolve(name: str | None, session: Session | None) -> Loaded:
     raise ValueError(f"There is no model called {name!r} in this session. Choose one of: {known}.")
 
 
+def unknown_characters(loaded: Loaded, text: str) -> list[str]:
+    """The characters of `text` outside the model's alphabet, sorted."""
+    return sorted(set(text) - set(loaded.tokenizer.alphabet))
+
+
+def unreadable(loaded: Loaded, text: str | None) -> str | None:
+    """Why `loaded` cannot read `text` as typed (empty, characters outside its alphabet, or more tokens than its
+    max_seq_len), or None when it can: a model switch keeps such a text."""
+    if not text or not text.strip():
+        return "the text is empty"
+    unknown = unknown_characters(loaded, text)
+    if unknown:
+        return f"{loaded.name} cannot read {len(unknown)} of the text's characters ({''.join(unknown[:12])!r})"
+    count = len(loaded.tokenizer.encode(text))
+    if count > loaded.max_seq_len:
+        return f"the text is {count} tokens (<bos> included) and {loaded.name} reads at most {loaded.max_seq_len}"
+    return None
+
+
+def stages(loaded: Loaded, cross: bool = False) -> tuple[str, ...]:
+    """The stages the model's options make worth looking at (`LayersConfig.stages_in_use`): of its
+    cross-attention layers with `cross`, else of its self-attention (an encoder–decoder's decoder)."""
+    return loaded.decoder.attn_layers.config.stages_in_use(cross=cross)
+
+
 def single_stack(loaded: Loaded) -> Loaded:
     """`loaded`, if the views that trace one token sequence can: an encoder–decoder, or a decoder that
     cross-attends without an encoder, is refused with a sentence (the Cross-attention tab shows the first)."""
@@ -138,13 +163,21 @@ def stacks(model: xattn.TransformerWrapper | xattn.XTransformer) -> list[xattn.T
     return [model.encoder, model.decoder] if isinstance(model, xattn.XTransformer) else [model]
 
 
+def whole(value: float | None, field: str, low: int, high: int | None = None) -> int:
+    """`value` as a whole number from `low` (to `high`), else a sentence naming the form's `field` (a blank box
+    comes as None, a fraction is refused rather than rounded)."""
+    top = "" if high is None else f" to {high:,}"
+    if value is None:
+        raise ValueError(f"{field} is empty: type a whole number from {low:,}{top}.")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or int(value) != value or value < low or (high is not None and value > high)):
+        raise ValueError(f"{field} must be a whole number from {low:,}{top}; got {value!r}.")
+    return int(value)
+
+
 def check_range(value: float, what: str, name: str | None = None) -> int:
     """`value` as a whole number inside LIMITS[what]; the refusal names the field (`name`, default `what`)."""
-    low, high = LIMITS[what]
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or int(value) != value or not low <= value <= high):
-        raise ValueError(f"{name or what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
-    return int(value)
+    return whole(value, name or what, *LIMITS[what])
 
 
 def form_options() -> list[tuple[str, str]]:

@@ -47,8 +47,12 @@ token's own key are never pruned.
 When the model reads the second `a=`, the old assignment `a=3` is stale: selective attention lets that token
 prune it, so `?a` no longer has to tell the two assignments apart — it simply cannot see the old one.
 
-With residual attention on, the pruned logits of one layer are carried into the next, so $F$
-**compounds**: the grid shows each layer's penalty for the gate head."""
+**Across layers.** Every layer computes its own $F$ from its own gate head (head 0): the last plot shows
+each layer's $F$ as that layer computes it, not a running total. $F$ is the same for every head, so the
+chosen query's row of $F$ is one bar per key. With residual attention on, a layer's logits *after* $F$ are
+carried into the next layer, so a key pruned low in the stack enters the next layer already lowered, and that
+layer's own $F$ comes on top: the pruning compounds in the logits (see the strip's pre-softmax panel), while
+each layer's $F$ can be smaller than the first's."""
 
 MASKING = """### Masks
 A query may look at a key only if **every** mask allows it: **padding** hides pad tokens, the **custom**

@@ -23,6 +23,9 @@ from .models import Loaded, Session
 CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
 TEXT_ROW_PX = 300       # Explore's text view and predictions: room for the table, so the views below do not jump
+PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower window stacks them
+# Page CSS (passed to launch): gr.HTML drops min_width, so the pairs' least width is set here, for both kinds.
+CSS = f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}"
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -49,14 +52,17 @@ class Controls:
     def top(loaded: Loaded) -> dict[str, int]:
         return {"layer": loaded.depth - 1, "head": loaded.heads - 1, "query": loaded.max_seq_len - 1}
 
-    def start(self, loaded: Loaded) -> dict[str, int]:
-        """The last layer, head 0 and the example's last token."""
-        last = len(loaded.tokenizer.encode(loaded.example)) - 1
-        return {"layer": loaded.depth - 1, "head": 0, "query": min(last, self.top(loaded)["query"])}
+    def start(self, loaded: Loaded, text: str | None = None) -> dict[str, int]:
+        """Where a model opens: the layer and head its card names first among its notable heads (else the last
+        layer, head 0), and the last token of `text` (default its example)."""
+        notable = (loaded.card.get("notable_heads") or [{}])[0]
+        last = len(loaded.tokenizer.encode(text or loaded.example)) - 1
+        return {"layer": notable.get("layer", loaded.depth - 1), "head": notable.get("head", 0),
+                "query": min(last, self.top(loaded)["query"])}
 
-    def fit(self, loaded: Loaded) -> list[dict[str, Any]]:
-        """Updates that range each slider to `loaded`, the query slider landing on the example's last token."""
-        top, start = self.top(loaded), self.start(loaded)
+    def fit(self, loaded: Loaded, text: str | None = None) -> list[dict[str, Any]]:
+        """Updates that range each slider to `loaded`, the query slider landing on the last token of `text`."""
+        top, start = self.top(loaded), self.start(loaded, text)
         # A slider needs maximum > minimum: a one-layer (or one-head) model gets a locked 0–1 slider.
         return [gr.update(maximum=max(top[what], 1), value=start[what], interactive=top[what] > 0)
                 for what, _ in self.sliders]
@@ -65,8 +71,9 @@ class Controls:
         return [slider for what, slider in self.sliders if what == "query"]
 
     def fit_text(self, n: int | None) -> list[dict[str, Any]]:
-        """Updates that range each query slider to a text of `n` tokens (no change when `n` is None)."""
-        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), interactive=n > 1)
+        """Updates that range each query slider to a text of `n` tokens, on its last token (no change when `n` is
+        None): a value left past the new maximum would be refused by the slider before any view could run."""
+        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), value=n - 1, interactive=n > 1)
                 for _ in self.queries()]
 
 
@@ -75,15 +82,16 @@ def element_id(label: str) -> str:
     return re.sub(r"\W+", "-", label).strip("-")
 
 
-def plot(label: str) -> gr.HTML:
+def plot(label: str, pair: bool = False) -> gr.HTML:
     """A figure slot: our Plotly view without clicks, for its hover (token labels, values, which mask hides a
-    cell, which keys F prunes: app/heatmap.js); API clients get what a gr.Plot sends."""
-    return view(label, "plot")
+    cell, which keys F prunes: app/heatmap.js); API clients get what a gr.Plot sends. One of a `pair` in a row
+    is at least PAIR_WIDTH wide, else it wraps below the other."""
+    return view(label, "plot", pair=pair)
 
 
-def view(label: str, role: str) -> gr.HTML:
+def view(label: str, role: str, pair: bool = False) -> gr.HTML:
     """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
-    return plotly_view(label, role=role, elem_id=element_id(label))
+    return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None)
 
 
 def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
@@ -122,8 +130,21 @@ def markdown(text: str) -> gr.Markdown:
                                                {"left": "$", "right": "$", "display": False}])
 
 
+def stage_choices(stages: tuple[str, ...] = xattn.STAGES) -> list[tuple[str, str]]:
+    return [(f"{s} — {xattn.DESCRIPTIONS[s]}", s) for s in stages]
+
+
 def stage_dropdown(value: str = "attn") -> gr.Dropdown:
-    return gr.Dropdown([(f"{s} — {xattn.DESCRIPTIONS[s]}", s) for s in xattn.STAGES], value=value, label="stage")
+    """Every stage (what API callers may ask for); the page narrows it to the chosen model's (`stage_updates`)."""
+    return gr.Dropdown(stage_choices(), value=value, label="stage")
+
+
+def stage_updates(loaded: Loaded, current: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The Explore, Compare and Cross-attention stage dropdowns narrowed to the stages `loaded` has, each keeping
+    its stage where the model has it, else showing attn."""
+    own = [models.stages(loaded)] * 2 + [models.stages(loaded, cross=True) if loaded.encdec else xattn.STAGES]
+    return [gr.update(choices=stage_choices(stages), value=value if value in stages else "attn")
+            for stages, value in zip(own, current, strict=True)]
 
 
 def model_dropdown(label: str, value: str) -> gr.Dropdown:
@@ -152,12 +173,13 @@ def build() -> gr.Blocks:
         with gr.Accordion("Load another model (kept in this browser session only)", open=False):
             with gr.Tab("Fresh model"):
                 with gr.Row():
-                    # Ranges are checked by models.fresh, whose refusals name the field and its limits.
-                    depth = gr.Number(3, label="depth", precision=0)
-                    heads = gr.Number(4, label="heads", precision=0)
-                    dim = gr.Number(64, label="dim", precision=0)
-                    max_len = gr.Number(512, label="max_seq_len", precision=0)
-                    seed = gr.Number(0, label="seed", precision=0)
+                    # Ranges are checked by models.fresh, whose refusals name the field and its limits (no
+                    # precision=0: that would round 2.5 to 2 instead of refusing it).
+                    depth = gr.Number(3, label="depth")
+                    heads = gr.Number(4, label="heads")
+                    dim = gr.Number(64, label="dim")
+                    max_len = gr.Number(512, label="max_seq_len")
+                    seed = gr.Number(0, label="seed")
                     encoder_decoder = gr.Checkbox(False, label="encoder–decoder (XTransformer)",
                                                   info="an encoder and a causal decoder that cross-attends to it, "
                                                        "both of these sizes: see the Cross-attention tab")
@@ -184,7 +206,7 @@ def build() -> gr.Blocks:
                     e_query = controls.slider("query")
                 with gr.Row():
                     threshold, hide_sink, averaged = filter_controls()
-                explore_button = gr.Button("Run", variant="primary")
+                explore_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 gr.Markdown(texts.EXPLORE)
                 explore_info = gr.Markdown(label="summary")
                 with gr.Row():
@@ -192,7 +214,7 @@ def build() -> gr.Blocks:
                     next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True,
                                               min_height=TEXT_ROW_PX)
                 with gr.Row():
-                    grid, heatmap = view("layers × heads", "grid"), view("focused head", "head")
+                    grid, heatmap = view("layers × heads", "grid", pair=True), view("focused head", "head", pair=True)
                 strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
@@ -202,7 +224,7 @@ def build() -> gr.Blocks:
                     r_layer, r_head = controls.slider("layer"), controls.slider("head")
                     other = gr.Radio([texts.SAME_WEIGHTS, texts.TRAINED_TWIN], value=texts.SAME_WEIGHTS,
                                      label="compare with")
-                real_button = gr.Button("Run", variant="primary")
+                real_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 real_info = gr.Markdown(label="summary")
                 real_strip = plot("scores + residual = sum")
                 real_diff = plot("attention: residual on − off")
@@ -212,25 +234,27 @@ def build() -> gr.Blocks:
                 with gr.Row():
                     s_layer, s_head = controls.slider("layer"), controls.slider("head")
                     s_query = controls.slider("query")
-                sel_button = gr.Button("Run", variant="primary")
+                sel_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 sel_info = gr.Markdown(label="summary")
                 sel_fig = plot("gate head, F and pruned keys")
                 sel_strip = plot("logits before and after F")
                 with gr.Row():
-                    sel_row, sel_grid = plot("F for the chosen query"), plot("F in every layer (gate head)")
+                    sel_row = plot("F for the chosen query", pair=True)
+                    sel_grid = plot("F in every layer (gate head)", pair=True)
             with gr.Tab("Masking debugger") as mask_tab:
                 gr.Markdown(texts.MASKING)
                 with gr.Row():
                     preset = gr.Dropdown(list(masks.PRESETS), value="sliding window", label="custom mask preset")
-                    size = gr.Number(4, label="window / prefix / block size", precision=0, minimum=0)
-                    padding = gr.Number(2, label="pad tokens", precision=0, minimum=0)
+                    size = gr.Number(4, label="window / prefix / block size", minimum=0)
+                    padding = gr.Number(2, label="pad tokens", minimum=0)
                     pad_side = gr.Radio(list(views.PAD_SIDES), value="left", label="padding side")
                     m_layer, m_head = controls.slider("layer"), controls.slider("head")
                 mask_text = gr.Textbox(label="free edit: one row of 0/1 per token (overrides the preset)", lines=3)
-                mask_button = gr.Button("Run", variant="primary")
+                mask_filled = gr.State("")      # what the last run put in mask_text: the box counts once edited
+                mask_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 mask_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    effective, parts = plot("effective mask"), plot("what each mask removes")
+                    effective, parts = plot("effective mask", pair=True), plot("what each mask removes", pair=True)
                 mask_diff = plot("attention with − without the custom mask")
             with gr.Tab("Compare") as cmp_tab:
                 gr.Markdown("Model A is the model chosen at the top; pick model B (a bundled model, or one you "
@@ -239,10 +263,10 @@ def build() -> gr.Blocks:
                     model_b = model_dropdown("model B", partner(default) or default.name)
                     c_stage = stage_dropdown()
                     c_layer, c_head = controls.slider("layer"), controls.slider("head")
-                cmp_button = gr.Button("Run", variant="primary")
+                cmp_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cmp_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    heat_a, heat_b = plot("model A"), plot("model B")
+                    heat_a, heat_b = plot("model A", pair=True), plot("model B", pair=True)
                 cmp_diff = plot("A − B")
             with gr.Tab("Cross-attention") as cross_tab:
                 markdown(texts.CROSS)
@@ -252,22 +276,28 @@ def build() -> gr.Blocks:
                     x_stage = stage_dropdown()
                     # Layer sliders range over Loaded.depth: an encoder–decoder's cross-attention layers.
                     x_layer, x_head = controls.slider("layer", "cross-attention layer"), controls.slider("head")
-                cross_button = gr.Button("Run", variant="primary")
+                cross_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cross_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    cross_grid = plot("cross-attention layers × heads")
-                    cross_head = plot("focused cross-attention head")
+                    cross_grid = plot("cross-attention layers × heads", pair=True)
+                    cross_head = plot("focused cross-attention head", pair=True)
                 encoder_grid = plot("encoder self-attention")
             with gr.Tab("Generate", elem_id="generate-tab") as gen_tab:
                 gen = generate.tab(controls, plot, stage_dropdown)
             with gr.Tab("Heads", id="heads"):
                 heads_view = heads_app.layout(default)
 
-        # Each view: one API endpoint, run by its button, by opening its tab and by its own controls.
+        # Each view: one API endpoint (a refusal is an error), and on the page run by its button, by opening its
+        # tab and by its own controls as they change (sliders by drag or arrow keys, numbers as typed; `input`
+        # fires for the user only, never for the page re-ranging them), a refusal said in place (views.in_place).
         def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
-                 live: list[Any]) -> None:
-            triggers = [button.click, tab.select] + [c.release if isinstance(c, gr.Slider) else c.input for c in live]
-            gr.on(triggers, fn, [session, *inputs], outputs, api_name=name)
+                 live: list[Any], page: Any = None, extra: tuple[list[Any], list[Any]] = ([], [])) -> None:
+            gr.on([], fn, [session, *inputs], outputs, api_name=name)
+            more_in, more_out = extra         # the page's own inputs and outputs, before the summary
+            page_outputs = [*outputs[:-1], *more_out, outputs[-1]]
+            gr.on([button.click, tab.select] + [c.input for c in live],
+                  views.in_place(page or fn, len(page_outputs)), [session, *inputs, *more_in], page_outputs,
+                  api_visibility="private", trigger_mode="always_last")
 
         explore_inputs = [model, text, stage, e_layer, e_head, e_query, threshold, hide_sink]
         explore_outputs = [grid, heatmap, strip, query_row, explore_info]
@@ -287,7 +317,8 @@ def build() -> gr.Blocks:
              [sel_fig, sel_strip, sel_row, sel_grid, sel_info], [s_layer, s_head, s_query])
         wire("masking", views.masking, mask_tab, mask_button,
              [model, text, preset, size, mask_text, padding, pad_side, m_layer, m_head],
-             [effective, parts, mask_diff, mask_info], [preset, pad_side, m_layer, m_head])
+             [effective, parts, mask_diff, mask_info], [preset, size, padding, pad_side, m_layer, m_head],
+             page=views.masking_page, extra=([mask_filled], [mask_text, mask_filled]))
         wire("compare", views.compare, cmp_tab, cmp_button, [model, model_b, text, c_stage, c_layer, c_head],
              [heat_a, heat_b, cmp_diff, cmp_info], [model_b, c_stage, c_layer, c_head])
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
@@ -304,13 +335,21 @@ def build() -> gr.Blocks:
         hv.figure.pick(heads_app.pick, [hv.run], [tabs, text, e_layer, e_head, e_query], api_visibility="private",
                        trigger_mode="always_last")
 
-        # Choosing or loading a model re-ranges the sliders, shows its card and example, then explores it.
+        # Choosing or loading a model re-ranges the sliders, narrows the stage lists to its stages, shows its
+        # card and keeps the text if it can read it (else its example, saying why), then explores it.
         sliders = [s for _, s in controls.sliders]
+        stages = [stage, c_stage, x_stage]
 
-        def chosen(session: Session, model: str) -> list[Any]:
+        def chosen(session: Session, model: str, text: str | None = None, *current: str) -> list[Any]:
             loaded = views.friendly(models.resolve)(model, session)
+            why = None if text is None else models.unreadable(loaded, text)
+            if why and text and text.strip():
+                gr.Info(f"Showing {loaded.name}'s example instead of your text: {why}.")
+            kept = loaded.example if text is None or why else text
             b = partner(loaded)
-            return [model_card(loaded), loaded.example, gr.update(value=b) if b else gr.update(), *controls.fit(loaded)]
+            updates = stage_updates(loaded, current) if current else []
+            return [model_card(loaded), kept, gr.update(value=b) if b else gr.update(), *updates,
+                    *controls.fit(loaded, kept)]
 
         def added(session: Session, loaded: Loaded) -> list[Any]:
             """`session` with `loaded` added (a new dict: the old state is never half-changed), keeping the
@@ -323,24 +362,24 @@ def build() -> gr.Blocks:
                            f"{dropped} was let go to make room.")
             session[loaded.name] = loaded
             names = models.bundled_names() + list(session)
-            card, example, _, *ranges = chosen(session, loaded.name)
-            return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names), card, example,
-                    *ranges]
+            return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names)]
 
         # Clicks on the Explore views move the sliders and redraw the views in one request; a zoom on the
         # focused head brings the visible region at the detail the screen shows.
         for clickable in (grid, heatmap, strip, tokens_view):
-            then_text(clickable.pick(views.explore_pick, [session, *explore_inputs],
+            then_text(clickable.pick(views.in_place(views.explore_pick, 8), [session, *explore_inputs],
                                      [e_layer, e_head, e_query, *explore_outputs], api_visibility="private",
                                      trigger_mode="always_last"))
         heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head, threshold, hide_sink],
                      [heatmap], api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 
         explore_inputs = [session, *explore_inputs]
-        then_text(model.input(chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
-        then_text(demo.load(chosen, [session, model], [card, text, model_b, *sliders], api_visibility="private").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
+        gr.on([], chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info")
+        open_inputs, open_outputs = [session, model, text, *stages], [card, text, model_b, *stages, *sliders]
+        explore_page = views.in_place(views.explore_loaded, len(explore_outputs))
+        for opened in (model.input(chosen, open_inputs, open_outputs, api_visibility="private"),
+                       demo.load(chosen, open_inputs, open_outputs, api_visibility="private")):
+            then_text(opened.success(explore_page, explore_inputs, explore_outputs, api_visibility="private"))
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
@@ -359,13 +398,22 @@ def build() -> gr.Blocks:
             return added(session, models.uploaded(checkpoint, config, alphabet))
 
         # Typing re-ranges the query sliders to the text, so a shorter text never leaves one past its end.
-        text.change(lambda s, m, t: controls.fit_text(views.token_count(s, m, t)), [session, model, text],
-                    controls.queries(), api_visibility="private", trigger_mode="always_last")
-        load_outputs = [session, model, model_b, card, text, *sliders]
-        then_text(fresh_button.click(fresh, [session, depth, heads, dim, options, seed, max_len, *counts,
-                                             encoder_decoder], load_outputs, api_name="fresh_model").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
-        then_text(upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
-                                      api_name="upload_model").then(
-            views.explore_loaded, explore_inputs, explore_outputs, api_visibility="private"))
+        def fit_text(session: Session, model: str, text: str) -> list[dict[str, Any]]:
+            return controls.fit_text(views.token_count(session, model, text))
+
+        text.change(fit_text, [session, model, text], controls.queries(), api_visibility="private",
+                    trigger_mode="always_last")
+        # Enter in the text box runs the view on show (each tab's Run button carries the class `run`), once the
+        # query sliders fit the text.
+        text.submit(fit_text, [session, model, text], controls.queries(), api_visibility="private").then(
+            None, js="() => { const run = [...document.querySelectorAll('button.run')]"
+                     ".find(b => b.offsetParent !== null); if (run) run.click(); }")
+        load_outputs = [session, model, model_b]
+        fresh_inputs = [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder]
+        for loading in (gr.on([fresh_button.click] + [n.submit for n in (depth, heads, dim, max_len, seed, *counts)],
+                              fresh, fresh_inputs, load_outputs, api_name="fresh_model"),
+                        upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
+                                            api_name="upload_model")):
+            then_text(loading.success(chosen, open_inputs, open_outputs, api_visibility="private").success(
+                explore_page, explore_inputs, explore_outputs, api_visibility="private"))
     return demo

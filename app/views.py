@@ -2,7 +2,8 @@
 
 Each view tokenises the text (cut to the model's `max_seq_len` with a warning), traces the model with
 `run_with_trace` and composes `xattn.viz` figures. A ValueError anywhere becomes a `gr.Error` carrying its
-sentence (see `friendly`).
+sentence (see `friendly`); the page runs each view through `in_place`, which says it in the view's summary
+instead, leaving the figures as they were.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .models import Loaded, Session
 Figure = go.Figure
 log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
+SIZE_FIELD = "The window / prefix / block size"
 GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
 ROW_BARS = 256             # a query row over more keys is drawn as one step line per head, not bars
 STRIP_PANEL_CELLS = 256 ** 2   # cells of one stage-strip panel in Explore (~250 px wide): beyond, max-pooled
@@ -78,7 +80,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             message = str(err.args[0] if err.args else err)
             if message.split(" ", 1)[0].isalpha():               # a word, not a file or model name
                 message = message[:1].upper() + message[1:]
-            raise gr.Error(message) from None
+            log.warning("refused %s: %s", fn.__name__, message)    # one line, no traceback: no server fault
+            raise gr.Error(message, print_exception=False) from None
         except MemoryError:
             log.exception("out of memory in %s", fn.__name__)
             raise gr.Error("The server ran out of memory for this request: try a shorter text or a smaller "
@@ -94,6 +97,20 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+def in_place(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
+    """A `friendly` view as the page runs it: a refusal leaves its `outputs` as they are (the figures keep their
+    last good content) except the last, the summary, which says why in place; a toast says it too. API
+    callers get the view itself, whose refusals are errors."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as err:
+            gr.Warning(err.message)
+            return (*(gr.update() for _ in range(outputs - 1)), f"**Not drawn:** {err.message}")
+    return wrapped
+
+
 def tokens(loaded: Loaded, text: str, reserve: int = 0) -> tuple[list[int], list[str]]:
     """Token ids and notes for `text`, cut to leave `reserve` positions (for padding) within max_seq_len."""
     if not isinstance(text, str) or not text.strip():
@@ -101,7 +118,7 @@ def tokens(loaded: Loaded, text: str, reserve: int = 0) -> tuple[list[int], list
     if len(text) > limits.MAX_TEXT_CHARS:
         raise ValueError(f"The text has {len(text):,} characters; the limit here is {limits.MAX_TEXT_CHARS:,} "
                          f"(and {loaded.name} reads at most {loaded.max_seq_len - reserve} tokens of it).")
-    unknown = sorted(set(text) - set(loaded.tokenizer.alphabet))
+    unknown = models.unknown_characters(loaded, text)
     if unknown:
         shown = "".join(unknown[:20]) + ("…" if len(unknown) > 20 else "")
         raise ValueError(f"The model {loaded.name} cannot read this text: {len(unknown)} character(s) are not in its "
@@ -416,10 +433,11 @@ def realformer(session: Session | None, model: str, text: str, layer: float, hea
     twin_run = trace_text(twin, text)
     sum_strip = strip(run, layer, head, ["scores", "residual", "scores_residual", "attn"])
     on, off = (run, twin_run) if not flipped["residual_attn"] else (twin_run, run)
-    difference = viz.diff(on.trace, off.trace, layer=layer, head=head)
+    difference = viz.diff(on.trace, off.trace, layer=layer, head=head,
+                          names=(f"residual on: {on.loaded.name}", f"off: {off.loaded.name}"))
     note = f"Compared with **{twin.name}**; the difference is residual on − off."
-    return (sum_strip, difference, viz.layer_similarity(on.trace), viz.layer_similarity(off.trace),
-            "\n\n".join([run.summary(), note]))
+    return (sum_strip, difference, viz.layer_similarity(on.trace, share=off.trace),
+            viz.layer_similarity(off.trace, share=on.trace), "\n\n".join([run.summary(), note]))
 
 
 @friendly
@@ -453,13 +471,24 @@ def custom_mask(preset: str, size: float, mask_text: str, n: int) -> torch.Tenso
             raise ValueError(f"The mask text has {len(mask_text):,} characters; {n} rows of {n} digits need far "
                              "fewer.")
         return masks.parse_mask(mask_text, n)
-    if size is None or not math.isfinite(size):
-        raise ValueError(f"The mask size must be a whole number; got {size!r}.")
     if preset not in masks.PRESETS:
         raise ValueError(f"Unknown mask preset {preset!r}; choose one of {', '.join(masks.PRESETS)}.")
     if preset == "none":
         return None
-    return masks.PRESETS[preset](n, int(size))
+    return masks.PRESETS[preset](n, models.whole(size, SIZE_FIELD, 1 if preset == "block-diagonal" else 0))
+
+
+def adds_nothing_note(loaded: Loaded, preset: str, mask_text: str, parts: dict[str, torch.Tensor]) -> list[str]:
+    """A sentence when the custom mask changes nothing (`masks.custom_adds_nothing`), saying why."""
+    if not masks.custom_adds_nothing(parts) or (preset == "none" and not (mask_text or "").strip()):
+        return []
+    if preset == "prefix-LM" and not (mask_text or "").strip() and loaded.model.config.attn_layers.causal:
+        return [f"**The prefix-LM mask changes nothing here:** {loaded.name} is a decoder, whose causal mask already "
+                "hides every key after the query; what prefix-LM opens beyond causal (the prefix seeing its own "
+                "later tokens) lies in that future, so custom ∧ causal = causal. Try it on an encoder (a fresh "
+                "model without *causal*)."]
+    return ["**The custom mask changes nothing here:** every pair it hides is hidden by the padding, causal or "
+            "window mask already."]
 
 
 @friendly
@@ -467,11 +496,33 @@ def masking(session: Session | None, model: str, text: str, preset: str, size: f
             padding: float, pad_side: str, layer: float, head: float,
             progress: gr.Progress = gr.Progress()) -> tuple[Figure, Figure, Figure, str]:
     """Each mask, the effective mask, rows left with no key, and what the custom mask changed downstream."""
+    *shown, _ = masked(session, model, text, preset, size, mask_text, padding, pad_side, layer, head, progress)
+    return tuple(shown)
+
+
+@friendly
+def masking_page(session: Session | None, model: str, text: str, preset: str, size: float, mask_text: str,
+                 padding: float, pad_side: str, layer: float, head: float, filled: str | None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+    """`masking` as the page runs it: the free-edit box counts as an edit only when it differs from what the
+    last run put there (`filled`), and after each run it holds the custom mask in use, labelled with the size a
+    mask needs here. Returns the figures, the box, what was filled, then the summary."""
+    edited = mask_text if (mask_text or "").strip() != (filled or "").strip() else ""
+    *figures, summary, run = masked(session, model, text, preset, size, edited, padding, pad_side, layer, head,
+                                    progress)
+    used = "" if run.attn_mask is None else masks.format_mask(run.attn_mask)
+    pads = 0 if run.pad_mask is None else int((~run.pad_mask).sum())
+    label = (f"free edit: {run.n} rows of {run.n} digits 0/1 (row = query, column = key) for {run.n - pads} tokens, "
+             f"<bos> first, and {pads} pad tokens; edit and Run to override the preset")
+    return (*figures, gr.update(value=used, label=label), used, summary)
+
+
+def masked(session: Session | None, model: str, text: str, preset: str, size: float, mask_text: str,
+           padding: float, pad_side: str, layer: float, head: float,
+           progress: gr.Progress | None) -> tuple[Any, ...]:
+    """The Masking debugger's figures and summary, and the run they show."""
     loaded = load(session, model, progress)
-    if (not isinstance(padding, (int, float)) or not math.isfinite(padding) or int(padding) != padding
-            or not 0 <= padding <= loaded.max_seq_len - 2):
-        raise ValueError(f"Padding must be a whole number from 0 to {loaded.max_seq_len - 2} for {loaded.name}.")
-    padding = int(padding)
+    padding = models.whole(padding, f"Padding (pad tokens, for {loaded.name})", 0, loaded.max_seq_len - 2)
     if pad_side not in PAD_SIDES:
         raise ValueError(f"Padding goes on the {' or the '.join(PAD_SIDES)}, not {pad_side!r}.")
     pad_left = pad_side == "left"
@@ -494,9 +545,10 @@ def masking(session: Session | None, model: str, text: str, preset: str, size: f
     said = f"after `{viz.display_label(run.labels[last])}·{last}`"
     downstream += "\n\n" + predictions(unmasked, last, f"without the custom mask, {said}") + "\n\n" + \
         predictions(run, last, f"with the custom mask, {said}")
+    nothing = adds_nothing_note(loaded, preset, mask_text, parts)
     return (viz.mask_figure(run.trace), viz.mask_breakdown(parts, viz.token_labels(run.trace)),
-            viz.diff(run.trace, unmasked.trace, layer=layer, head=head),
-            "\n\n".join([run.summary(), "; ".join(removed) + ".", flagged, downstream]))
+            viz.diff(run.trace, unmasked.trace, layer=layer, head=head, names=("with the custom mask", "without")),
+            "\n\n".join([run.summary(), *nothing, "; ".join(removed) + ".", flagged, downstream]), run)
 
 
 @friendly
@@ -513,6 +565,8 @@ def compare(session: Session | None, model_a: str, model_b: str, text: str, stag
     stage = check_stage(stage)
     said = f"after the last token (`{viz.display_label(a.labels[-1])}`)"
     guesses = [predictions(r, r.n - 1, f"{r.loaded.name}, {said}") for r in (a, b)]
-    return (viz.heatmap(a.trace, layer, head, stage), viz.heatmap(b.trace, layer, head, stage),
-            viz.diff(a.trace, b.trace, layer=layer, head=head, stage=stage),
+    return (viz.heatmap(a.trace, layer, head, stage, name=f"A: {a.loaded.name}"),
+            viz.heatmap(b.trace, layer, head, stage, name=f"B: {b.loaded.name}"),
+            viz.diff(a.trace, b.trace, layer=layer, head=head, stage=stage,
+                     names=(f"A: {a.loaded.name}", f"B: {b.loaded.name}")),
             "\n\n".join([a.summary(), b.summary(), *guesses]))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_browser_clicks import CELL, TILE  # noqa: E402  (where to point the mouse, as the browser test does)
 
 from app import main as app_main  # noqa: E402
-from app import models  # noqa: E402
+from app import models, ui  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -173,7 +173,8 @@ def main() -> None:
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
             default = models.bundled(models.default_name())
-            opening = f"{default.depth - 1},0,"
+            start_at = ui.Controls(default).start(default)              # the card's notable head
+            opening = f"{start_at['layer']},{start_at['head']},"
             start = time.perf_counter()
             page.goto(url)
             page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)

@@ -87,10 +87,11 @@ def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: 
             shown = drawn_heatmap(page, "focused-head", shots)
             assert shown["painted"] > 100, "the heatmap image is empty"
             assert (shown["rows"], shown["cols"]) == (len(ids), len(ids))
-            layer = default.depth - 1                                   # the page opens on the last layer, head 0
-            assert f"layer {layer} · head 0" in shown["title"]
+            notable = default.card["notable_heads"][0]                  # the page opens on the card's first head
+            layer, head = notable["layer"], notable["head"]
+            assert f"layer {layer} · head {head}" in shown["title"]
             np.testing.assert_allclose(np.array(shown["exact"], dtype=float),
-                                       trace.drawable("attn")[layer, 0, 0].numpy(), rtol=1e-5, atol=1e-6)
+                                       trace.drawable("attn")[layer, 0, head].numpy(), rtol=1e-5, atol=1e-6)
             page.screenshot(path=str(shots / "explore.png"), full_page=True)
 
             both = richest_model()                                      # residual and selective: every view has content

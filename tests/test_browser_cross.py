@@ -27,7 +27,8 @@ def test_cross_attention_tab_draws_a_fresh_encoder_decoder(server: str, tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     loaded = models.fresh(SIZES["depth"], SIZES["heads"], SIZES["dim"], form_options(residual=True), 0,
                           SIZES["max_seq_len"], encoder_decoder=True)
-    source, target = loaded.tokenizer.encode(cross.SOURCE_EXAMPLE), loaded.tokenizer.encode(loaded.example)
+    typed = models.bundled(models.default_name()).example       # the page keeps the text: the new model reads it
+    source, target = loaded.tokenizer.encode(cross.SOURCE_EXAMPLE), loaded.tokenizer.encode(typed)
     _, trace = loaded.model.run_with_trace(torch.tensor([source]), torch.tensor([target]))
 
     with sync_api.sync_playwright() as playwright:

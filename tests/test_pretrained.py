@@ -87,3 +87,15 @@ def test_unknown_names_and_characters_are_reported():
         pretrained("variables-huge")
     with pytest.raises(ValueError, match="not in this model's alphabet"):
         p.tokenizer.encode("A=1;?A")
+
+
+def test_available_prints_one_short_line_per_model():
+    import json
+    cards = available()
+    shown = repr(cards).splitlines()
+    assert len(shown) == len(BUNDLED) + 1 and all(len(line) < 100 for line in shown)
+    for line, path in zip(shown[1:], sorted(MODELS_DIR.glob("*.card.json")), strict=True):
+        card = json.loads(path.read_text())
+        accuracy = card["eval"]["accuracy"]
+        assert line.strip() == f"{card['name']}: {card['task']}, {card['variant']}, {accuracy:.1f}% accurate"
+    assert isinstance(cards, dict) and cards[DEFAULT]["name"] == DEFAULT      # still the cards, by name

@@ -192,8 +192,13 @@ def test_stages_side_by_side(trace):
     for panel, stage in zip(panels, ["scores", "scores_residual", "masked", "pre_softmax", "attn"], strict=True):
         assert_decodes_to(panel, head_values(trace, stage, 1, 3, batch=1))
         np.testing.assert_array_equal(panel.customdata, head_values(trace, stage, 1, 3, batch=1))
-    assert len({(p.meta["lo"], p.meta["hi"]) for p in panels[:4]}) == 1  # logits share a range
-    assert panels[4].coloraxis != panels[0].coloraxis
+    # The layer's own scores get their own range; the running logits after them share one.
+    scores = np.nanmax(np.abs(head_values(trace, "scores", 1, 3, batch=1)))
+    logits = max(np.nanmax(np.abs(head_values(trace, s, 1, 3, batch=1)))
+                 for s in ["scores_residual", "masked", "pre_softmax"])
+    assert panels[0].meta["hi"] == pytest.approx(scores, rel=1e-6) and panels[0].meta["lo"] == -panels[0].meta["hi"]
+    assert all((p.meta["lo"], p.meta["hi"]) == pytest.approx((-logits, logits), rel=1e-6) for p in panels[1:4])
+    assert len({panels[0].coloraxis, panels[1].coloraxis, panels[4].coloraxis}) == 3
 
 
 def test_diff_of_two_stages_is_the_residual(trace):
@@ -386,3 +391,81 @@ def test_mask_breakdown_colours_cells_by_the_first_mask_that_hides_them():
             elif j > i:
                 expected[i, j] = 3                       # then causality
     assert np.array_equal(codes, expected)
+
+
+# rough edges a new user hit
+
+
+def test_the_attention_a_mask_removes_is_a_negative_difference():
+    model = make_model(0)
+    tokens = torch.randint(0, 40, (1, N), generator=torch.Generator().manual_seed(3))
+    custom = xattn.masks.block_diagonal(N, 3)
+    with_mask = model.run_with_trace(tokens, attn_mask=custom)[1]
+    without = model.run_with_trace(tokens)[1]
+    fig = viz.diff(with_mask, without, layer=1, head=2, names=("with the custom mask", "without"))
+    drawn = heatmaps(fig)[0].customdata
+    before = without.drawable("attn")[1, 0, 2].numpy()                 # NaN above the diagonal (causal)
+    after = with_mask.drawable("attn")[1, 0, 2].numpy()
+    causal = np.tril(np.ones((N, N), dtype=bool))
+    removed = causal & ~custom.numpy()
+    assert removed.any()
+    np.testing.assert_allclose(drawn[removed], -before[removed], rtol=1e-6)   # all of the weight it had is gone
+    kept = causal & custom.numpy()
+    np.testing.assert_allclose(drawn[kept], after[kept] - before[kept], rtol=1e-5, atol=1e-7)
+    assert np.isnan(drawn[~causal]).all()                                  # hidden on both sides: grey
+    assert fig.layout.title.text.startswith("Δ Attention · layer 1 · head 2<br><sup>with the custom mask − without")
+
+
+def test_selective_penalty_row_is_one_bar_per_key(trace):
+    fig = viz.query_row(trace, 2, 6, stage="selection")
+    (bar,) = fig.data
+    expected = trace["selection"][2, 0, :, 6].numpy()                    # [head, key]: the same for every head
+    assert (expected == expected[0]).all()
+    np.testing.assert_array_equal(np.nan_to_num(bar.y), np.nan_to_num(head_values(trace, "selection", 2, 0)[6]))
+    assert bar.name == "every head"
+
+
+def test_layer_similarity_on_and_off_share_a_range(trace):
+    other = run(make_model(1), 0)
+    p = [t.drawable("attn")[:, 0].double().nan_to_num() for t in (trace, other)]
+    tops = [float(js_bits(q[:-1], q[1:]).mean(-1).max()) for q in p]      # every row of batch 0 sees a key
+    tops += [float((js_bits(q[:, :, None], q[:, None, :]).mean(-1).sum(-1) / 3).max()) for q in p]
+    a, b = viz.layer_similarity(trace, share=other), viz.layer_similarity(other, share=trace)
+    assert a.layout.coloraxis.cmax == b.layout.coloraxis.cmax == pytest.approx(max(tops), rel=1e-5)
+
+
+def test_one_layer_similarity_says_so_instead_of_an_empty_axis():
+    torch.manual_seed(0)
+    model = xattn.TransformerWrapper(num_tokens=40, max_seq_len=64, attn_layers=xattn.Decoder(dim=16, depth=1, heads=1))
+    trace = model.eval().run_with_trace(torch.arange(5)[None])[1]
+    fig = viz.layer_similarity(trace)
+    assert len(heatmaps(fig)) == 1 and list(heatmaps(fig)[0].y) == ["layer 0"]
+    assert any("no consecutive layers" in a.text for a in fig.layout.annotations)
+    assert fig.layout.xaxis.visible is False
+    assert "1 layer × 1 head" in viz.grid(trace).layout.title.text
+
+
+def test_a_space_is_labelled_visibly():
+    assert viz.visible_token(" ") == "␠" and viz.visible_token("\n") == "␊" and viz.visible_token("a") == "a"
+    model = make_model(0)
+    trace = model.run_with_trace(torch.arange(3)[None], labels=[["a", " ", "\t"]])[1]
+    assert viz.token_labels(trace) == ["a·0", "␠·1", "␉·2"]
+
+
+def test_heatmap_title_carries_the_model_name(trace):
+    long = "fresh 3×4 dim 64 seed 0: causal, residual attention, selective attention, pre-norm"
+    title = viz.heatmap(trace, 0, 0, name=long).layout.title.text
+    assert f"<sup>{long[:39]}…" in title and long not in title
+
+
+@pytest.mark.parametrize("kind, preset, nothing", [
+    (xattn.Decoder, "prefix-LM", True), (xattn.Encoder, "prefix-LM", False), (xattn.Decoder, "sliding window", False)])
+def test_a_custom_mask_that_changes_nothing_is_recognised(kind, preset, nothing):
+    model = xattn.TransformerWrapper(num_tokens=40, max_seq_len=64, attn_layers=kind(dim=16, depth=1, heads=2)).eval()
+    custom = xattn.masks.PRESETS[preset](N, 2)
+    parts = xattn.masks.breakdown(model, N, attn_mask=custom)
+    assert xattn.masks.custom_adds_nothing(parts) is nothing
+    tokens = torch.arange(N)[None]
+    masked, plain = model.run_with_trace(tokens, attn_mask=custom)[1], model.run_with_trace(tokens)[1]
+    same = torch.equal(masked.visible, plain.visible)
+    assert same is nothing                                       # the model agrees: nothing hidden, nothing changed

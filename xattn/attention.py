@@ -82,6 +82,10 @@ def selection(logits: Tensor, extra: int, carried: Tensor | None = None) -> tupl
     return rearrange(before, "b i j -> b 1 i j"), total[:, extra:]
 
 
+PRUNED_BELOW = 0.01                    # a key is "pruned" when F scales its weight by less than this …
+PRUNE_AT = math.log(1 / PRUNED_BELOW)  # … that is, when F ≥ ln 100 (what the views, statistics and README call pruned)
+
+
 def selective_penalty(logits: Tensor) -> Tensor:
     """Selective attention's F (Leviathan et al. 2024, as x-transformers' `selective_attn`).
 

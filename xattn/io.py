@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -104,8 +105,10 @@ def checkpoint_config(path: str | os.PathLike,
     if config_path is None and path.suffix == ".safetensors":
         return read_config(path)
     if config_path is None:
-        raise ValueError(f"{path.name} is not an xattn checkpoint: an x-transformers state dict needs its JSON "
-                         "config too")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path.name} is not a checkpoint: neither safetensors nor a file written by torch.save")
+        raise ValueError(f"{path.name} is not an xattn checkpoint (those are .safetensors): a torch file is read as an "
+                         "x-transformers state dict, which needs its JSON config too")
     try:
         data = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:

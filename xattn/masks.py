@@ -86,6 +86,14 @@ def each_mask(config: LayersConfig, batch: int, n: int, mask: Tensor | None = No
     }
 
 
+def custom_adds_nothing(parts: dict[str, Tensor]) -> bool:
+    """True when the custom mask of `breakdown(...)` hides no (query, key) pair that padding, causal or the window
+    do not hide already, so it changes nothing: e.g. prefix-LM in a decoder, whose extra visibility (the prefix
+    seeing its own later tokens) lies in the future that causal hides: custom ∧ causal = causal."""
+    others = parts["padding"] & parts["causal"] & parts["window"]
+    return not bool((others & ~parts["custom"]).any())
+
+
 def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
               attn_mask: Tensor | None = None) -> dict[str, Tensor]:
     """`each_mask` for `model`, and the masks combined ("effective", exactly what `model` uses).

@@ -43,10 +43,24 @@ class Pretrained:
     example: str
 
 
-def available(directory: str | os.PathLike = MODELS_DIR) -> dict[str, dict[str, Any]]:
+class Cards(dict):
+    """Model cards by name (a dict), shown as one short line per model instead of every card in full."""
+
+    def __repr__(self) -> str:
+        lines = [f"  {name}: {card.get('task', '?')}, {card.get('variant', '?')}"
+                 + (f", {card['eval']['accuracy']:.1f}% accurate" if "eval" in card else "")
+                 for name, card in self.items()]
+        return "\n".join([f"{len(self)} bundled models (xattn.pretrained(name) loads one; [name] is its card):",
+                          *lines])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:   # IPython and Jupyter
+        printer.text(repr(self))
+
+
+def available(directory: str | os.PathLike = MODELS_DIR) -> Cards:
     """Every bundled model's card, by name, in name order."""
     cards = sorted(Path(directory).glob("*.card.json"))
-    return {path.name.removesuffix(".card.json"): json.loads(path.read_text()) for path in cards}
+    return Cards((path.name.removesuffix(".card.json"), json.loads(path.read_text())) for path in cards)
 
 
 def pretrained(name: str = DEFAULT, directory: str | os.PathLike = MODELS_DIR) -> Pretrained:

@@ -49,6 +49,8 @@ TERMS: dict[str, str] = {"residual": "scores_residual", "position_bias": "biased
 # Stages whose values are attention weights rather than logits: in [0, 1] (rows need not sum to 1 with sigmoid;
 # signed, in [-1, 1], with Cog signed attention; talking heads mix `attn` freely).
 PROBABILITY_STAGES = frozenset({"post_softmax", "attn"})
+# Stages that hold the same values for every head (selective attention's F comes from the gate head alone).
+HEAD_SHARED = frozenset({"selection"})
 # Stages from which invisible cells carry the mask's fill value (CoPE's term is meaningless there: drawn hidden too).
 MASKED_STAGES = frozenset({"masked", "cope", "pre_softmax", "topk", "post_softmax", "attn"})
 

@@ -32,6 +32,7 @@ from einops import einsum, rearrange
 from torch import Tensor
 from tqdm import tqdm
 
+from .attention import PRUNE_AT
 from .tasks import Sample, Task, get_task
 from .tokenizer import CharTokenizer
 from .trace import Trace, build_trace, recording
@@ -41,7 +42,6 @@ from .wrapper import TransformerWrapper, build, load_state
 if TYPE_CHECKING:
     import pandas
 
-PRUNED_F = math.log(100)      # F at which selective attention has cut a key's weight a hundredfold
 SELECTIVE = ("selection", "pruned")
 STATS: dict[str, str] = {
     "entropy": "mean attention entropy per query, nats: −Σⱼ aᵢⱼ ln aᵢⱼ over every key column",
@@ -51,7 +51,7 @@ STATS: dict[str, str] = {
     "previous": "previous-token score: mean attention on token i − 1",
     "diagonal": "diagonal score: mean attention of a token on itself",
     "selection": "selective attention: mean F over each query's visible tokens",
-    "pruned": f"selective attention: fraction of each query's visible tokens with F ≥ ln 100 ({PRUNED_F:.2f})",
+    "pruned": f"selective attention: fraction of each query's visible tokens with F ≥ ln 100 ({PRUNE_AT:.2f})",
     "target": "mean attention on the key the task predicts (Task.attention_targets), per answer character",
     "importance": "head importance (Michel et al. 2019): mean over sequences of |∂loss/∂ξₕ|, ξₕ = 1 gating the "
                   "head's output",
@@ -364,7 +364,7 @@ def per_query(trace: Trace, selective: bool) -> dict[str, Tensor]:
         visible = trace.visible[:, None, m:, e + m:]           # [b, 1, i, j]
         seen = visible.sum(-1).clamp_min(1)
         values["selection"] = (penalty * visible).sum(-1) / seen
-        values["pruned"] = ((penalty >= PRUNED_F) & visible).sum(-1).double() / seen
+        values["pruned"] = ((penalty >= PRUNE_AT) & visible).sum(-1).double() / seen
     return values
 
 
@@ -516,4 +516,4 @@ def rebuild(state: dict[str, Tensor], config: dict[str, Any]) -> TransformerWrap
     return model.eval()
 
 
-__all__ = ["head_stats", "HeadStats", "TaskData", "TextData", "TokenBatches", "STATS", "Accumulator", "PRUNED_F"]
+__all__ = ["head_stats", "HeadStats", "TaskData", "TextData", "TokenBatches", "STATS", "Accumulator"]

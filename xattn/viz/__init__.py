@@ -21,6 +21,7 @@ from .figures import (
     selection,
     stages,
     token_labels,
+    visible_token,
 )
 from .generation import generation_candidates, generation_memory, generation_row, generation_text, step_row
 from .heads import STAT_STYLE, head_stats_figure
@@ -34,6 +35,6 @@ __all__ = [
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
     "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
     "SCREEN", "pool_figure", "Shown", "why", "decode_why", "token_html", "predictions_table", "display_label",
-    "head_stats_figure", "STAT_STYLE",
+    "head_stats_figure", "STAT_STYLE", "visible_token",
     "position_labels", "generation_row", "generation_candidates", "generation_memory", "generation_text", "step_row",
 ]

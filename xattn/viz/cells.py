@@ -10,17 +10,15 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..attention import PRUNE_AT
 from ..masks import REASONS, trace_reasons
 from ..trace import Trace
 from .payload import SAFE_CODES, max_pool
 
-PRUNED_BELOW = 0.01                    # a key is "pruned" when F scales its weight by less than this …
-PRUNE_AT = math.log(1 / PRUNED_BELOW)  # … that is, when F ≥ ln 100
 SINK = "sink"                          # the learned sink's key column (`trace.key_extras`)
 PRUNED = len(REASONS)                  # why-codes from here on: pruned, F on PRUNED_LEVELS levels
 PRUNED_LEVELS = len(SAFE_CODES) - PRUNED

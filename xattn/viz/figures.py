@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,7 +18,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ..masks import MASKS, reasons
-from ..stages import DESCRIPTIONS, MASKED_STAGES
+from ..stages import DESCRIPTIONS, HEAD_SHARED, MASKED_STAGES, PROBABILITY_STAGES
 from ..trace import Trace
 from .cells import PRUNED_BELOW, Shown, pool_shown, pruned, why
 from .payload import HIDDEN_CODE, LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
@@ -42,6 +43,16 @@ MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
 EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this many tokens
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
 TOP_CHANGES = 5               # cells circled in a diff
+COMPACT_HEADS = 6            # a grid of more heads titles its columns h0, h1 …
+SUBTITLE_CHARS = 18          # a stage strip's panel subtitles wrap at this many characters
+TITLE_Y = 0.98               # a title's top, as a fraction of the figure's height
+SUBPLOT_TITLE_SIZE = 13      # px: plotly's 16 makes a panel's title wider than a narrow panel
+TITLE_NAME_CHARS = 40
+TITLE_NOTE_CHARS = 64        # a title's small-type lines wrap at this many characters …
+TITLE_NOTE_LINES = 2         # … and stop after this many        # a name in a title is cut to this many characters
+OWN_RANGE = frozenset({"scores"})   # stages a stage strip gives a colour range of their own
+# Unicode control pictures for characters a label would otherwise show as nothing: U+2400 + code, ␠ for a space.
+PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␠", "\x7f": "␡"}
 
 
 # validation and data access
@@ -79,10 +90,33 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
     return values[head]
 
 
+def visible_token(token: str) -> str:
+    """A token as a label people can see: a space becomes ␠, other whitespace and control characters their
+    Unicode control pictures (newline ␊, tab ␉); anything else is left as it is. Every token label uses it."""
+    return "".join(PICTURES.get(c, c) for c in token)
+
+
+def short(text: str, limit: int = TITLE_NAME_CHARS) -> str:
+    """`text` cut to `limit` characters with an ellipsis: a long model name in a title."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def wrap(text: str, width: int = SUBTITLE_CHARS) -> str:
+    """`text` broken into lines of at most `width` characters (at spaces) joined by <br>: a panel subtitle that
+    stays within its panel when the figure is drawn narrow."""
+    return "<br>".join(textwrap.wrap(text, width, break_long_words=False)) or text
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 layer', '2 layers'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def position_labels(tokens: list[str], memory_tokens: int = 0) -> list[str]:
-    """Axis labels 'token·position' (positions keep repeated tokens apart), after 'mem 0', 'mem 1' … for
-    `memory_tokens` learned memory tokens in front."""
-    return [f"mem {m}" for m in range(memory_tokens)] + [f"{token}·{i}" for i, token in enumerate(tokens)]
+    """Axis labels 'token·position' (positions keep repeated tokens apart, `visible_token` shows spaces), after
+    'mem 0', 'mem 1' … for `memory_tokens` learned memory tokens in front."""
+    memory = [f"mem {m}" for m in range(memory_tokens)]
+    return memory + [f"{visible_token(token)}·{i}" for i, token in enumerate(tokens)]
 
 
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
@@ -99,7 +133,7 @@ def key_labels(trace: Trace, batch: int = 0) -> list[str]:
         return [*trace.key_extras, *token_labels(trace, batch)]
     _check_index("batch", batch, trace.visible.shape[0], "batch rows")
     keys = trace.key_labels[batch] if trace.key_labels else ["ctx"] * (trace.visible.shape[-1] - len(trace.key_extras))
-    return [*trace.key_extras, *(f"{key}·{j}" for j, key in enumerate(keys))]
+    return [*trace.key_extras, *(f"{visible_token(key)}·{j}" for j, key in enumerate(keys))]
 
 
 def axis_titles(trace: Trace) -> tuple[str, str]:
@@ -173,9 +207,12 @@ def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str =
 
 
 def _side_colorbars(fig: go.Figure, axes: list[str]) -> None:
-    """Stand the colour bars of several colour axes side by side to the right of the panels."""
+    """Stack the colour bars of several colour axes one above the other to the right of the panels: side by side
+    they would overlap once the figure is drawn narrower than designed."""
+    gap, size = 0.06, 1 / len(axes)
     for k, axis in enumerate(axes):
-        fig.layout[axis].colorbar.update(x=1.01 + 0.075 * k, xanchor="left", title_side="right")
+        fig.layout[axis].colorbar.update(x=1.01, xanchor="left", title_side="right", len=size - gap, lenmode="fraction",
+                                         y=1 - k * size, yanchor="top")
 
 
 def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
@@ -186,8 +223,13 @@ def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
 
 
 def _title(main: str, notes: list[str]) -> dict:
-    notes = [n for n in notes if n]
-    return dict(text=main + (f"<br><sup>{' · '.join(notes)}</sup>" if notes else ""), x=0.01, xanchor="left")
+    """`main`, then the notes in small type: wrapped at TITLE_NOTE_CHARS, at most TITLE_NOTE_LINES lines (cut
+    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot."""
+    lines = textwrap.wrap(" · ".join(n for n in notes if n), TITLE_NOTE_CHARS)
+    if len(lines) > TITLE_NOTE_LINES:
+        lines = [*lines[: TITLE_NOTE_LINES - 1], lines[TITLE_NOTE_LINES - 1].rstrip(" ·") + " …"]
+    return dict(text="<br>".join([main, *(f"<sup>{line}</sup>" for line in lines)]), x=0.01, xanchor="left",
+                yref="container", y=TITLE_Y, yanchor="top", pad=dict(t=12))   # grows down, not both ways
 
 
 def _pool_note(factor: int) -> str:
@@ -217,7 +259,7 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
                              name=style.name, keys=keys))
     fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(main, notes + [_pool_note(factor)]),
+                      title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
                       coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
                       xaxis=dict(title=titles[0], constrain="domain"),
                       yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
@@ -228,15 +270,17 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
 
 # public figures
 
-def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0) -> go.Figure:
+def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: int = 0,
+            name: str = "") -> go.Figure:
     """One head's stage as a query × key heatmap: token labels, exact values on hover, masked cells grey,
     fully masked query rows outlined. Full resolution up to FULL_RESOLUTION tokens. Given a cross-attention
-    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens."""
+    trace (`trace.cross`, layer = cross-attention layer) its rows are decoder tokens, its columns context tokens.
+    `name` (e.g. the model's) leads the title's small type."""
     values = _head(trace, stage, layer, head, batch)
     style = STAGE_STYLE[stage]
     kind = "cross-attention layer" if trace.is_cross else "layer"
     fig, factor = _focused(values, style, token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy(),
-                           f"{style.name} · {kind} {layer} · head {head}", [DESCRIPTIONS[stage]],
+                           f"{style.name} · {kind} {layer} · head {head}", [short(name), DESCRIPTIONS[stage]],
                            keys=key_labels(trace, batch), titles=axis_titles(trace))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
@@ -258,6 +302,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     positions = [_layer_position(trace, layer) for layer in layers]
     kind = "cross-attention layer" if trace.is_cross else "layer"
     rows = [f"{'cross ' * trace.is_cross}layer {layer}" for layer in layers]
+    columns = [f"head {h}" if len(heads) <= COMPACT_HEADS else f"h{h}" for h in heads]
     for head in heads:
         _check_index("head", head, trace.shape[2], "heads")
     if max_cells < len(layers) * len(heads):
@@ -269,18 +314,20 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     scale = _scale(pooled, style, shown)
 
     fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.01, vertical_spacing=0.01,
-                        row_titles=rows, column_titles=[f"head {h}" for h in heads])
+                        horizontal_spacing=0.01, vertical_spacing=0.01, column_titles=columns)
+    for r, name in enumerate(rows, start=1):          # on the left: on the right they would meet the colour bar
+        fig.update_yaxes(title_text=name, title_standoff=2, row=r, col=1)
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
     tiles = [_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
                       where=f"layer {layers[r]} · head {heads[c]}<br>", hidden=None if hidden is None else hidden[r, c])
              for r, c in cells]
     fig.add_traces(tiles, rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 150,
+    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
+                      margin=dict(t=110),
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
-                      title=_title(f"{style.name} · {len(layers)} {kind}s × {len(heads)} heads",
-                                   [DESCRIPTIONS[stage], _pool_note(factor), shown.note()]),
+                      title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
+                                   [_pool_note(factor), DESCRIPTIONS[stage], shown.note()]),
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
@@ -302,7 +349,8 @@ def _any_masked(values: np.ndarray, hidden: np.ndarray | None) -> bool:
 def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = None, batch: int = 0,
            exact: bool | None = None, max_cells: int | None = None, shown: Shown | None = None) -> go.Figure:
     """The stages of one head side by side (default scores → + residual → masked → pre-softmax → attention),
-    each titled with what it changes. Stages drawn with the same colour scale share one range.
+    each titled with what it changes. Stages drawn with the same colour scale share one range, except those in
+    OWN_RANGE (a layer's own scores: small beside the logits residual attention carries in after them).
 
     `exact` adds float32 values for hover; by default only up to EXACT_HOVER_TOKENS tokens, past which a
     panel's cells are under a pixel wide and the exact values would be most of the payload. With `max_cells`,
@@ -323,14 +371,14 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     caveats = {"scores_residual": "" if residual else " (residual attention off)",
                "residual": "" if residual else " (residual attention off)",
                "selection": "" if selective else " (selective attention off)"}
-    titles = [f"{STAGE_STYLE[s].name}<br><sup>{STAGE_STYLE[s].adds}{caveats.get(s, '')}</sup>" for s in chosen]
+    titles = [f"{STAGE_STYLE[s].name}<br><sup>{wrap(STAGE_STYLE[s].adds + caveats.get(s, ''))}</sup>" for s in chosen]
     fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
     keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
 
-    groups: dict[str, list[int]] = {}        # colour scale → 1-based columns drawn with it
+    groups: dict[str, list[int]] = {}        # colour range → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
-        groups.setdefault(STAGE_STYLE[stage].colorscale, []).append(column)
+        groups.setdefault(stage if stage in OWN_RANGE else STAGE_STYLE[stage].colorscale, []).append(column)
     axes: list[str] = []
     for k, columns in enumerate(groups.values()):
         axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
@@ -340,7 +388,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         scale = _scale(stacked, style, shown)
         masked = any(_any_masked(values[s], hidden[s]) for s in members)
         fig.layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
-                                      title="logits" if style.diverging and len(members) > 1 else None)
+                                      title="logits" if style.diverging and len(members) > 1 else style.bar or None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
             fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
@@ -352,8 +400,11 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, col=1)
     _side_colorbars(fig, axes)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, np.stack(list(values.values())))
-    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 90 * len(axes) + 60, height=460, margin=dict(t=130),
+    lines = max(t.count("<br>") for t in titles) + 1
+    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
+                      margin=dict(t=80 + 14 * lines),
                       title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
                                                                              _pool_note(factor), shown.note()]),
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
@@ -361,28 +412,41 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     return fig
 
 
+def _weights(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
+    """One head's values for a difference: attention weights where a mask hides a key are 0 (the weight it
+    gets), not missing, so a difference shows the attention a mask removed; other stages stay NaN there."""
+    values = _head(trace, stage, layer, head, batch)
+    return np.nan_to_num(values, nan=0.0) if stage in PROBABILITY_STAGES else values
+
+
 def diff(a: Trace, b: Trace, *, layer: int, head: int, stage: str = "attn", stage_b: str | None = None,
-         batch: int = 0) -> go.Figure:
+         batch: int = 0, names: tuple[str, str] | None = None) -> go.Figure:
     """a's `stage` minus b's `stage_b` (default the same stage) for one head, diverging around 0, with the
-    largest changes circled. b is either a itself (then the stages differ) or a trace of equal length."""
+    largest changes circled. b is either a itself (then the stages differ) or a trace of equal length; `names`
+    say what a and b are (models, settings) in the title. Attention weights a mask hides count as 0, so the
+    attention a mask removes shows as a negative difference; only cells hidden on both sides are grey."""
     stage_b = stage if stage_b is None else stage_b
     if b is a and stage_b == stage:
         raise ValueError("this diff would compare a stage with itself: give stage_b, or a second trace as b")
-    va, vb = _head(a, stage, layer, head, batch), _head(b, stage_b, layer, head, batch)
+    va, vb = _weights(a, stage, layer, head, batch), _weights(b, stage_b, layer, head, batch)
     if va.shape != vb.shape:
         raise ValueError(f"the traces differ in length ({va.shape[-1]} vs {vb.shape[-1]} tokens); "
                          f"diff needs inputs of equal length")
     delta = va - vb
+    if {stage, stage_b} & PROBABILITY_STAGES:            # grey only where neither side lets a weight through
+        delta[~(a.visible[batch] | b.visible[batch]).cpu().numpy()] = np.nan
     labels, keys = token_labels(a, batch), key_labels(a, batch)
-    source = "" if b is a else " (b: other trace)"
-    main = f"Δ = {STAGE_STYLE[stage].name} − {STAGE_STYLE[stage_b].name}{source} · layer {layer} · head {head}"
+    stages = STAGE_STYLE[stage].name + ("" if stage_b == stage else f" − {STAGE_STYLE[stage_b].name}")
+    main = f"Δ {'= ' * (stage_b != stage)}{stages} · layer {layer} · head {head}"
+    sides = f"{short(names[0])} − {short(names[1])}" if names else "" if b is a else "a − b (another trace)"
     magnitude = np.nan_to_num(np.abs(delta), nan=-1.0).ravel()
     top = [k for k in np.argsort(magnitude)[::-1][:TOP_CHANGES] if magnitude[k] > 0]
     rows, cols = np.unravel_index(np.asarray(top, dtype=np.int64), delta.shape)
     biggest = (f"largest |Δ| = {magnitude[top[0]]:.3g} at query {labels[rows[0]]} → key {keys[cols[0]]} (circled)"
                if top else "no difference")
     fully_masked = (a.fully_masked[batch] | b.fully_masked[batch]).cpu().numpy()
-    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [biggest], keys=keys, titles=axis_titles(a))
+    fig, factor = _focused(delta, DIFF_STYLE, labels, fully_masked, main, [sides, biggest], keys=keys,
+                           titles=axis_titles(a))
     _hover_meta(fig, a, batch, [layer], factor, layer=layer)
     fig.add_trace(go.Scatter(x=[keys[c] if factor == 1 else c for c in cols],
                              y=[labels[r] if factor == 1 else r for r in rows], mode="markers",
@@ -404,26 +468,28 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     _, selective = _flags(trace)
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02, subplot_titles=[
-        "Gate: head 0 logits<br><sup>positive part prunes keys for later queries</sup>",
-        f"{STAGE_STYLE['selection'].name}<br><sup>summed gate of earlier queries, subtracted from every head</sup>",
-        f"Pruned keys<br><sup>F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}</sup>"])
+        f"Gate: head 0 logits<br><sup>{wrap('positive part prunes keys for later queries')}</sup>",
+        f"{STAGE_STYLE['selection'].name}<br><sup>{wrap('summed gate of earlier queries, subtracted from every head')}"
+        "</sup>",
+        f"Pruned keys<br><sup>{wrap(f'F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}')}</sup>"])
     for column, (values, style, axis) in enumerate([(gate, STAGE_STYLE["masked"], "coloraxis"),
                                                     (penalty, STAGE_STYLE["selection"], "coloraxis2")], start=1):
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
         fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
-                                      title="gate logits" if column == 1 else None)
+                                      title="gate" if column == 1 else "F")
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
     fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys, categories=list(PRUNE_COLORS)), row=1, col=3)
     _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key")
     fig.update_yaxes(title_text="query", col=1)
     per_query = cut.sum(-1)
     worst = int(per_query.argmax())
-    fig.update_layout(template=TEMPLATE, width=1250, height=520, margin=dict(t=130),
+    fig.update_layout(template=TEMPLATE, width=1250, height=560, margin=dict(t=150),
                       title=_title(f"Selective attention · layer {layer}", [
                           "" if selective else "selective attention is off in this model: F is zero",
                           f"{int(cut.sum())} (query, key) pairs pruned",
@@ -433,14 +499,16 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
 
 
 def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0) -> go.Figure:
-    """Where does one token look? Its row of `stage` over the keys, one bar per head."""
+    """Where does one token look? Its row of `stage` over the keys, one bar per head (one bar per key for a
+    stage every head shares, such as selective attention's F)."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
-    fig = go.Figure([go.Bar(x=keys, y=row[h], name=f"head {h}", marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                            hovertemplate=f"head {h}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-                     for h in range(row.shape[0])])
+    names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
+    fig = go.Figure([go.Bar(x=keys, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                            hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                     for h, name in enumerate(names)])
     masked = int(np.isnan(row[0]).sum())
     fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
                       xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
@@ -462,11 +530,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (kl_to_m(p) + kl_to_m(q)) / 2
 
 
-def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
-    """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
-    key): each head against the same head in the next traced layer — the RealFormer view — and each
-    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
-    post-softmax talking heads mix `attn`), or `attn` in a trace without it."""
+def _divergences(trace: Trace, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each head vs the same head one traced layer up [layer − 1, head], each head vs its layer's other heads
+    [layer, head]): mean Jensen–Shannon divergence over queries with a visible key."""
     stage = "post_softmax" if "post_softmax" in trace else "attn"
     _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
@@ -475,27 +541,46 @@ def layer_similarity(trace: Trace, *, batch: int = 0) -> go.Figure:
     heads = p.shape[1]
     across = js_divergence(p[:-1], p[1:])[..., rows].mean(-1)                   # [layer - 1, head]
     within = np.stack([[js_divergence(layer[h], layer)[:, rows].mean(-1) for h in range(heads)] for layer in p])
-    others = within.sum(-1) / max(heads - 1, 1)                                 # [layer, head]; self-JS is 0
-    scale_top = float(max(across.max(initial=0), others.max(initial=0))) or 1.0
-    head_names = [f"head {h}" for h in range(heads)]
+    return across, within.sum(-1) / max(heads - 1, 1)                           # self-JS is 0
+
+
+def layer_similarity(trace: Trace, *, batch: int = 0, share: Trace | None = None) -> go.Figure:
+    """How alike attention distributions are (Jensen–Shannon divergence, mean over queries with a visible
+    key): each head against the same head in the next traced layer — the RealFormer view — and each
+    head against the other heads of its layer. Compares the `post_softmax` stage (still a distribution where
+    post-softmax talking heads mix `attn`), or `attn` in a trace without it. With `share` (e.g. the same text
+    with residual attention off) the colour range covers both, so the two figures compare by colour. With one
+    traced layer there is no consecutive pair: a sentence stands in that panel's place."""
+    across, others = _divergences(trace, batch)
+    pairs = [(across, others)] + ([] if share is None else [_divergences(share, batch)])
+    scale_top = float(max(m.max(initial=0) for pair in pairs for m in pair)) or 1.0
+    head_names = [f"head {h}" for h in range(others.shape[1])]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
         "Consecutive layers<br><sup>each head vs the same head one layer up</sup>",
         "Heads within a layer<br><sup>each head vs the layer's other heads (mean)</sup>"])
     for column, (matrix, names) in enumerate([(across, [f"L{a}→L{b}" for a, b in itertools.pairwise(trace.layers)]),
                                               (others, [f"layer {layer}" for layer in trace.layers])], start=1):
+        if not matrix.size:
+            fig.update_xaxes(visible=False, row=1, col=column)
+            fig.update_yaxes(visible=False, row=1, col=column)
+            fig.add_annotation(text="one traced layer:<br>no consecutive layers to compare", showarrow=False,
+                               xref=f"x{column if column > 1 else ''} domain", x=0.5,
+                               yref=f"y{column if column > 1 else ''} domain", y=0.5)
+            continue
         fig.add_trace(go.Heatmap(z=matrix.astype(np.float32), x=head_names, y=names, coloraxis="coloraxis",
                                  texttemplate="%{z:.3f}",
                                  hovertemplate="%{y} · %{x}<br>JS: %{z:.4f} bits<extra></extra>"),
                       row=1, col=column)
     residual, _ = _flags(trace)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(template=TEMPLATE, width=1000, height=200 + 45 * len(trace.layers), margin=dict(t=130),
+    fig.update_layout(template=TEMPLATE, width=1000, height=220 + 45 * max(len(trace.layers), 2), margin=dict(t=150),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
                                      colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
                       title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [
                           f"residual attention {'on' if residual else 'off'}",
                           f"mean across consecutive layers {across.mean():.3f} bits" if across.size
-                          else "one traced layer: no consecutive pairs"]))
+                          else "one traced layer: no consecutive pairs",
+                          "colour range shared with the other figure" if share is not None else ""]))
     return fig
 
 

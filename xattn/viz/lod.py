@@ -191,6 +191,5 @@ def pool_figure(fig: go.Figure, max_cells: int) -> go.Figure:
     if factors and fig.layout.title.text:
         note = _pool_note(max(factors))
         text = fig.layout.title.text
-        fig.layout.title.text = (text.replace("</sup>", f" · {note}</sup>") if "</sup>" in text
-                                 else f"{text}<br><sup>{note}</sup>")
+        fig.layout.title.text = f"{text}<br><sup>{note}</sup>"
     return fig

@@ -22,26 +22,31 @@ class StageStyle:
     diverging: bool = False                        # symmetric range ±max|v| centred on 0
     fixed_range: tuple[float, float] | None = None  # else [0, max] (sequential) or ±max (diverging)
     adds: str = ""                                  # what this stage changes, for panel subtitles
+    bar: str = ""                                   # a short colour-bar title where the name is long
 
 
 LOGITS = "RdBu_r"
 STAGE_STYLE: dict[str, StageStyle] = {
     "scores": StageStyle("Scores", LOGITS, diverging=True, adds="q·kᵀ/√d of this layer"),
     "residual": StageStyle("Residual", LOGITS, diverging=True, adds="previous layer's logits, carried in"),
-    "scores_residual": StageStyle("Scores + residual", LOGITS, diverging=True, adds="+ previous layer's logits"),
+    "scores_residual": StageStyle("Scores + residual", LOGITS, diverging=True, adds="+ previous layer's logits",
+                                  bar="logits"),
     "talking_heads_pre": StageStyle("Talking heads (pre-softmax)", LOGITS, diverging=True,
-                                    adds="+ a learned mix of the heads"),
+                                    adds="+ a learned mix of the heads", bar="logits"),
     "position_bias": StageStyle("Position bias", LOGITS, diverging=True,
-                                adds="the position bias alone (ALiBi, T5, dynamic, data-dependent)"),
+                                adds="the position bias alone (ALiBi, T5, dynamic, data-dependent)", bar="bias"),
     "biased": StageStyle("Biased", LOGITS, diverging=True, adds="+ position bias"),
     "softclamped": StageStyle("Soft-capped", LOGITS, diverging=True, adds="v·tanh(logit / v)"),
     "magnitude": StageStyle("Magnitude", LOGITS, diverging=True, adds="|logit| (Cog: signs return after softmax)"),
     "masked": StageStyle("Masked", LOGITS, diverging=True, adds="padding, custom, window and causal masks applied"),
-    "cope": StageStyle("CoPE position logits", "PRGn", diverging=True, adds="q · embedding of a gate-counted position"),
-    "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head"),
+    "cope": StageStyle("CoPE position logits", "PRGn", diverging=True, adds="q · embedding of a gate-counted position",
+                       bar="CoPE"),
+    "selection": StageStyle("Selection penalty F", "Oranges", adds="selective attention's F, same for every head",
+                            bar="F"),
     "pre_softmax": StageStyle("Pre-softmax", LOGITS, diverging=True, adds="+ CoPE, − penalty F, + sink"),
     "topk": StageStyle("Top-k", LOGITS, diverging=True, adds="all but each query's k largest logits masked"),
-    "post_softmax": StageStyle("Post-softmax", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys"),
+    "post_softmax": StageStyle("Post-softmax", "Viridis", fixed_range=(0.0, 1.0), adds="softmax over the keys",
+                               bar="weights"),
     "attn": StageStyle("Attention", "Viridis", fixed_range=(0.0, 1.0),
                        adds="softmax, then any post-softmax mix"),
 }
@@ -61,9 +66,9 @@ HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377",
 
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
-    paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=60),
+    paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=90),
     hoverlabel=dict(font_size=12), showlegend=True,
-    legend=dict(orientation="h", yref="container", y=0.99, yanchor="top", x=1, xanchor="right"),
+    legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=1, xanchor="right"),
 ))
 
 

@@ -16,16 +16,15 @@ import numpy as np
 from ..masks import REASONS, trace_reasons
 from ..trace import Trace
 from .cells import Shown
-from .figures import _check_index, _layer_position, token_labels
+from .figures import _check_index, _layer_position, token_labels, visible_token
 
 SHADE = (37, 99, 235)          # the colour of attention: a token at the row's largest weight is this, opaque
 QUERY_OUTLINE = "#ff2d95"      # the query's outline: the app's focus colour
-SHOWN_AS = {" ": "␠", "\n": "⏎", "\t": "⇥", "\r": "␍"}
 
 
 def display_label(label: str) -> str:
-    """A token as it reads on screen: a space as ␠, a newline as ⏎, a tab as ⇥; `<bos>` and others as they are."""
-    return "".join(SHOWN_AS.get(c, c) for c in label) if label else "∅"
+    """A token as it reads on screen: `visible_token` (a space as ␠, a newline as ␊), an empty label as ∅."""
+    return visible_token(label) if label else "∅"
 
 
 def query_weights(trace: Trace, layer: int, query: int, head: int | None = None, batch: int = 0) -> np.ndarray:
