@@ -17,10 +17,11 @@ from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from ..attention import PRUNED_BELOW
 from ..masks import MASKS, reasons
 from ..stages import DESCRIPTIONS, HEAD_SHARED, MASKED_STAGES, PROBABILITY_STAGES
 from ..trace import Trace
-from .cells import PRUNED_BELOW, Shown, pool_shown, pruned, why
+from .cells import Shown, pool_shown, pruned, why
 from .payload import HIDDEN_CODE, LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
 from .style import (
     DIFF_STYLE,
