@@ -13,6 +13,21 @@ def tiny_config(kind: str = "Decoder", **layer_kwargs) -> dict:
     return dict(num_tokens=23, max_seq_len=16, attn_layers=layers)
 
 
+def reference_model(config: dict) -> torch.nn.Module:
+    """The x-transformers TransformerWrapper for an xattn-style config, every parameter moved off its
+    initial value (norm gains start at exactly one, which would hide a wrongly mapped gain)."""
+    import x_transformers  # only the tests that compare with it need it
+
+    config = dict(config)
+    layers = dict(config.pop("attn_layers"))
+    kind = getattr(x_transformers, layers.pop("kind"))
+    model = x_transformers.TransformerWrapper(attn_layers=kind(**layers), **config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
 def form_options(residual: bool = False, selective: bool = False, causal: bool = True,
                  position: str = "absolute") -> list[str]:
     """The fresh-model form's ticked options for a model described the old way (position: absolute, rotary, ALiBi)."""

@@ -7,21 +7,14 @@ import torch
 import xattn
 from xattn.cache import KVCache
 
-from conftest import tiny_config
+from conftest import reference_model, tiny_config
 
 x_transformers = pytest.importorskip("x_transformers")
 
 
 def reference(**options) -> torch.nn.Module:
     """An x-transformers decoder (3 layers, 4 heads, vocabulary 23, 16 positions), parameters moved off init."""
-    config = tiny_config("Decoder", **options)
-    layers = dict(config.pop("attn_layers"))
-    kind = getattr(x_transformers, layers.pop("kind"))
-    model = x_transformers.TransformerWrapper(attn_layers=kind(**layers), **config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model
+    return reference_model(tiny_config("Decoder", **options))
 
 
 def model_with(**options) -> xattn.TransformerWrapper:

@@ -6,7 +6,7 @@ import torch
 
 import xattn
 
-from conftest import tiny_config
+from conftest import reference_model, tiny_config
 
 x_transformers = pytest.importorskip("x_transformers")
 
@@ -29,19 +29,6 @@ CASES = [
     ("Decoder", {"residual_attn": True, "attn_selective": True, "use_rmsnorm": True, "sandwich_norm": True,
                  "macaron": True, "scale_residual": True}),
 ]
-
-
-def reference_model(config: dict) -> torch.nn.Module:
-    """The x-transformers TransformerWrapper for an xattn-style config, every parameter moved off its
-    initial value (norm gains start at exactly one, which would hide a wrongly mapped gain)."""
-    config = dict(config)
-    layers = dict(config.pop("attn_layers"))
-    kind = getattr(x_transformers, layers.pop("kind"))
-    model = x_transformers.TransformerWrapper(attn_layers=kind(**layers), **config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model
 
 
 def inputs(padded: bool):
