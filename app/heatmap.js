@@ -3,7 +3,9 @@ const view = element.querySelector('.xattn-view');
 const plot = element.querySelector('.xattn-plot');
 const tip = element.querySelector('.xattn-tip');
 const role = props.role || 'plot';
-const X = window.xattnViews || (window.xattnViews = {bus: new EventTarget(), focus: null, key: null});
+const X = window.xattnViews || (window.xattnViews = {bus: new EventTarget(), focus: null, key: null,
+                                                      marked: new Map()});
+const tab = element.closest('[role="tabpanel"]') || document.body;   // a 'pick' view marks clicks in its tab
 const LEVEL = new Int16Array(256).fill(-1);      // code -> level (see xattn/viz/payload.py), -1 = masked
 const INDEX = new Int16Array(256).fill(-1);      // code -> its index among the safe codes (xattn/viz/cells.py why)
 for (let c = 0, k = 0; c < 256; c++) {
@@ -182,6 +184,17 @@ function marks() {
                   line: {color: '#ff2d95', width: 1.5, dash: 'dot'}, name: 'xattn-mark'});
     }
   }
+  const mark = role === 'pick' && info.n ? X.marked.get(tab) : null;    // the tab's last click, on query × key views
+  if (mark && mark.n_keys === cols() && (mark.n === undefined || mark.n === rows())) {
+    const axes = plot._fullData.filter(d => d.type === 'heatmap').map(d => [d.xaxis, d.yaxis]);
+    for (const [xa, ya] of new Map(axes)) {
+      if (mark.query !== undefined)
+        out.push({type: 'rect', xref: `${xa} domain`, x0: 0, x1: 1, yref: ya, y0: mark.query - 0.5,
+                  y1: mark.query + 0.5, line, name: 'xattn-mark'});
+      out.push({type: 'rect', yref: `${ya} domain`, y0: 0, y1: 1, xref: xa, x0: mark.key - 0.5, x1: mark.key + 0.5,
+                line: {color: '#ff2d95', width: 1.5, dash: 'dot'}, name: 'xattn-mark'});
+    }
+  }
   if (role === 'row' && key !== null && key !== undefined && key < cols())
     out.push({type: 'rect', xref: 'x', x0: key - 0.5, x1: key + 0.5, yref: 'y domain', y0: 0, y1: 1,
               fillcolor: '#ff2d95', opacity: 0.12, line: {width: 0}, layer: 'below', name: 'xattn-mark'});
@@ -310,6 +323,7 @@ async function draw() {
       X.focus = meta.focus;
       X.bus.dispatchEvent(new Event('focus'));
     }
+    if (role === 'pick' && X.marked.delete(tab)) X.bus.dispatchEvent(new Event('marked'));   // marks last till a redraw
   }
   wire();
   await relabel();
@@ -321,12 +335,29 @@ async function draw() {
   if (role === 'head' && !isDetail) zoomed();                // a redraw of a zoomed head: ask for its detail
 }
 
+function picked(p) {
+  // role 'pick' (the other tabs' views): a cell sends its query and key, a grid tile also its layer and head, a
+  // cell of a layers × heads matrix (meta.layers: each row's layer) only its layer and head; a bar over keys sends
+  // nothing. The tab's query × key views mark the clicked query row and key column until they redraw.
+  const t = p.fullData, m = t.meta || {};
+  const mark = where => { X.marked.set(tab, where); X.bus.dispatchEvent(new Event('marked')); };
+  if (t.type === 'bar') { mark({key: p.pointNumber, n_keys: t.x.length}); return; }
+  if (t.type !== 'heatmap') return;
+  const [r, c] = p.pointNumber;
+  if (m.layers) { trigger('pick', {layer: m.layers[r], head: c}); return; }
+  const cell = cellOf(t, r, c), data = {query: clamp(cell.q0, 0, rows() - 1), key: clamp(cell.k0, 0, cols() - 1)};
+  if (info.tiles || m.layer !== undefined) { const [layer, head] = tileOf(t); Object.assign(data, {layer, head}); }
+  mark({query: data.query, key: data.key, n: rows(), n_keys: cols()});
+  trigger('pick', data);
+}
+
 function wire() {
   if (wired) return;
   wired = true;
   plot.on('plotly_click', ev => {
     const p = ev.points && ev.points[0];
     if (!p || role === 'plot') return;                        // a figure of another tab: hover only
+    if (role === 'pick') { picked(p); return; }
     if (role === 'row') {                                     // the query row: a bar (or step) picks a key
       X.key = p.pointNumber;
       X.bus.dispatchEvent(new Event('key'));
@@ -363,7 +394,7 @@ function wire() {
     clearTimeout(timer);
     timer = setTimeout(zoomed, 200);
   });
-  for (const what of ['focus', 'key']) X.bus.addEventListener(what, () => { if (plot._fullLayout) remark(); });
+  for (const what of ['focus', 'key', 'marked']) X.bus.addEventListener(what, () => { if (plot._fullLayout) remark(); });
   new ResizeObserver(() => { if (plot._fullLayout) Plotly.Plots.resize(plot); }).observe(view);
 }
 

@@ -6,7 +6,8 @@ plotly package ships, served by this app's own file route (no CDN: the page work
 
 - `pick`: a click on a heatmap cell or a grid tile, as {"query", "key"} (+ {"layer", "head"} for a tile of
   the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows; on
-  the Heads view's statistics, {"layer", "head", "stat"};
+  the Heads view's statistics, {"layer", "head", "stat"}; on the other tabs' views (role "pick"), the same
+  without "shown", and {"layer", "head"} for a cell of a layer-similarity matrix (`tag_similarity`);
 - `zoom`: a zoom or pan on a focused head, as {"region": [i0, i1, j0, j1], "px": plot width in pixels,
   "head": its key}; the answer (a `viz.heatmap_region` figure of that region) is laid over the first,
   pooled view at the detail the screen can show.
@@ -162,6 +163,14 @@ def tag_strip(fig: go.Figure, *, stages: list[str], labels: list[str], keys: lis
 
 def tag_row(fig: go.Figure, *, labels: list[str], keys: list[str], key: str, focus: dict) -> go.Figure:
     return _tag(fig, kind="row", key=key, labels=labels, keys=keys, n=len(labels), n_keys=len(keys), focus=focus)
+
+
+def tag_similarity(fig: go.Figure, layers: list[int]) -> go.Figure:
+    """viz.layer_similarity's matrices (rows of layers, a column per head) learn each row's layer, so a click on
+    a cell focuses that layer and head: in the consecutive-layers panel (the first) a row compares layers a → b
+    and stands for b, where the residual carried from a arrives; in the within-layer panel, its own layer."""
+    _name_traces(fig, lambda trace: {"layers": layers[1:] if (trace.xaxis or "x") == "x" else layers})
+    return fig
 
 
 def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:

@@ -89,6 +89,13 @@ def plot(label: str, pair: bool = False) -> gr.HTML:
     return view(label, "plot", pair=pair)
 
 
+def pickable(label: str, pair: bool = False) -> gr.HTML:
+    """A figure slot of a tab other than Explore that answers clicks (views.on_pick): a tile or a cell of a
+    layer-similarity matrix focuses its layer and head, a cell picks its query where the tab has a query slider;
+    the tab's query × key views mark the clicked query row and key column (a bar: its key) until they redraw."""
+    return view(label, "pick", pair=pair)
+
+
 def view(label: str, role: str, pair: bool = False) -> gr.HTML:
     """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
     return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None)
@@ -226,9 +233,9 @@ def build() -> gr.Blocks:
                                      label="compare with")
                 real_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 real_info = gr.Markdown(label="summary")
-                real_strip = plot("scores + residual = sum")
-                real_diff = plot("attention: residual on − off")
-                sim_on, sim_off = plot("layer similarity, residual on"), plot("layer similarity, residual off")
+                real_strip = pickable("scores + residual = sum")
+                real_diff = pickable("attention: residual on − off")
+                sim_on, sim_off = pickable("layer similarity, residual on"), pickable("layer similarity, residual off")
             with gr.Tab("Selective attention") as sel_tab:
                 markdown(texts.SELECTIVE)
                 with gr.Row():
@@ -236,11 +243,11 @@ def build() -> gr.Blocks:
                     s_query = controls.slider("query")
                 sel_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 sel_info = gr.Markdown(label="summary")
-                sel_fig = plot("gate head, F and pruned keys")
-                sel_strip = plot("logits before and after F")
+                sel_fig = pickable("gate head, F and pruned keys")
+                sel_strip = pickable("logits before and after F")
                 with gr.Row():
-                    sel_row = plot("F for the chosen query", pair=True)
-                    sel_grid = plot("F in every layer (gate head)", pair=True)
+                    sel_row = pickable("F for the chosen query", pair=True)
+                    sel_grid = pickable("F in every layer (gate head)", pair=True)
             with gr.Tab("Masking debugger") as mask_tab:
                 gr.Markdown(texts.MASKING)
                 with gr.Row():
@@ -254,8 +261,9 @@ def build() -> gr.Blocks:
                 mask_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 mask_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    effective, parts = plot("effective mask", pair=True), plot("what each mask removes", pair=True)
-                mask_diff = plot("attention with − without the custom mask")
+                    effective = pickable("effective mask", pair=True)
+                    parts = pickable("what each mask removes", pair=True)
+                mask_diff = pickable("attention with − without the custom mask")
             with gr.Tab("Compare") as cmp_tab:
                 gr.Markdown("Model A is the model chosen at the top; pick model B (a bundled model, or one you "
                             "built or uploaded in this session) to see the same head of both, and A − B.")
@@ -266,8 +274,8 @@ def build() -> gr.Blocks:
                 cmp_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cmp_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    heat_a, heat_b = plot("model A", pair=True), plot("model B", pair=True)
-                cmp_diff = plot("A − B")
+                    heat_a, heat_b = pickable("model A", pair=True), pickable("model B", pair=True)
+                cmp_diff = pickable("A − B")
             with gr.Tab("Cross-attention") as cross_tab:
                 markdown(texts.CROSS)
                 source = gr.Textbox(cross.SOURCE_EXAMPLE, label="source (the encoder's input; the text above is the "
@@ -279,9 +287,9 @@ def build() -> gr.Blocks:
                 cross_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 cross_info = gr.Markdown(label="summary")
                 with gr.Row():
-                    cross_grid = plot("cross-attention layers × heads", pair=True)
-                    cross_head = plot("focused cross-attention head", pair=True)
-                encoder_grid = plot("encoder self-attention")
+                    cross_grid = pickable("cross-attention layers × heads", pair=True)
+                    cross_head = pickable("focused cross-attention head", pair=True)
+                encoder_grid = pickable("encoder self-attention")
             with gr.Tab("Generate", elem_id="generate-tab") as gen_tab:
                 gen = generate.tab(controls, plot, stage_dropdown)
             with gr.Tab("Heads", id="heads"):
@@ -324,6 +332,25 @@ def build() -> gr.Blocks:
         wire("cross", cross.cross, cross_tab, cross_button, [model, source, text, x_stage, x_layer, x_head],
              [cross_grid, cross_head, encoder_grid, cross_info], [x_stage, x_layer, x_head])
         generate.wire(gen, gen_tab, session, model, text)
+
+        # Clicks on the other tabs' views (views.on_pick): `fields` names the sliders a click on `figures` sets
+        # (slider → its index among the view's inputs); the sliders follow and the tab redraws in one request. A
+        # cell of a tab without a query slider (Compare, Masking, RealFormer's head views, Cross's focused head and
+        # encoder) only marks its query row and key column in the page.
+        def picks(figures: list[Any], fn: Any, inputs: list[Any], fields: dict[str, int], outputs: list[Any]) -> None:
+            moved = [inputs[at] for at in fields.values()]
+            for figure in figures:
+                figure.pick(views.in_place(views.on_pick(fn, fields, len(outputs)), len(moved) + len(outputs)),
+                            inputs, [*moved, *outputs], api_visibility="private", trigger_mode="always_last")
+
+        picks([sim_on, sim_off], views.realformer, [session, model, text, r_layer, r_head, other],
+              {"layer": 3, "head": 4}, [real_strip, real_diff, sim_on, sim_off, real_info])
+        sel_inputs, sel_outputs = [session, model, text, s_layer, s_head, s_query], [sel_fig, sel_strip, sel_row,
+                                                                                     sel_grid, sel_info]
+        picks([sel_fig, sel_strip], views.selective, sel_inputs, {"query": 5}, sel_outputs)
+        picks([sel_grid], views.selective, sel_inputs, {"layer": 3, "query": 5}, sel_outputs)   # F: every head's
+        picks([cross_grid], cross.cross, [session, model, source, text, x_stage, x_layer, x_head],
+              {"layer": 5, "head": 6}, [cross_grid, cross_head, encoder_grid, cross_info])
 
         # Heads runs on its button only (a dataset, not one text); a click on a head opens it in Explore.
         hv = heads_view

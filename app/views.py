@@ -369,6 +369,24 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
     return [layer, head, query, *views]
 
 
+def on_pick(view: Callable[..., Any], fields: dict[str, int], outputs: int) -> Callable[..., list[Any]]:
+    """A click on a figure of `view`'s tab (role "pick" in app/heatmap.js) as the page runs it: each value the
+    click names among `fields` (layer, head, query → the index of that slider's value among the view's
+    arguments) replaces the slider's, and the view redraws in the same request. Returns those sliders, then the
+    view's `outputs` figures and summary; a click that moves no slider changes nothing. (Explore has its own,
+    which also redraws only the views whose content changes: explore_pick.)"""
+    def picked(evt: gr.EventData, *args: Any) -> list[Any]:
+        data = getattr(evt, "_data", None) or {}
+        moved = list(args)
+        for what, at in fields.items():
+            moved[at] = clicked(data, what, moved[at])
+        if moved == list(args):
+            return [gr.skip() for _ in range(len(fields) + outputs)]
+        return [*(moved[at] for at in fields.values()), *view(*moved)]
+    picked.__name__ = f"{view.__name__}_pick"
+    return friendly(picked)
+
+
 @friendly
 def explore_zoom(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                  evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False) -> Any:
@@ -436,8 +454,10 @@ def realformer(session: Session | None, model: str, text: str, layer: float, hea
     difference = viz.diff(on.trace, off.trace, layer=layer, head=head,
                           names=(f"residual on: {on.loaded.name}", f"off: {off.loaded.name}"))
     note = f"Compared with **{twin.name}**; the difference is residual on − off."
-    return (sum_strip, difference, viz.layer_similarity(on.trace, share=off.trace),
-            viz.layer_similarity(off.trace, share=on.trace), "\n\n".join([run.summary(), note]))
+    layers = list(run.trace.layers)
+    return (sum_strip, difference, heatmap.tag_similarity(viz.layer_similarity(on.trace, share=off.trace), layers),
+            heatmap.tag_similarity(viz.layer_similarity(off.trace, share=on.trace), layers),
+            "\n\n".join([run.summary(), note]))
 
 
 @friendly
