@@ -2,7 +2,7 @@
 layer dropped, moving the step scrubber redraws the new token's row with the library's values, and Play moves on.
 
 Skips without chromium or Playwright, unless XATTN_REQUIRE_BROWSER=1 (CI). The screenshot goes to a temporary
-folder, or to $XATTN_SCREENSHOTS; the README's is assets/figures/app_generate.png (see README, "Generate").
+folder, or to $XATTN_SCREENSHOTS (the README's comes from assets/screenshots, see README, "Generate").
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
                                        rtol=1e-5, atol=1e-6)
             assert len(after["y"]) == len(before["y"]) - (steps - 1 - 2), "step 2 reads fewer keys"
             page.wait_for_timeout(500)
-            path = shots / "app_generate.png"
+            path = shots / "generate.png"
             page.locator("#generate-tab").screenshot(path=str(path))
             Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)   # a small PNG
 

@@ -225,16 +225,16 @@ def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
 
 def _title(main: str, notes: list[str]) -> dict:
     """`main`, then the notes in small type: at most TITLE_NOTE_CHARS a line, at most TITLE_NOTE_LINES lines (cut
-    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot. Lines break between
-    the notes' " · "-separated phrases, inside a phrase only when it is longer than a line: a phrase is read
-    whole or cut, never split across the break (so order the notes by how much they matter)."""
+    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot. A phrase (the notes
+    split at " · ") that fits on a line starts a new line rather than break across two, while a shown line is
+    left; the rest wrap word by word. Order the notes by how much they matter: the last are cut first."""
     lines: list[str] = []
     for phrase in (p for note in notes if note for p in note.split(" · ")):
         if lines and len(lines[-1]) + 3 + len(phrase) <= TITLE_NOTE_CHARS:
             lines[-1] += " · " + phrase
-        elif len(phrase) <= TITLE_NOTE_CHARS:
+        elif len(phrase) <= TITLE_NOTE_CHARS and len(lines) < TITLE_NOTE_LINES:
             lines.append(phrase)
-        else:                                            # too long for any line: go on from the last line, wrapped
+        else:                                            # go on from the last line, wrapped (and cut below)
             lines[-1:] = textwrap.wrap(" · ".join([*lines[-1:], phrase]), TITLE_NOTE_CHARS)
     if len(lines) > TITLE_NOTE_LINES:
         lines = [*lines[: TITLE_NOTE_LINES - 1], lines[TITLE_NOTE_LINES - 1].rstrip(" ·") + " …"]
@@ -337,7 +337,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
                       margin=dict(t=110),
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
                       title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
-                                   [_pool_note(factor), shown.note(), DESCRIPTIONS[stage]]),  # description last
+                                   [shown.note(), _pool_note(factor), DESCRIPTIONS[stage]]),  # description last
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
@@ -416,7 +416,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
                       margin=dict(t=80 + 14 * lines),
                       title=_title(f"Stages · layer {layer} · head {head}",
-                                   [_pool_note(factor), shown.note(), "what each step changes"]),
+                                   [shown.note(), _pool_note(factor), "what each step changes"]),
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig

@@ -140,7 +140,7 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
     fig = go.Figure(heat)
-    notes = [_pool_note(factor), shown.note()]
+    notes = [shown.note(), _pool_note(factor)]
     whole = box.whole(n, n_keys)
     if not whole:
         notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
