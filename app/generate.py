@@ -18,6 +18,7 @@ import torch
 
 import xattn
 from xattn import viz
+from xattn.attention import PRUNE_AT
 
 from . import limits, models, texts, views
 from .models import Loaded, Session
@@ -25,7 +26,7 @@ from .views import Figure
 
 PRUNING = ("none", "threshold", "budget")
 DEFAULT_STEPS = 8
-DEFAULT_THRESHOLD = round(-math.log(viz.figures.PRUNED_BELOW), 1)   # F past ln 100: weight cut below 1 %
+DEFAULT_THRESHOLD = round(PRUNE_AT, 1)   # F past ln 100: weight cut below 1 %
 DEFAULT_BUDGET = 8
 PLAY_SECONDS = 0.8            # one step per tick while playing
 PLAY, PAUSE = "▶ Play", "⏸ Pause"

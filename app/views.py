@@ -23,6 +23,7 @@ import torch
 
 import xattn
 from xattn import masks, viz
+from xattn.attention import PRUNE_AT, PRUNED_BELOW
 from xattn.predictions import next_tokens
 from xattn.viz.cells import Shown
 
@@ -474,11 +475,10 @@ def selective(session: Session | None, model: str, text: str, layer: float, head
     order = [k for k in penalty.argsort(descending=True).tolist() if penalty[k] > 0]
     keys, queries = viz.key_labels(run.trace), viz.token_labels(run.trace)   # extra key columns, memory tokens
     strongest = ", ".join(f"`{keys[k]}` (F = {float(penalty[k]):.2f})" for k in order[:8])
-    cut = -math.log(viz.figures.PRUNED_BELOW)
-    pruned = sum(float(penalty[k]) >= cut for k in order)
+    pruned = sum(float(penalty[k]) >= PRUNE_AT for k in order)
     lost = (f"In layer {layer}, F lowers {len(order)} earlier key(s) for query {query} (`{queries[query]}`)"
             + (f"; strongest: {strongest}" if order else "") + f". {pruned} of them are pruned "
-            f"(F ≥ {cut:.1f}: their weight is cut below {viz.figures.PRUNED_BELOW:g} of an unpenalised key's).")
+            f"(F ≥ {PRUNE_AT:.1f}: their weight is cut below {PRUNED_BELOW:g} of an unpenalised key's).")
     before_after = strip(run, layer, head, ["masked", "selection", "pre_softmax", "attn"])
     return (viz.selection(run.trace, layer), before_after, viz.query_row(run.trace, layer, query, stage="selection"),
             viz.grid(run.trace, "selection", heads=[0]), "\n\n".join([run.summary(), lost]))

@@ -2,7 +2,7 @@
 layer dropped, moving the step scrubber redraws the new token's row with the library's values, and Play moves on.
 
 Skips without chromium or Playwright, unless XATTN_REQUIRE_BROWSER=1 (CI). The screenshot goes to a temporary
-folder, or to $XATTN_SCREENSHOTS; the README's is assets/figures/app_generate.png (see README, "Generate").
+folder, or to $XATTN_SCREENSHOTS (the README's comes from assets/screenshots, see README, "Generate").
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     default = models.bundled(models.default_name())
-    steps, layer = generate.DEFAULT_STEPS, default.depth - 1          # the sliders start on the last layer, head 0
+    steps = generate.DEFAULT_STEPS
     gen = default.model.generate(torch.tensor(default.tokenizer.encode(default.example)), steps,
                                  prune=xattn.Prune(budget=generate.DEFAULT_BUDGET))
 
@@ -47,6 +47,9 @@ def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
             page.goto(server)
             page.get_by_role("tab", name="Generate").click()              # opening the tab generates
             row_title_has(page, f"Step {steps - 1}:")
+            tab = page.locator("#generate-tab")                            # the layer and head the tab opened on
+            layer, head = (int(tab.get_by_label(f"number input for {what}", exact=True).input_value())
+                           for what in ("layer", "head"))
             page.get_by_label("budget", exact=True).check()
             page.get_by_role("button", name="Generate", exact=True).click()
             page.wait_for_selector("#generated-text [data-pruned]", timeout=DRAW_TIMEOUT_MS)
@@ -60,11 +63,11 @@ def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
             box.press("Enter")                                             # the scrubber moves: step 2 is drawn
             row_title_has(page, "Step 2:")
             after = page.evaluate(BARS)
-            np.testing.assert_allclose(np.array(after["y"], dtype=float), viz.step_row(gen, 2, layer, 0),
+            np.testing.assert_allclose(np.array(after["y"], dtype=float), viz.step_row(gen, 2, layer, head),
                                        rtol=1e-5, atol=1e-6)
             assert len(after["y"]) == len(before["y"]) - (steps - 1 - 2), "step 2 reads fewer keys"
             page.wait_for_timeout(500)
-            path = shots / "app_generate.png"
+            path = shots / "generate.png"
             page.locator("#generate-tab").screenshot(path=str(path))
             Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)   # a small PNG
 

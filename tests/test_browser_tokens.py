@@ -47,8 +47,9 @@ def test_a_token_click_picks_the_query_and_hover_says_why(browser_page: tuple[An
     ids = default.tokenizer.encode(default.example)
     labels = [f"{t}·{i}" for i, t in enumerate(default.tokenizer.labels(ids))]
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
-    last = default.depth - 1
-    title_has(page, "focused-head", f"layer {last} · head 0")
+    notable = default.card["notable_heads"][0]                        # the page opens on the card's first head
+    layer, head = notable["layer"], notable["head"]
+    title_has(page, "focused-head", f"layer {layer} · head {head}")
     page.locator("#token-text [data-q]").first.wait_for(timeout=DRAW_TIMEOUT_MS)
     page.get_by_text("probability").first.wait_for(timeout=DRAW_TIMEOUT_MS)      # the predictions table
 
@@ -56,19 +57,20 @@ def test_a_token_click_picks_the_query_and_hover_says_why(browser_page: tuple[An
     x, y = page.evaluate(TOKEN, 6)
     page.mouse.click(x, y)
     title_has(page, "where-the-query-looks", f"Where does {labels[6]} look?")
-    assert sliders(page) == [last, 0, 6]
+    assert sliders(page) == [layer, head, 6]
     page.wait_for_function("() => document.querySelector('#token-text [data-q=\"6\"]').style.outline.includes('solid')",
                            timeout=DRAW_TIMEOUT_MS)
     page.get_by_text(f"next token after {labels[6]}").first.wait_for(timeout=DRAW_TIMEOUT_MS)
 
     # hover: a masked cell names its mask, a pruned key says so with its F
     assert "masked by the causal mask" in hover_tip(page, 2, 10)
-    cut = pruned(trace, last)
+    cut = pruned(trace, layer)
     q, k = np.argwhere(cut)[0]
     tip = hover_tip(page, int(q), int(k))
     assert "pruned by F" in tip
     f = float(tip.split("F = ")[1].split(")")[0])
-    assert abs(f - float(trace["selection"][last, 0, 0, q, k])) < 0.05 * float(trace["selection"][last, 0, 0].max())
+    selection = trace["selection"][layer, 0, 0]                        # F: selective attention's head 0
+    assert abs(f - float(selection[q, k])) < 0.05 * float(selection.max())
 
     # a threshold hides cells (drawn white) and says so; the BOS column goes with the sink switch
     box = page.get_by_label("number input for hide attention below", exact=True)
@@ -82,7 +84,7 @@ def test_a_token_click_picks_the_query_and_hover_says_why(browser_page: tuple[An
         page.screenshot(path=str(shots / "failed-threshold.png"), full_page=True)
         raise
     assert "hidden: the sink column" in hover_tip(page, 8, 0)
-    attn = trace["attn"][last, 0, 0].numpy()
+    attn = trace["attn"][layer, 0, head].numpy()
     q, k = next((q, k) for q, k in np.argwhere(trace.visible[0].numpy()) if k > 0 and attn[q, k] < 0.2)
     assert "hidden: attention below 0.2" in hover_tip(page, int(q), int(k))
     page.mouse.move(5, 5)

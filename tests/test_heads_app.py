@@ -203,7 +203,8 @@ def test_a_click_on_a_head_opens_explore_on_its_example(page: Any, default: mode
     from test_browser_clicks import STAMP, sliders, title_has
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    title_has(page, "focused-head", "head 0")                        # the page has explored its example
+    opening = default.card["notable_heads"][0]                       # the page explores its example on this head
+    title_has(page, "focused-head", f"layer {opening['layer']} · head {opening['head']}")
     page.get_by_role("tab", name="Heads").click()
     page.get_by_label("N: sequences", exact=False).fill(str(N))
     page.locator("#heads-run").click()

@@ -127,6 +127,7 @@ def test_threshold_and_sink_hide_exactly_the_cells_the_rule_names(selective) -> 
     np.testing.assert_allclose(exact[~expected[1, 2] & visible], attn[1, 2][~expected[1, 2] & visible], rtol=1e-6)
     assert head.layout.meta["xattn"]["hidden_keys"] == [0]
     strip = viz.stages(trace, 1, 2, stages=["scores", "attn"], shown=shown)
+    assert all("not renormalised" in f.layout.title.text for f in (head, strip))   # every view says so
     assert all((np.asarray(t.z)[expected[1, 2]] == HIDDEN_CODE).all() for t in strip.data if t.type == "heatmap")
 
 

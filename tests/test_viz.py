@@ -458,6 +458,16 @@ def test_heatmap_title_carries_the_model_name(trace):
     assert f"<sup>{long[:39]}…" in title and long not in title
 
 
+def test_title_notes_break_between_phrases_and_cut_the_last():
+    from xattn.viz.figures import TITLE_NOTE_CHARS, TITLE_NOTE_LINES, _title
+    first, second, third = "a" * 40, "b" * 30, "c" * 20             # phrases that each fit on a line
+    lines = _title("main", [f"{first} · {second}", third, "z " * 80])["text"].split("<br>")[1:]
+    shown = [line.removeprefix("<sup>").removesuffix("</sup>") for line in lines]
+    assert len(shown) == TITLE_NOTE_LINES and all(len(line) <= TITLE_NOTE_CHARS + 2 for line in shown)
+    assert shown[0] == first and shown[1].startswith(f"{second} · {third} · z z") and shown[1].endswith(" …")
+    assert _title("main", ["", "x"])["text"] == "main<br><sup>x</sup>"
+
+
 @pytest.mark.parametrize("kind, preset, nothing", [
     (xattn.Decoder, "prefix-LM", True), (xattn.Encoder, "prefix-LM", False), (xattn.Decoder, "sliding window", False)])
 def test_a_custom_mask_that_changes_nothing_is_recognised(kind, preset, nothing):

@@ -48,9 +48,9 @@ COMPACT_HEADS = 6            # a grid of more heads titles its columns h0, h1 �
 SUBTITLE_CHARS = 18          # a stage strip's panel subtitles wrap at this many characters
 TITLE_Y = 0.98               # a title's top, as a fraction of the figure's height
 SUBPLOT_TITLE_SIZE = 13      # px: plotly's 16 makes a panel's title wider than a narrow panel
-TITLE_NAME_CHARS = 40
+TITLE_NAME_CHARS = 40          # a name in a title is cut to this many characters
 TITLE_NOTE_CHARS = 64        # a title's small-type lines wrap at this many characters …
-TITLE_NOTE_LINES = 2         # … and stop after this many        # a name in a title is cut to this many characters
+TITLE_NOTE_LINES = 2         # … and stop after this many
 OWN_RANGE = frozenset({"scores"})   # stages a stage strip gives a colour range of their own
 # Unicode control pictures for characters a label would otherwise show as nothing: U+2400 + code, ␠ for a space.
 PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␠", "\x7f": "␡"}
@@ -224,9 +224,18 @@ def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
 
 
 def _title(main: str, notes: list[str]) -> dict:
-    """`main`, then the notes in small type: wrapped at TITLE_NOTE_CHARS, at most TITLE_NOTE_LINES lines (cut
-    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot."""
-    lines = textwrap.wrap(" · ".join(n for n in notes if n), TITLE_NOTE_CHARS)
+    """`main`, then the notes in small type: at most TITLE_NOTE_CHARS a line, at most TITLE_NOTE_LINES lines (cut
+    with an ellipsis), so a title stays inside a figure drawn as narrow as a pair's slot. A phrase (the notes
+    split at " · ") that fits on a line starts a new line rather than break across two, while a shown line is
+    left; the rest wrap word by word. Order the notes by how much they matter: the last are cut first."""
+    lines: list[str] = []
+    for phrase in (p for note in notes if note for p in note.split(" · ")):
+        if lines and len(lines[-1]) + 3 + len(phrase) <= TITLE_NOTE_CHARS:
+            lines[-1] += " · " + phrase
+        elif len(phrase) <= TITLE_NOTE_CHARS and len(lines) < TITLE_NOTE_LINES:
+            lines.append(phrase)
+        else:                                            # go on from the last line, wrapped (and cut below)
+            lines[-1:] = textwrap.wrap(" · ".join([*lines[-1:], phrase]), TITLE_NOTE_CHARS)
     if len(lines) > TITLE_NOTE_LINES:
         lines = [*lines[: TITLE_NOTE_LINES - 1], lines[TITLE_NOTE_LINES - 1].rstrip(" ·") + " …"]
     return dict(text="<br>".join([main, *(f"<sup>{line}</sup>" for line in lines)]), x=0.01, xanchor="left",
@@ -328,7 +337,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
                       margin=dict(t=110),
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
                       title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
-                                   [_pool_note(factor), DESCRIPTIONS[stage], shown.note()]),
+                                   [shown.note(), _pool_note(factor), DESCRIPTIONS[stage]]),  # description last
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
@@ -406,8 +415,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     lines = max(t.count("<br>") for t in titles) + 1
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
                       margin=dict(t=80 + 14 * lines),
-                      title=_title(f"Stages · layer {layer} · head {head}", ["what each step changes",
-                                                                             _pool_note(factor), shown.note()]),
+                      title=_title(f"Stages · layer {layer} · head {head}",
+                                   [shown.note(), _pool_note(factor), "what each step changes"]),
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig

@@ -140,10 +140,11 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
     fig = go.Figure(heat)
-    notes = [DESCRIPTIONS[stage], _pool_note(factor), shown.note()]
+    notes = [shown.note(), _pool_note(factor)]
     whole = box.whole(n, n_keys)
     if not whole:
         notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
+    notes.append(DESCRIPTIONS[stage])                   # the description last: a title too long cuts it first
     ranges = {} if whole else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
     x_title, y_title = axis_titles(trace)
     kind = "cross-attention layer" if trace.is_cross else "layer"
