@@ -7,7 +7,6 @@ Refusals are the other views' (`views.friendly`): a ValueError becomes a `gr.Err
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,19 +68,6 @@ def datasets(session: Session | None, model: str) -> tuple[Any, ...]:
     return gr.update(choices=choices, value=choices[0][1]), None, "", None
 
 
-def whole(value: Any, what: str, low: int, high: int, past: str = "") -> int:
-    """A whole number within [low, high], else a sentence saying what is accepted (and `past`, above `high`)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{what} is blank: give a whole number from {low:,} to {high:,}.")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or int(value) != value:
-        raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {value!r}.")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be a whole number from {low:,} to {high:,}; got {int(value):,}."
-                         + (f" {past}" if value > high and past else ""))
-    return int(value)
-
-
 def file_lines(path: str, n: int) -> tuple[list[str], list[str]]:
     """The first `n` lines of an uploaded file (read no further), and a note if it has more. Refused with a
     sentence if it is not UTF-8 text or holds no text."""
@@ -123,7 +109,7 @@ def dataset(loaded: Loaded, choice: str, n: int, seed: float | None, file: str |
     if choice not in readable:
         offered = ", ".join(readable + [TEXT_FILE])
         raise ValueError(f"{loaded.name} cannot read the {choice!r} task; choose one of: {offered}.")
-    seed = whole(seed, "seed", *limits.FORM["seed"])
+    seed = models.whole(seed, "seed", *limits.FORM["seed"])
     data = TaskData(choice, n, seed)
     said = f"{n:,} samples of the {choice} task (seed {seed})"
     if data.tokenizer == loaded.tokenizer:
@@ -212,8 +198,9 @@ def heads(session: Session | None, model: str, choice: str, n: float, seed: floa
     """Head statistics of `model` over `n` sequences of `choice` (a task, or TEXT_FILE: the first `n` lines of
     `file`): the layers × heads heatmaps, a summary, and the run kept for clicks."""
     loaded = views.load(session, model, progress)
-    n = whole(n, "N", 1, limits.MAX_HEAD_SEQUENCES, "For more sequences, run xattn.head_stats in a notebook (its Ray "
-              "engine spreads them over workers).")
+    n = models.whole(n, "N", 1, limits.MAX_HEAD_SEQUENCES,
+                     past="For more sequences, run xattn.head_stats in a notebook (its Ray engine spreads them over "
+                          "workers).")
     data, said, notes = dataset(loaded, choice, n, seed, file)
     total = len(data)
 

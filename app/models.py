@@ -163,15 +163,16 @@ def stacks(model: xattn.TransformerWrapper | xattn.XTransformer) -> list[xattn.T
     return [model.encoder, model.decoder] if isinstance(model, xattn.XTransformer) else [model]
 
 
-def whole(value: float | None, field: str, low: int, high: int | None = None) -> int:
+def whole(value: float | None, field: str, low: int, high: int | None = None, past: str = "") -> int:
     """`value` as a whole number from `low` (to `high`), else a sentence naming the form's `field` (a blank box
-    comes as None, a fraction is refused rather than rounded)."""
+    comes as None, a fraction is refused rather than rounded); `past`: what to do instead, above `high`."""
     top = "" if high is None else f" to {high:,}"
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise ValueError(f"{field} is empty: type a whole number from {low:,}{top}.")
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or int(value) != value or value < low or (high is not None and value > high)):
-        raise ValueError(f"{field} must be a whole number from {low:,}{top}; got {value!r}.")
+        above = past if past and isinstance(value, (int, float)) and high is not None and value > high else ""
+        raise ValueError(f"{field} must be a whole number from {low:,}{top}; got {value!r}. {above}".rstrip())
     return int(value)
 
 

@@ -147,9 +147,9 @@ def test_refusals_say_why(client: Client, default: models.Loaded, tmp_path: Path
 
     name, cap = default.name, limits.MAX_HEAD_SEQUENCES
     refused("N must be a whole number from 1 to 2,000; got 2.5", name, "variables", 2.5, 0, None)
-    refused("N is blank", name, "variables", None, 0, None)
+    refused("N is empty", name, "variables", None, 0, None)
     refused("got 0", name, "variables", 0, 0, None)
-    refused(f"N must be a whole number from 1 to {cap:,}; got {cap + 1:,}. For more sequences, run xattn.head_stats "
+    refused(f"N must be a whole number from 1 to {cap:,}; got {cap + 1}. For more sequences, run xattn.head_stats "
             "in a notebook", name, "variables", cap + 1, 0, None)
     refused("Seed must be a whole number", name, "variables", 5, -1, None)
     refused(f"{name} cannot read the 'brackets' task; choose one of: variables, text file", name, "brackets", 5, 0,
