@@ -203,8 +203,10 @@ function marks() {
 
 async function remark() {
   if (!plot._fullLayout) return;
-  const own = (plot.layout.shapes || []).filter(s => s.name !== 'xattn-mark');
-  await quietly(() => Plotly.relayout(plot, {shapes: own.concat(marks())}));
+  const now = plot.layout.shapes || [];
+  const shapes = now.filter(s => s.name !== 'xattn-mark').concat(marks());
+  if (JSON.stringify(shapes) !== JSON.stringify(now))     // every view hears every focus: most have nothing to move
+    await quietly(() => Plotly.relayout(plot, {shapes}));
   stamp();
 }
 

@@ -309,16 +309,15 @@ def build() -> gr.Blocks:
 
         explore_inputs = [model, text, stage, e_layer, e_head, e_query, threshold, hide_sink]
         explore_outputs = [grid, heatmap, strip, query_row, explore_info]
+        text_outputs = [tokens_view, next_tokens]
+        # On the page, Explore's views, text view and predictions come in one request (views.explore_page).
         wire("explore", views.explore, explore_tab, explore_button, explore_inputs, explore_outputs,
-             [stage, e_layer, e_head, e_query, threshold, hide_sink])
+             [stage, e_layer, e_head, e_query, threshold, hide_sink], page=views.explore_page,
+             extra=([averaged], text_outputs))
         text_inputs = [session, model, text, e_layer, e_head, e_query, averaged, threshold, hide_sink]
-        wire("explore_text", views.explore_text, explore_tab, explore_button, text_inputs[1:],
-             [tokens_view, next_tokens], [e_layer, e_head, e_query, averaged, threshold, hide_sink])
-
-        def then_text(event: Any) -> Any:
-            """After `event` has moved the sliders or loaded a model: the text view and predictions follow."""
-            return event.then(views.explore_text_loaded, text_inputs, [tokens_view, next_tokens],
-                              api_visibility="private")
+        gr.on([], views.explore_text, text_inputs, text_outputs, api_name="explore_text")
+        averaged.input(views.in_place(views.explore_text, len(text_outputs)), text_inputs, text_outputs,
+                       api_visibility="private", trigger_mode="always_last")
         wire("realformer", views.realformer, real_tab, real_button, [model, text, r_layer, r_head, other],
              [real_strip, real_diff, sim_on, sim_off, real_info], [r_layer, r_head, other])
         wire("selective", views.selective, sel_tab, sel_button, [model, text, s_layer, s_head, s_query],
@@ -393,20 +392,21 @@ def build() -> gr.Blocks:
 
         # Clicks on the Explore views move the sliders and redraw the views in one request; a zoom on the
         # focused head brings the visible region at the detail the screen shows.
+        explore_page_inputs = [session, *explore_inputs, averaged]
+        explore_page_outputs = [*explore_outputs[:-1], *text_outputs, explore_info]
         for clickable in (grid, heatmap, strip, tokens_view):
-            then_text(clickable.pick(views.in_place(views.explore_pick, 8), [session, *explore_inputs],
-                                     [e_layer, e_head, e_query, *explore_outputs], api_visibility="private",
-                                     trigger_mode="always_last"))
+            clickable.pick(views.in_place(views.explore_click, 3 + len(explore_page_outputs)),
+                           explore_page_inputs, [e_layer, e_head, e_query, *explore_page_outputs],
+                           api_visibility="private", trigger_mode="always_last")
         heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head, threshold, hide_sink],
                      [heatmap], api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 
-        explore_inputs = [session, *explore_inputs]
         gr.on([], chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info")
         open_inputs, open_outputs = [session, model, text, *stages], [card, text, model_b, *stages, *sliders]
-        explore_page = views.in_place(views.explore_loaded, len(explore_outputs))
+        explore_page = views.in_place(views.explore_loaded, len(explore_page_outputs))
         for opened in (model.input(chosen, open_inputs, open_outputs, api_visibility="private"),
                        demo.load(chosen, open_inputs, open_outputs, api_visibility="private")):
-            then_text(opened.success(explore_page, explore_inputs, explore_outputs, api_visibility="private"))
+            opened.success(explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,
@@ -441,6 +441,6 @@ def build() -> gr.Blocks:
                               fresh, fresh_inputs, load_outputs, api_name="fresh_model"),
                         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
                                             api_name="upload_model")):
-            then_text(loading.success(chosen, open_inputs, open_outputs, api_visibility="private").success(
-                explore_page, explore_inputs, explore_outputs, api_visibility="private"))
+            loading.success(chosen, open_inputs, open_outputs, api_visibility="private").success(
+                explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
     return demo

@@ -283,15 +283,32 @@ def explore(session: Session | None, model: str, text: str, stage: str, layer: f
 
 
 @friendly
+def explore_page(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
+                 threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+    """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
+    then the summary, in one request (`with_text`)."""
+    figures = explore(session, model, text, stage, layer, head, query, threshold, hide_sink, progress)
+    return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
+
+
+@friendly
 def explore_loaded(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
-                   query: float, threshold: float = 0.0, hide_sink: bool = False,
+                   query: float, threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False,
                    progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
-    """Explore, as the page does after a model is chosen, built or uploaded; an encoder–decoder is left as it
-    is (its views are on the Cross-attention tab), instead of answering with an error."""
+    """explore_page, as the page runs it after a model is chosen, built or uploaded; an encoder–decoder is left as
+    it is (its views are on the Cross-attention tab), instead of answering with an error."""
     if models.resolve(model, session).encdec:
-        return tuple(gr.skip() for _ in range(5))
-    return explored(session, model, text, stage, layer, head, query, progress,
-                    view_filter=filter_of(threshold, hide_sink))
+        return tuple(gr.skip() for _ in range(7))
+    return explore_page(session, model, text, stage, layer, head, query, threshold, hide_sink, averaged, progress)
+
+
+def with_text(figures: tuple[Any, ...], session: Session | None, model: str, text: str, layer: float, head: float,
+              query: float, averaged: bool, threshold: float, hide_sink: bool) -> tuple[Any, ...]:
+    """Explore's `figures` (views, then the summary) with the text view and predictions of the same focus before
+    the summary: the page gets every view of the tab in one round trip instead of two."""
+    return (*figures[:-1], *explore_text(session, model, text, layer, head, query, averaged, threshold, hide_sink),
+            figures[-1])
 
 
 def filter_of(threshold: float, hide_sink: bool) -> Shown:
@@ -370,6 +387,16 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
     return [layer, head, query, *views]
 
 
+@friendly
+def explore_click(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
+                  query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
+                  averaged: bool = False, progress: gr.Progress = gr.Progress()) -> list[Any]:
+    """explore_pick as the page runs it: the sliders, the views, then the text view and predictions of the new
+    focus, then the summary, in one request (`with_text`)."""
+    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress)
+    return [*moved[:3], *with_text(tuple(moved[3:]), session, model, text, *moved[:3], averaged, threshold, hide_sink)]
+
+
 def on_pick(view: Callable[..., Any], fields: dict[str, int], outputs: int) -> Callable[..., list[Any]]:
     """A click on a figure of `view`'s tab (role "pick" in app/heatmap.js) as the page runs it: each value the
     click names among `fields` (layer, head, query → the index of that slider's value among the view's
@@ -428,15 +455,6 @@ def explore_text(session: Session | None, model: str, text: str, layer: float, h
     table = (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0
              else f"*{label} is a memory token: the model predicts nothing there.*")
     return shown, table
-
-
-@friendly
-def explore_text_loaded(session: Session | None, model: str, *args: Any) -> tuple[Any, ...]:
-    """explore_text as the page runs it after a model is chosen, built or uploaded or a view clicked: left as it
-    is for an encoder–decoder (see explore_loaded)."""
-    if models.resolve(model, session).encdec:
-        return gr.skip(), gr.skip()
-    return explore_text(session, model, *args)
 
 
 @friendly

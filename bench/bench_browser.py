@@ -8,11 +8,14 @@ costs. The server runs in its own process, as in bench_app.py.
 Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 1 × 2, dim 16
 model reading 2,048 tokens (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
 "Drawn" is read off the page: each view stamps what it has drawn (app/heatmap.js), and a click counts as done when
-the focused head, stage strip and query row are redrawn for the new focus and the grid has moved its outline.
+the focused head, stage strip and query row are redrawn for the new focus, the grid has moved its outline and the
+text view (shaded by the focused query) is replaced. "Forward pass" is the model's traced run on the same text in
+this process (views.explore_run), the part of a Run no page can save.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -29,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_browser_clicks import CELL, TILE  # noqa: E402  (where to point the mouse, as the browser test does)
+from timing import timed as seconds  # noqa: E402  (bench/, this script's folder)
 
 from app import main as app_main  # noqa: E402
-from app import models, ui  # noqa: E402
+from app import models, ui, views  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -42,8 +46,13 @@ STAMPS = """(views) => Object.fromEntries(views.map(id => {
   const view = document.querySelector('#' + id + ' .xattn-view');
   return [id, view ? Object.assign({}, view.parentElement.dataset) : {}];
 }))"""
-# Every view drawn since `before` (drawn counters), all showing focus `focus` ("layer,head,query" or a prefix).
+# The text view drawn now, marked so that its replacement can be told apart.
+MARK_TEXT = "() => document.querySelectorAll('#token-text .xattn-tokens').forEach(t => { t.dataset.old = '1'; })"
+# Every view drawn since `before` (drawn counters), all showing focus `focus` ("layer,head,query" or a prefix), and
+# the text view replaced.
 DONE = """([views, before, focus, redrawn]) => {
+  const text = document.querySelector('#token-text .xattn-tokens');
+  if (!text || text.dataset.old) return false;
   const now = Object.fromEntries(views.map(id => {
     const view = document.querySelector('#' + id + ' .xattn-view');
     return [id, view ? view.parentElement.dataset : {}];
@@ -62,6 +71,7 @@ def timed(page: Any, action: Any, focus: str, redrawn: list[str]) -> tuple[float
     bytes and heatmap cells of the figures redrawn."""
     page.wait_for_timeout(400)          # two clicks within 300 ms are a double click to plotly (it resets the zoom)
     before = stamps(page)
+    page.evaluate(MARK_TEXT)
     start = time.perf_counter()
     action()
     try:
@@ -164,7 +174,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows, rng = [], random.Random(0)
+    rows, rng, runs = [], random.Random(0), []        # runs: (model, texts) for the forward pass
     try:
         wait_for(url)
         with sync_playwright() as playwright:
@@ -183,11 +193,14 @@ def main() -> None:
             texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(args.repeats)]
             rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,
                                                  texts, zoom=False)})
+            runs.append((lambda: default, texts))
             for depth, heads, dim, n, zoom in ((6, 8, 256, 512, False), (1, 2, 16, 2048, True)):
                 name = fresh_model(page, depth, heads, dim, n)
                 texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1))        # + the BOS token = n tokens
                          for _ in range(max(1, args.repeats - 1))]
                 rows.append(measure(page, name, n, depth, heads, args.repeats, texts, zoom=zoom))
+                runs.append((lambda args=(depth, heads, dim, list(ui.FRESH_OPTIONS), 0, n): models.fresh(*args),
+                             texts))
             home = urlparse(url).hostname
             elsewhere = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
                          and urlparse(u).hostname != home]
@@ -196,15 +209,20 @@ def main() -> None:
         server.terminate()
         server.wait()
 
+    for row, (model, texts) in zip(rows, runs, strict=True):      # the server is gone: this process has the CPUs
+        loaded = model()
+        views.explore_run(loaded, texts[0], reuse=False)                                    # warm-up
+        row["forward"] = statistics.median(seconds(functools.partial(views.explore_run, loaded, t, reuse=False))
+                                           for t in texts)
     busy = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"chromium {CHROMIUM}, server in its own process; median of {args.repeats}; {os.cpu_count()} CPUs, "
           f"load average {busy} at the end; requests beyond {home}: {len(elsewhere)}\n")
-    print("| model | N | page load | Run | click tile → all views | click cell → query row | zoom → detail "
-          "| bytes per drawn cell (tile click) | tile-click payload |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | N | page load | Run | forward pass | click tile → all views | click cell → query row "
+          "| zoom → detail | bytes per drawn cell (tile click) | tile-click payload |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         cells = [row["model"], f"{row['N']:,}", f"{row['load']:.2f} s" if "load" in row else "—",
-                 f"{row['run']:.2f} s", f"{row['focus']:.2f} s", f"{row['query']:.2f} s",
+                 f"{row['run']:.2f} s", f"{row['forward']:.2f} s", f"{row['focus']:.2f} s", f"{row['query']:.2f} s",
                  f"{row['zoom']:.2f} s" if "zoom" in row else "—", f"{row['per_cell']:.2f}",
                  f"{row['focus_bytes'] / 1e6:.2f} MB"]
         print("| " + " | ".join(cells) + " |")

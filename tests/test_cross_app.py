@@ -132,7 +132,7 @@ def test_loading_an_encoder_decoder_leaves_explore_as_it_is() -> None:
     loaded = fresh()
     session = {loaded.name: loaded}
     skipped = views.explore_loaded(session, loaded.name, "a=1;?a", "attn", 0, 0, 0)
-    assert len(skipped) == 5 and all(isinstance(output, type(gr.skip())) for output in skipped)
+    assert len(skipped) == 7 and all(isinstance(output, type(gr.skip())) for output in skipped)
 
 
 def test_the_single_text_views_refuse_an_encoder_decoder(client: Client) -> None:

@@ -118,16 +118,23 @@ def breakdown(model: torch.nn.Module, n: int, mask: Tensor | None = None,
 def reasons(parts: dict[str, Tensor]) -> Tensor:
     """Why each cell is hidden, as codes into REASONS [b, i, j] uint8: 0 where every mask of `parts` (from
     `each_mask` or `breakdown`) lets the key be seen, else 1 + the index in MASKS of the first mask hiding it."""
-    hidden = torch.stack([~parts[name] for name in MASKS])                  # [mask, b, i, j]
-    first = hidden.to(torch.uint8).argmax(dim=0)                            # the first mask that hides the cell
-    return torch.where(hidden.any(dim=0), first + 1, 0).to(torch.uint8)
+    codes = torch.zeros(torch.broadcast_shapes(*(parts[name].shape for name in MASKS)), dtype=torch.uint8)
+    for code in range(len(MASKS), 0, -1):                   # the last mask first: the first hiding a cell wins
+        hidden = ~parts[MASKS[code - 1]]
+        if hidden.any():
+            codes.masked_fill_(hidden, code)
+    return codes
 
 
 def trace_reasons(trace: Trace) -> Tensor:
     """`reasons` over a trace's own axes [b, query, key]: the extra key columns in front are visible; in a
-    cross-attention trace a hidden context position is padding."""
-    if trace.is_cross:
-        return torch.where(trace.visible, 0, REASONS.index("padding")).to(torch.uint8)
-    batch, n = trace.visible.shape[0], trace.visible.shape[1]
-    codes = reasons(each_mask(trace.config.attn_layers, batch, n, trace.mask, trace.attn_mask))
-    return F.pad(codes, (len(trace.key_extras), 0), value=0)
+    cross-attention trace a hidden context position is padding. Made once per trace (every view of it asks)."""
+    if trace._reasons is None:
+        if trace.is_cross:
+            codes = torch.where(trace.visible, 0, REASONS.index("padding")).to(torch.uint8)
+        else:
+            batch, n = trace.visible.shape[0], trace.visible.shape[1]
+            codes = F.pad(reasons(each_mask(trace.config.attn_layers, batch, n, trace.mask, trace.attn_mask)),
+                          (len(trace.key_extras), 0), value=0)
+        trace._reasons = codes
+    return trace._reasons

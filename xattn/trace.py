@@ -71,6 +71,7 @@ class Trace:
     mask: Tensor | None = None             # the layers' padding mask [batch, query] (memory tokens first), if any
     attn_mask: Tensor | None = None        # the layers' custom mask [(batch,) query, query], if any
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _reasons: Tensor | None = field(default=None, repr=False)   # masks.trace_reasons, made once per trace
 
     def __getitem__(self, stage: str) -> Tensor:
         if stage not in self.stages:
