@@ -43,7 +43,7 @@ class Controls:
 
     def slider(self, what: str, label: str | None = None) -> gr.Slider:
         # Sliders start where the page's first model puts them: the Explore tab's own select event, which
-        # Gradio fires as the page opens, then explores the same head as the page load does.
+        # Gradio fires as the page opens, draws the opening head from them (the page load asks for no views).
         slider = gr.Slider(0, CEILING[what], value=self.start(self.opening)[what], step=1, label=label or what)
         self.sliders.append((what, slider))
         return slider
