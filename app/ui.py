@@ -43,7 +43,7 @@ class Controls:
 
     def slider(self, what: str, label: str | None = None) -> gr.Slider:
         # Sliders start where the page's first model puts them: the Explore tab's own select event, which
-        # Gradio fires as the page opens, then explores the same head as the page load does.
+        # Gradio fires as the page opens, draws the opening head from them (the page load asks for no views).
         slider = gr.Slider(0, CEILING[what], value=self.start(self.opening)[what], step=1, label=label or what)
         self.sliders.append((what, slider))
         return slider
@@ -404,9 +404,11 @@ def build() -> gr.Blocks:
         gr.on([], chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info")
         open_inputs, open_outputs = [session, model, text, *stages], [card, text, model_b, *stages, *sliders]
         explore_page = views.in_place(views.explore_loaded, len(explore_page_outputs))
-        for opened in (model.input(chosen, open_inputs, open_outputs, api_visibility="private"),
-                       demo.load(chosen, open_inputs, open_outputs, api_visibility="private")):
-            opened.success(explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
+        model.input(chosen, open_inputs, open_outputs, api_visibility="private").success(
+            explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
+        # The page opens with the default model's card, text and sliders already in place, and the Explore tab's
+        # select event (fired as the page opens) draws its views: the load only narrows the stage lists.
+        demo.load(chosen, open_inputs, open_outputs, api_visibility="private")
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,

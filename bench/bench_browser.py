@@ -3,7 +3,10 @@ after a page load, a Run, a click on a grid tile (focus another head), a click o
 a query) and a zoom (a region at full resolution), and how many bytes of figure JSON each drawn heatmap cell
 costs. The server runs in its own process, as in bench_app.py.
 
-    python bench/bench_browser.py [--repeats 3]
+    python bench/bench_browser.py [--repeats 3] [--load-only]
+
+`--load-only` times page loads alone: the first after the server starts, then `repeats` more, each in a fresh
+browser context (an empty cache), with the server warm.
 
 Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 1 × 2, dim 16
 model reading 2,048 tokens (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
@@ -152,6 +155,18 @@ def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int,
     return row
 
 
+def page_load(browser: Any, url: str, opening: str, requests: list[str] | None = None) -> tuple[Any, float]:
+    """A page opened in a fresh context (an empty cache), and the seconds until every Explore view is drawn on the
+    opening head; the URLs it requests are added to `requests`."""
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    if requests is not None:
+        page.on("request", lambda request: requests.append(request.url))
+    start = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)
+    return page, time.perf_counter() - start
+
+
 def wait_for(url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -167,6 +182,7 @@ def wait_for(url: str, timeout_s: float = 120.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--load-only", action="store_true", help="time page loads only (first, then warm)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -179,16 +195,16 @@ def main() -> None:
         wait_for(url)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
             default = models.bundled(models.default_name())
             start_at = ui.Controls(default).start(default)              # the card's notable head
             opening = f"{start_at['layer']},{start_at['head']},"
-            start = time.perf_counter()
-            page.goto(url)
-            page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)
-            load = time.perf_counter() - start
+            if args.load_only:
+                loads = [page_load(browser, url, opening)[1] for _ in range(args.repeats + 1)]
+                print(f"page load: first {loads[0]:.2f} s, warm server median of {args.repeats} "
+                      f"{statistics.median(loads[1:]):.2f} s ({', '.join(f'{t:.2f}' for t in loads[1:])})")
+                return
+            requests: list[str] = []
+            page, load = page_load(browser, url, opening, requests)
             n = len(default.tokenizer.encode(default.example))
             texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(args.repeats)]
             rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,
