@@ -322,6 +322,25 @@ def test_overflow_is_reported(default: models.Loaded) -> None:
     assert run.trace.nonfinite() and any("Numerical overflow" in note for note in run.notes)
 
 
+
+@pytest.mark.parametrize(("value", "cell", "counted"), [
+    (float("inf"), (1, 4), 1), (float("-inf"), (1, 0), 1), (float("nan"), (1, 4), 1), (float("-inf"), (1, 4), 0)])
+def test_one_overflowing_cell_is_counted(tiny_decoder: xattn.TransformerWrapper, value: float,
+                                         cell: tuple[int, int], counted: int) -> None:
+    """One bad number in one head of one layer's stage is counted there, whatever else is clean; -inf counts only
+    in a cell the causal mask leaves visible (query 1 sees keys 0 and 1, not 4)."""
+    _, trace = tiny_decoder.run_with_trace(torch.tensor([[0, 3, 4, 5, 6, 7]]))
+    assert trace.nonfinite() == {} and len(trace.layers) > 1
+    assert trace.visible[0, cell[0], cell[1]] == (cell[1] <= cell[0])
+    for stage in ("scores", "attn"):
+        records = trace.stages.records[stage]
+        kept = records[-1]
+        records[-1] = kept.clone()
+        records[-1][0, 1, cell[0], cell[1]] = value
+        assert trace.nonfinite() == ({stage: counted} if counted else {}), stage
+        records[-1] = kept
+
+
 # Concurrency: 32 sessions, each its own model and text, no cross-talk
 
 
