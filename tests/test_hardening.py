@@ -27,6 +27,7 @@ import xattn  # noqa: E402
 from app import limits, models, views  # noqa: E402
 from app import main as app_main  # noqa: E402
 from xattn import viz  # noqa: E402
+from xattn.stages import MASKED_STAGES  # noqa: E402
 
 from conftest import form_options  # noqa: E402
 from test_app import array, exact, same, traces  # noqa: E402
@@ -292,6 +293,22 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
     if not flat.config.attn_layers.selective:
         torch.testing.assert_close(attn, expected.expand_as(attn))
     nan_only_where_masked(trace)
+
+
+def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.TransformerWrapper) -> None:
+    """drawable(stage, position), made from one layer's record, is the same NaNs and numbers as that layer of the
+    whole stage (residual attention carries mask fills between layers; a padding mask hides a key too)."""
+    tokens = torch.tensor([[0, 3, 4, 5, 6, 7], [0, 8, 9, 10, 11, 12]])
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    _, trace = tiny_decoder.run_with_trace(tokens, mask=mask)
+    layers = {stage: [trace.drawable(stage, p) for p in range(len(trace.layers))] for stage in trace.stages}
+    assert not trace._drawable                                    # nothing stacked for them
+    for stage, parts in layers.items():
+        whole = trace.drawable(stage)
+        assert stage not in MASKED_STAGES or torch.isnan(whole[:, 1, :, :, 4:]).all(), stage   # padding
+        for p, part in enumerate(parts):
+            torch.testing.assert_close(part, whole[p], equal_nan=True, rtol=0, atol=0)
+            torch.testing.assert_close(trace.drawable(stage, p), whole[p], equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -84,7 +84,7 @@ def _heads(trace: Trace, stage: str, layer: int, batch: int) -> np.ndarray:
     _check_stage(trace, stage)
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    return trace.drawable(stage)[position, batch].cpu().numpy()
+    return trace.drawable(stage, position)[batch].cpu().numpy()
 
 
 def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
