@@ -27,6 +27,7 @@ import xattn  # noqa: E402
 from app import limits, models, views  # noqa: E402
 from app import main as app_main  # noqa: E402
 from xattn import viz  # noqa: E402
+from xattn.stages import MASKED_STAGES  # noqa: E402
 
 from conftest import form_options  # noqa: E402
 from test_app import array, exact, same, traces  # noqa: E402
@@ -294,6 +295,22 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
     nan_only_where_masked(trace)
 
 
+def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.TransformerWrapper) -> None:
+    """drawable(stage, position), made from one layer's record, is the same NaNs and numbers as that layer of the
+    whole stage (residual attention carries mask fills between layers; a padding mask hides a key too)."""
+    tokens = torch.tensor([[0, 3, 4, 5, 6, 7], [0, 8, 9, 10, 11, 12]])
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    _, trace = tiny_decoder.run_with_trace(tokens, mask=mask)
+    layers = {stage: [trace.drawable(stage, p) for p in range(len(trace.layers))] for stage in trace.stages}
+    assert not trace._drawable                                    # nothing stacked for them
+    for stage, parts in layers.items():
+        whole = trace.drawable(stage)
+        assert stage not in MASKED_STAGES or torch.isnan(whole[:, 1, :, :, 4:]).all(), stage   # padding
+        for p, part in enumerate(parts):
+            torch.testing.assert_close(part, whole[p], equal_nan=True, rtol=0, atol=0)
+            torch.testing.assert_close(trace.drawable(stage, p), whole[p], equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_huge_logits_in_every_precision(tiny_decoder: xattn.TransformerWrapper, dtype: torch.dtype) -> None:
     model = tiny_decoder.with_config()
@@ -320,6 +337,25 @@ def test_overflow_is_reported(default: models.Loaded) -> None:
     loaded = models.Loaded("broken", model, default.tokenizer, default.example)
     run = views.trace_text(loaded, default.example)
     assert run.trace.nonfinite() and any("Numerical overflow" in note for note in run.notes)
+
+
+
+@pytest.mark.parametrize(("value", "cell", "counted"), [
+    (float("inf"), (1, 4), 1), (float("-inf"), (1, 0), 1), (float("nan"), (1, 4), 1), (float("-inf"), (1, 4), 0)])
+def test_one_overflowing_cell_is_counted(tiny_decoder: xattn.TransformerWrapper, value: float,
+                                         cell: tuple[int, int], counted: int) -> None:
+    """One bad number in one head of one layer's stage is counted there, whatever else is clean; -inf counts only
+    in a cell the causal mask leaves visible (query 1 sees keys 0 and 1, not 4)."""
+    _, trace = tiny_decoder.run_with_trace(torch.tensor([[0, 3, 4, 5, 6, 7]]))
+    assert trace.nonfinite() == {} and len(trace.layers) > 1
+    assert trace.visible[0, cell[0], cell[1]] == (cell[1] <= cell[0])
+    for stage in ("scores", "attn"):
+        records = trace.stages.records[stage]
+        kept = records[-1]
+        records[-1] = kept.clone()
+        records[-1][0, 1, cell[0], cell[1]] = value
+        assert trace.nonfinite() == ({stage: counted} if counted else {}), stage
+        records[-1] = kept
 
 
 # Concurrency: 32 sessions, each its own model and text, no cross-talk

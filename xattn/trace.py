@@ -103,24 +103,32 @@ class Trace:
             raise KeyError(f"layer {layer} was not traced; traced layers: {self.layers}")
         return self.layers.index(layer)
 
-    def drawable(self, stage: str) -> Tensor:
+    def drawable(self, stage: str, position: int | None = None) -> Tensor:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
-        and anywhere a mask's fill value was carried in (residual attention carries it between layers)."""
+        and anywhere a mask's fill value was carried in (residual attention carries it between layers).
+        With `position`, only that layer of the trace's [b, h, i, j], made from its own record unless the whole
+        stage is made already: a view of one layer's stages does not pay for every layer's."""
+        if position is not None and stage not in self._drawable:
+            record = self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
+            return self._nan_where_masked(stage, record, self.visible[:, None])
         if stage not in self._drawable:
-            values = self[stage]
-            hidden = carries_fill(values)
-            values = values.float()
-            if stage in MASKED_STAGES:
-                hidden = hidden | ~self.visible[None, :, None]
-            self._drawable[stage] = values.masked_fill(hidden, float("nan"))
-        return self._drawable[stage]
+            self._drawable[stage] = self._nan_where_masked(stage, self[stage], self.visible[None, :, None])
+        return self._drawable[stage] if position is None else self._drawable[stage][position]
+
+    @staticmethod
+    def _nan_where_masked(stage: str, values: Tensor, visible: Tensor) -> Tensor:
+        """`values` as float32, NaN where a mask's fill was carried in and, from `masked` on, where not `visible`."""
+        hidden = carries_fill(values)
+        if stage in MASKED_STAGES:
+            hidden = hidden | ~visible
+        return values.float().masked_fill(hidden, float("nan"))
 
     def nonfinite(self) -> dict[str, int]:
         """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean."""
         visible = self.visible[:, None]
         counts = {}
         for stage, records in self.stages.records.items():   # per layer: no stacked copy just to count
-            bad = sum(int((t.isnan() | t.isposinf() | (t.isneginf() & visible)).sum()) for t in records)
+            bad = sum(overflowed(t, visible) for t in records)
             if bad:
                 counts[stage] = bad
         return counts
@@ -134,6 +142,16 @@ class Trace:
                 seen.add(key)
                 total += t.untyped_storage().nbytes()
         return total
+
+
+def overflowed(values: Tensor, visible: Tensor) -> int:
+    """Cells of `values` that overflowed: NaN or +inf anywhere, -inf where `visible` (a mask's fill elsewhere).
+    A clean tensor, nearly every one, costs a min-max pass (and a masked minimum if a mask's -inf is in it)
+    instead of the six passes of the count, which runs only when something is off."""
+    low, high = torch.aminmax(values)
+    if high.isfinite() and (low.isfinite() or torch.where(visible, values, 0).amin() > float("-inf")):
+        return 0
+    return int((values.isnan() | values.isposinf() | (values.isneginf() & visible)).sum())
 
 
 @contextmanager

@@ -7,7 +7,9 @@ labelled in real values; focused single-head views also carry the exact float32 
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 import textwrap
 
@@ -82,7 +84,7 @@ def _heads(trace: Trace, stage: str, layer: int, batch: int) -> np.ndarray:
     _check_stage(trace, stage)
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    return trace.drawable(stage)[position, batch].cpu().numpy()
+    return trace.drawable(stage, position)[batch].cpu().numpy()
 
 
 def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
@@ -323,16 +325,16 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     pooled, hidden = pool_shown(values, shown.hidden(trace, layers, heads, batch), factor, signed=style.diverging)
     scale = _scale(pooled, style, shown)
 
-    fig = make_subplots(rows=len(layers), cols=len(heads), shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.01, vertical_spacing=0.01, column_titles=columns)
-    for r, name in enumerate(rows, start=1):          # on the left: on the right they would meet the colour bar
-        fig.update_yaxes(title_text=name, title_standoff=2, row=r, col=1)
+    layout = _grid_layout(len(layers), len(heads), tuple(columns))
+    for r, name in enumerate(rows):          # on the left: on the right they would meet the colour bar
+        layout[f"yaxis{r * len(heads) + 1 if r else ''}"]["title"] = dict(text=name, standoff=2)
     cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
     tiles = [_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
                       where=f"layer {layers[r]} · head {heads[c]}<br>", hidden=None if hidden is None else hidden[r, c])
              for r, c in cells]
-    fig.add_traces(tiles, rows=[r + 1 for r, _ in cells], cols=[c + 1 for _, c in cells])
-    fig.update_yaxes(autorange="reversed")
+    for n, tile in enumerate(tiles, start=1):        # row by row, as make_subplots numbers the axes
+        tile.update(xaxis=f"x{n if n > 1 else ''}", yaxis=f"y{n if n > 1 else ''}")
+    fig = go.Figure(data=tiles, layout=layout)
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
                       margin=dict(t=110),
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
@@ -342,6 +344,21 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
     _legend_masked(fig, pooled)
     return fig
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_axes(rows: int, cols: int, columns: tuple[str, ...]) -> str:
+    """The grid's subplot layout (axis domains, shared axes, column titles, y reversed) as JSON, made by
+    make_subplots once per shape: building it is most of a grid's time, and every Run of a model asks again."""
+    fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, shared_yaxes=True,
+                        horizontal_spacing=0.01, vertical_spacing=0.01, column_titles=list(columns))
+    fig.update_yaxes(autorange="reversed")
+    return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})
+
+
+def _grid_layout(rows: int, cols: int, columns: tuple[str, ...]) -> dict:
+    """A fresh copy of _grid_axes, for a figure to change."""
+    return json.loads(_grid_axes(rows, cols, columns))
 
 
 def _scale(values: np.ndarray, style: StageStyle, shown: Shown) -> Scale:
