@@ -7,6 +7,8 @@ Screenshots go to a temporary folder, or to $XATTN_SCREENSHOTS (the README's com
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ def need_browser() -> Any:
     if missing:
         (pytest.fail if required else pytest.skip)(f"browser test needs {' and '.join(missing)}")
     return sync_api
+
+
+@contextmanager
+def opened_page(server: str, width: int = 1500, height: int = 1100) -> Iterator[Any]:
+    """The app's page open in headless chromium at a window of `width` × `height`; the browser closes on exit."""
+    sync_api = need_browser()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(server)
+            yield page
+        finally:
+            browser.close()
 
 
 def richest_model() -> models.Loaded:
