@@ -215,38 +215,38 @@ def generate(model: TransformerWrapper, prompt: Tensor, steps: int, temperature:
     model.eval()
     try:
         with recording(model.attn_layers, chosen) as kept:     # each forward overwrites the records
-                for step in range(steps):
-                    if kv is None:
-                        new = tokens
-                    elif step > 0:
-                        new = tokens[:, -1:]
-                    elif prune is None:
-                        new = prompt
-                    else:                       # feed the prompt token by token, pruning after each
-                        for position in range(n - 1):
-                            model(prompt[:, position:position + 1], cache=kv)
-                            prune.apply(kv)
-                        new = prompt[:, -1:]
-                    dropped.append(dropped_row(kv, num_layers, batch, tokens.shape[1], prompt.device))
-                    logits = model(new, cache=kv)[:, -1]
-                    rows.append({stage: torch.stack([kept[stage][layer][..., -1:, :] for layer in sorted(kept[stage])])
-                                 for stage in chosen})
-                    if prune is not None:
+            for step in range(steps):
+                if kv is None:
+                    new = tokens
+                elif step > 0:
+                    new = tokens[:, -1:]
+                elif prune is None:
+                    new = prompt
+                else:                       # feed the prompt token by token, pruning after each
+                    for position in range(n - 1):
+                        model(prompt[:, position:position + 1], cache=kv)
                         prune.apply(kv)
-                    distribution = logits.float().softmax(dim=-1)
-                    top = distribution.topk(min(CANDIDATES, distribution.shape[-1]), dim=-1)
-                    token = choose(logits, temperature, top_k, generator)
-                    if eos is not None:
-                        token = token.masked_fill(done, eos)
-                    probs.append(distribution.gather(-1, token[:, None])[:, 0])
-                    top_ids.append(top.indices)
-                    top_probs.append(top.values)
-                    finished.append(done.clone())
-                    tokens = torch.cat((tokens, token[:, None]), dim=1)
-                    if eos is not None:
-                        done = done | (token == eos)
-                        if done.all():
-                            break
+                    new = prompt[:, -1:]
+                dropped.append(dropped_row(kv, num_layers, batch, tokens.shape[1], prompt.device))
+                logits = model(new, cache=kv)[:, -1]
+                rows.append({stage: torch.stack([kept[stage][layer][..., -1:, :] for layer in sorted(kept[stage])])
+                             for stage in chosen})
+                if prune is not None:
+                    prune.apply(kv)
+                distribution = logits.float().softmax(dim=-1)
+                top = distribution.topk(min(CANDIDATES, distribution.shape[-1]), dim=-1)
+                token = choose(logits, temperature, top_k, generator)
+                if eos is not None:
+                    token = token.masked_fill(done, eos)
+                probs.append(distribution.gather(-1, token[:, None])[:, 0])
+                top_ids.append(top.indices)
+                top_probs.append(top.values)
+                finished.append(done.clone())
+                tokens = torch.cat((tokens, token[:, None]), dim=1)
+                if eos is not None:
+                    done = done | (token == eos)
+                    if done.all():
+                        break
     finally:
         model.train(was_training)
 
