@@ -46,6 +46,9 @@ class StackedStages(Mapping):
             self.stacked[stage] = torch.stack(self.records[stage])
         return self.stacked[stage]
 
+    def __contains__(self, stage: object) -> bool:
+        return stage in self.records        # Mapping's own would look the stage up, stacking it
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.records)
 
