@@ -49,8 +49,9 @@ async function quietly(fn) {
 
 function cellOf(t, r, c) {
   // trace `t` (full data), cell [r][c] -> {q0, q1, k0, k1, code, exact}
-  const rows = Array.isArray(t.y) ? null : [t.y0, t.dy];
-  const cols = Array.isArray(t.x) ? null : [t.x0, t.dx];
+  const origin = (t.meta && t.meta.origin) || [0, 0];          // a grid tile's query 0, key 0 on shared axes
+  const rows = Array.isArray(t.y) ? null : [t.y0 - origin[0], t.dy];
+  const cols = Array.isArray(t.x) ? null : [t.x0 - origin[1], t.dx];
   const span = (axis, arr, i) => {
     if (!axis) { const p = position(arr[i]); return [p, p]; }
     const step = axis[1], centre = axis[0] + i * step;
@@ -170,8 +171,9 @@ function marks() {
   if (role === 'grid' && focus && focus.layer !== undefined) {
     const t = plot._fullData.find(d => d.type === 'heatmap' && d.meta && d.meta.layer === focus.layer
                                        && d.meta.head === focus.head);
-    if (t) out.push({type: 'rect', xref: `${t.xaxis} domain`, yref: `${t.yaxis} domain`, x0: 0, x1: 1, y0: 0,
-                     y1: 1, line: {color: '#ff2d95', width: 3}, name: 'xattn-mark'});
+    if (t) out.push({type: 'rect', xref: t.xaxis, yref: t.yaxis, x0: t.x0 - t.dx / 2,
+                     x1: t.x0 + (t.z[0].length - 0.5) * t.dx, y0: t.y0 - t.dy / 2, y1: t.y0 + (t.z.length - 0.5) * t.dy,
+                     line: {color: '#ff2d95', width: 3}, name: 'xattn-mark'});
   }
   if ((role === 'head' || role === 'strip') && focus && info.focus && focus.key === info.focus.key) {
     const axes = plot._fullData.filter(d => d.type === 'heatmap').map(d => [d.xaxis, d.yaxis]);

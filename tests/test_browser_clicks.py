@@ -25,9 +25,9 @@ TILE = """([layer, head]) => {
   const gd = document.querySelector('#layers-heads .js-plotly-plot');
   gd.scrollIntoView({block: 'center'});
   const t = gd._fullData.find(d => d.type === 'heatmap' && d.meta.layer === layer && d.meta.head === head);
-  const xa = gd._fullLayout['xaxis' + t.xaxis.slice(1)], ya = gd._fullLayout['yaxis' + t.yaxis.slice(1)];
-  const box = gd.getBoundingClientRect();
-  return [box.left + xa._offset + xa._length * 0.5, box.top + ya._offset + ya._length * 0.5];
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+  const x = t.x0 + (t.z[0].length - 1) * t.dx / 2, y = t.y0 + (t.z.length - 1) * t.dy / 2;   // the tile's centre
+  return [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(y)];
 }"""
 CELL = """([query, key]) => {
   const gd = document.querySelector('#focused-head .js-plotly-plot');

@@ -58,7 +58,7 @@ def check_figures(figures: tuple, trace: xattn.Trace, stage: str, layer: int, he
         count, part_heads = part.shape[0], part.shape[2]
         assert len(cells) == count * part_heads
         z = json.loads(grid["plot"])["data"][0]
-        scale = viz.Scale(**z["meta"])
+        scale = viz.Scale(z["meta"]["lo"], z["meta"]["hi"])
         for k, cell in enumerate(cells):
             same_within(scale.decode(array(cell["z"])), part.drawable(stage)[k // part_heads, 0, k % part_heads],
                         scale.step / 2)
@@ -296,5 +296,4 @@ def test_grid_of_a_cross_trace_is_pooled_by_its_longer_side() -> None:
     fig = viz.grid(trace.cross, "attn", max_cells=12 * 4 * 4 * 10)
     cells = sum(np.asarray(t.z).size for t in fig.data if t.type == "heatmap")
     assert cells <= 12 * 4 * 4 * 10 and "3 cross-attention layers × 4 heads" in fig.layout.title.text
-    rows = [axis.title.text for axis in fig.select_yaxes() if axis.title.text]   # the rows' names, on the left
-    assert sorted(rows) == ["cross layer 0", "cross layer 1", "cross layer 2"]
+    assert list(fig.layout.yaxis.ticktext) == ["cross layer 0", "cross layer 1", "cross layer 2"]   # the rows

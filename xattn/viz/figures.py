@@ -7,9 +7,7 @@ labelled in real values; focused single-head views also carry the exact float32 
 """
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import math
 import textwrap
 
@@ -300,11 +298,13 @@ def heatmap(trace: Trace, layer: int, head: int, stage: str = "attn", *, batch: 
 
 def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, heads: list[int] | None = None,
          batch: int = 0, max_cells: int = MAX_CELLS, shown: Shown | None = None) -> go.Figure:
-    """Layers × heads small multiples of one stage on a shared colour axis. Above `max_cells` cells in
-    all, every panel is max-pooled by the same factor (so a sharp peak stays visible), and the title says so.
-    `shown` hides cells (a threshold, the sink column: see cells.Shown). Given a cross-attention trace
-    (`trace.cross`) the rows are its cross-attention layers, and each panel has decoder tokens down and context
-    tokens across. `layout.meta["xattn"]["why"]` says why cells are masked or pruned (cells.why)."""
+    """Layers × heads small multiples of one stage on a shared colour axis, every tile on one pair of axes
+    (`_tile_origins`: a browser draws one plot, not one per tile). Above `max_cells` cells in all, every panel is
+    max-pooled by the same factor (so a sharp peak stays visible), and the title says so. `shown` hides cells (a
+    threshold, the sink column: see cells.Shown). Given a cross-attention trace (`trace.cross`) the rows are its
+    cross-attention layers, and each panel has decoder tokens down and context tokens across. Each tile's `meta`
+    holds its `origin` (where its query 0, key 0 sits on the axes); `layout.meta["xattn"]["why"]` says why cells are
+    masked or pruned (cells.why)."""
     style = _check_stage(trace, stage)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     layers = list(trace.layers) if layers is None else list(layers)
@@ -325,40 +325,39 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     pooled, hidden = pool_shown(values, shown.hidden(trace, layers, heads, batch), factor, signed=style.diverging)
     scale = _scale(pooled, style, shown)
 
-    layout = _grid_layout(len(layers), len(heads), tuple(columns))
-    for r, name in enumerate(rows):          # on the left: on the right they would meet the colour bar
-        layout[f"yaxis{r * len(heads) + 1 if r else ''}"]["title"] = dict(text=name, standoff=2)
-    cells = [(r, c) for r in range(len(layers)) for c in range(len(heads))]
-    tiles = [_heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
-                      where=f"layer {layers[r]} · head {heads[c]}<br>", hidden=None if hidden is None else hidden[r, c])
-             for r, c in cells]
-    for n, tile in enumerate(tiles, start=1):        # row by row, as make_subplots numbers the axes
-        tile.update(xaxis=f"x{n if n > 1 else ''}", yaxis=f"y{n if n > 1 else ''}")
-    fig = go.Figure(data=tiles, layout=layout)
+    ys, xs, (height, width) = _tile_origins(len(layers), len(heads), pooled.shape[-2:], factor)
+    tiles = []
+    for r, c in itertools.product(range(len(layers)), range(len(heads))):
+        tile = _heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
+                        hidden=None if hidden is None else hidden[r, c])
+        tile.update(x0=tile.x0 + xs[c], y0=tile.y0 + ys[r], meta={**tile.meta, "origin": [ys[r], xs[c]]},
+                    hovertemplate=f"layer {layers[r]} · head {heads[c]}<extra></extra>")   # the axes are shared
+        tiles.append(tile)
+    fig = go.Figure(data=tiles)
+    axis = dict(showgrid=False, zeroline=False, ticks="", tickmode="array")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
                       margin=dict(t=110),
+                      xaxis=dict(axis, tickvals=[x + (width - 1) / 2 for x in xs], ticktext=columns, side="top",
+                                 range=[-0.5, xs[-1] + width - 0.5], constrain="domain"),
+                      yaxis=dict(axis, tickvals=[y + (height - 1) / 2 for y in ys], ticktext=rows,
+                                 range=[ys[-1] + height - 0.5, -0.5], scaleanchor="x", constrain="domain"),
                       coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
                       title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
                                    [shown.note(), _pool_note(factor), DESCRIPTIONS[stage]]),  # description last
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
-    _hover_meta(fig, trace, batch, layers, factor, tiles=[(layers[r], heads[c]) for r, c in cells])  # trace order
+    _hover_meta(fig, trace, batch, layers, factor, tiles=[[layer, head] for layer in layers for head in heads])
     _legend_masked(fig, pooled)
     return fig
 
 
-@functools.lru_cache(maxsize=32)
-def _grid_axes(rows: int, cols: int, columns: tuple[str, ...]) -> str:
-    """The grid's subplot layout (axis domains, shared axes, column titles, y reversed) as JSON, made by
-    make_subplots once per shape: building it is most of a grid's time, and every Run of a model asks again."""
-    fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.01, vertical_spacing=0.01, column_titles=list(columns))
-    fig.update_yaxes(autorange="reversed")
-    return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})
-
-
-def _grid_layout(rows: int, cols: int, columns: tuple[str, ...]) -> dict:
-    """A fresh copy of _grid_axes, for a figure to change."""
-    return json.loads(_grid_axes(rows, cols, columns))
+def _tile_origins(rows: int, cols: int, cells: tuple[int, int], factor: int) -> tuple[list[int], list[int],
+                                                                                        tuple[int, int]]:
+    """Where each tile of a rows × cols grid of [query, key] panels of `cells` (pooled by `factor`) starts on
+    the shared axes, in token units, a gap of about a sixteenth of a tile between tiles: (row origins, column
+    origins, (tile height, tile width))."""
+    height, width = cells[0] * factor, cells[1] * factor
+    gap = max(1, math.ceil(max(height, width) / 16))
+    return ([r * (height + gap) for r in range(rows)], [c * (width + gap) for c in range(cols)], (height, width))
 
 
 def _scale(values: np.ndarray, style: StageStyle, shown: Shown) -> Scale:
