@@ -60,7 +60,7 @@ function cellOf(t, r, c) {
   const [q0, q1] = span(rows, t.y, r), [k0, k1] = span(cols, t.x, c);
   const code = t.z && t.z[r] ? t.z[r][c] : undefined;
   const exact = t.customdata && t.customdata[r] ? t.customdata[r][c] : undefined;
-  return {q0, q1, k0, k1, code, exact};
+  return {r, c, q0, q1, k0, k1, code, exact};
 }
 
 function valueOf(t, cell) {
@@ -127,8 +127,9 @@ function describe(t, cell) {
   const [layer, head] = tileOf(t);
   const where = head !== undefined ? `layer ${layer} \u00b7 head ${head}<br>` : '';
   const name = m.name || t.name || 'value';
-  const value = valueOf(t, cell), why = reason(t, cell);
-  let shown = `<b>${name}: ${fmt(value)}</b>`;
+  const value = valueOf(t, cell), why = cell.why || reason(t, cell);
+  const about = cell.exact === undefined && m.lo !== undefined && info.hover ? '\u2248 ' : '';   // asked for below
+  let shown = `<b>${name}: ${about}${fmt(value)}</b>`;
   if (m.categories) {                                       // a category map (masks, pruned keys): its name
     const what = m.categories[cell.code];
     shown = `<b>${what}</b>` + (why.mask && what !== why.mask ? ` (the ${why.mask} mask)` : '')
@@ -142,6 +143,25 @@ function describe(t, cell) {
     shown += `<br><b>pruned by F</b> (F = ${fmt(why.pruned)}${cell.q1 > cell.q0 ? ', the block\u2019s largest' : ''})`;
   return `${where}query ${span(cell.q0, cell.q1, label)}<br>key ${span(cell.k0, cell.k1, keyLabel)}<br>` +
          `${shown}${block}`;
+}
+
+let asked = null;       // the cell the hover last asked the server about
+
+async function ask(t, cell, ev) {
+  // a figure sent without its exact values (layout.meta.xattn.hover: views.lighter): the tip shows the value its
+  // colour code stands for, then the server's exact value and why the cell is masked or pruned
+  if (!info.hover || cell.exact !== undefined || !server || !server.hover_cell) return;
+  const layer = tileOf(t)[0];
+  const question = {hover: info.hover, trace: t.index, row: cell.r, col: cell.c, query: cell.q0, key: cell.k0,
+                    layer: layer === undefined ? null : layer};
+  const id = JSON.stringify(question);
+  asked = id;
+  let answer;
+  try { answer = await server.hover_cell(question); } catch (err) { return; }
+  if (asked !== id || tip.style.display === 'none' || !answer || answer.value === undefined) return;
+  const exact = answer.value === null ? NaN : answer.value;
+  showTip(describe(t, Object.assign({}, cell, {exact, why: answer})), ev);
+  element.dataset.hovered = id;             // for tests: the last answer shown
 }
 
 function showTip(html, ev) {
@@ -389,9 +409,11 @@ function wire() {
     let found;
     if (role === 'head') { const [q, k] = pointer(ev.event); found = headCell(q, k); }
     else found = [p.fullData, cellOf(p.fullData, p.pointNumber[0], p.pointNumber[1])];
-    if (found) showTip(describe(found[0], found[1]), ev.event);
+    if (!found) return;
+    showTip(describe(found[0], found[1]), ev.event);
+    ask(found[0], found[1], ev.event);
   });
-  plot.on('plotly_unhover', () => { tip.style.display = 'none'; });
+  plot.on('plotly_unhover', () => { tip.style.display = 'none'; asked = null; });
   plot.on('plotly_relayout', () => {
     if (quiet) return;
     relabel();

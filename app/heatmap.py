@@ -22,17 +22,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 from gradio import component_meta
 from gradio.components.plot import PlotData
 
 from xattn import viz
+from xattn.masks import REASONS
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 # Relative to the page, so the app also works under a path prefix.
@@ -72,10 +76,11 @@ with no_stub():
         A subclass, not a patched gr.HTML: Gradio answers a `gr.update()` by building a fresh component of the
         output's class for the session, and that copy must still turn figures into JSON."""
 
-        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, **kwargs: Any) -> None:
+        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None,
+                     hover: Callable[[Any], dict] | None = None, **kwargs: Any) -> None:
             super().__init__(None, label=label, show_label=False, container=True, html_template=TEMPLATE,
                              css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
-                             role=role, **kwargs)
+                             role=role, server_functions=[hover] if hover else None, **kwargs)
 
         def preprocess(self, payload: Any) -> Any:
             return payload
@@ -102,8 +107,10 @@ PLOT_API = gr.Plot(render=False).api_info()
 
 
 def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
-                elem_classes: list[str] | None = None) -> PlotlyView:
-    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes)
+                elem_classes: list[str] | None = None, hover: Callable[[Any], dict] | None = None) -> PlotlyView:
+    """A PlotlyView; `hover(data)` (named `hover_cell`) answers its hover's questions about figures sent
+    `on_demand`."""
+    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, hover=hover)
 
 
 def static_paths() -> list[str]:
@@ -188,6 +195,66 @@ def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     fig.add_traces(steps)
     fig.update_xaxes(type="linear", range=[-0.5, len(keys) - 0.5])
     return fig
+
+
+# Hover on demand: a page's view without its exact values and why-codes, which the server keeps and the
+# hover asks for a cell at a time (`hover_cell`): most of a focused head's bytes, for values read one by one.
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What `on_demand` took out of a figure: each trace's exact values (None for a trace without), and the
+    why-codes (viz.cells.why) of the figure, if any."""
+
+    exact: list[np.ndarray | None]
+    why: dict | None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.exact if v is not None) + (self.why["codes"].nbytes if self.why else 0)
+
+
+def on_demand(fig: go.Figure, key: str) -> tuple[go.Figure, Kept]:
+    """`fig` for the page without the exact hover values (customdata) of its heatmaps and its why-codes, tagged
+    with `key` (layout.meta.xattn.hover) under which the server keeps them; and what was taken out. The page's
+    hover shows the value its colour code stands for at once and asks for the rest (`hover_cell`)."""
+    exact = []
+    for trace in fig.data:
+        values = trace.customdata if trace.type == "heatmap" else None
+        exact.append(None if values is None else np.asarray(values, dtype=np.float32))
+        if values is not None:
+            trace.customdata = None
+    meta = dict(fig.layout.meta["xattn"]) if isinstance(fig.layout.meta, dict) else {}
+    why = meta.pop("why", None)
+    fig.update_layout(meta={**fig.layout.meta, "xattn": {**meta, "hover": key}})
+    return fig, Kept(exact, None if why is None else {**why, "codes": np.asarray(why["codes"])})
+
+
+def hover_cell(kept: Kept, data: Any) -> dict:
+    """A hover's question about one drawn cell, {"trace", "row", "col"} (the cell of that heatmap) and
+    {"query", "key", "layer"} (its first token position and layer, for why), answered from `kept`: {"value"} (None
+    where masked), {"mask": name} or {"pruned": F}; {} for a question that names no cell."""
+    if not isinstance(data, dict):
+        return {}
+    where = [data.get(k) for k in ("trace", "row", "col", "query", "key")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in where):
+        return {}
+    trace, row, col, query, key = where
+    answer: dict[str, Any] = {}
+    values = kept.exact[trace] if trace < len(kept.exact) else None
+    if values is not None and row < values.shape[0] and col < values.shape[1]:
+        value = float(values[row, col])
+        answer["value"] = None if math.isnan(value) else value
+    if kept.why is not None:
+        names, f = viz.decode_why(kept.why, data.get("layer"))
+        i0, _, j0, _ = kept.why["region"]
+        r, c = (query - i0) // kept.why["factor"], (key - j0) // kept.why["factor"]
+        if 0 <= r < names.shape[0] and 0 <= c < names.shape[1]:
+            if not math.isnan(f[r, c]):
+                answer["pruned"] = float(f[r, c])
+            elif names[r, c] != REASONS[0]:                  # not "visible": the mask that hides it
+                answer["mask"] = str(names[r, c])
+    return answer
 
 
 def zoom_pixels(value: Any) -> int:

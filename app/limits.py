@@ -26,6 +26,7 @@ SESSION_TTL_S = 3600                  # a session's own models are freed an hour
 CONCURRENCY = 2                       # requests computed at once (the machine's cores share the rest)
 QUEUE_SIZE = 64                       # requests waiting beyond those; one more gets "Queue is full"
 RECENT_RUNS = 2                       # traces kept for clicks and zooms on the Explore tab (app/views.py RECENT)
+RECENT_HOVERS = 16                    # focused heads' and strips' exact hover values kept for pages (views.lighter)
 RECENT_GENERATIONS = 8                # generations kept for the Generate tab's scrubber (app/generate.py)
 RECENT_BYTES = 768 * MIB              # … counting twice their recorded stages; a bigger one is not kept
 CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour

@@ -96,9 +96,11 @@ def pickable(label: str, pair: bool = False) -> gr.HTML:
     return view(label, "pick", pair=pair)
 
 
-def view(label: str, role: str, pair: bool = False) -> gr.HTML:
-    """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py."""
-    return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None)
+def view(label: str, role: str, pair: bool = False, hover: Any = None) -> gr.HTML:
+    """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py. With `hover`
+    (views.hover_cell), its figures' exact values stay on the server until the hover asks (heatmap.on_demand)."""
+    return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None,
+                       hover=hover)
 
 
 def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
@@ -221,8 +223,10 @@ def build() -> gr.Blocks:
                     next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True,
                                               min_height=TEXT_ROW_PX)
                 with gr.Row():
-                    grid, heatmap = view("layers × heads", "grid", pair=True), view("focused head", "head", pair=True)
-                strip, query_row = view("stage strip", "strip"), view("where the query looks", "row")
+                    grid = view("layers × heads", "grid", pair=True)
+                    heatmap = view("focused head", "head", pair=True, hover=views.hover_cell)
+                strip, query_row = view("stage strip", "strip", hover=views.hover_cell), view("where the query looks",
+                                                                                               "row")
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
             with gr.Tab("RealFormer") as real_tab:

@@ -288,7 +288,8 @@ def explore_page(session: Session | None, model: str, text: str, stage: str, lay
                  progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
     """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
     then the summary, in one request (`with_text`)."""
-    figures = explore(session, model, text, stage, layer, head, query, threshold, hide_sink, progress)
+    figures = explored(session, model, text, stage, layer, head, query, progress,
+                       view_filter=filter_of(threshold, hide_sink), page=True)
     return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
 
 
@@ -325,11 +326,12 @@ def view_keys(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -
 
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
              progress: gr.Progress | None = None, *, shown: dict | None = None,
-             view_filter: Shown | None = None) -> tuple[Any, ...]:
+             view_filter: Shown | None = None, page: bool = False) -> tuple[Any, ...]:
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
-    of the heatmaps."""
+    of the heatmaps. For the `page`, the focused head and the strip leave their exact hover values on the server
+    (`lighter`)."""
     view_filter = view_filter or Shown()
     run = explore_run(load(session, model, progress), text, progress, reuse=shown is not None)
     layer, head, query = picks(run, layer, head, query)
@@ -354,7 +356,26 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     if len(key_labels) > ROW_BARS:
         row = heatmap.bars_as_steps(row, key_labels)
     row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)
+    if page:
+        focused, strip_fig = lighter(focused, keys["head"] + "/head"), lighter(strip_fig, keys["head"] + "/strip")
     return grid, focused, strip_fig, row, run.summary()
+
+
+def lighter(figure: Any, key: str) -> Any:
+    """A figure for the page without its exact hover values and why-codes, which stay here under `key` for the
+    hover's questions (`hover_cell`): a focused head sends a byte and a third a cell instead of eight."""
+    if not isinstance(figure, Figure):
+        return figure                                 # gr.update(): the page keeps what it shows
+    figure, kept = heatmap.on_demand(figure, key)
+    remember(("hover", key), kept, kept.nbytes, limits.RECENT_HOVERS)
+    return figure
+
+
+def hover_cell(data: Any) -> dict:
+    """A page's hover on a figure sent `lighter`: {"hover": its key, "trace", "row", "col", "query", "key",
+    "layer"} → the cell's exact value and why (heatmap.hover_cell); {} once the figure is no longer kept."""
+    kept = recall(("hover", data.get("hover"))) if isinstance(data, dict) else None
+    return {} if kept is None else heatmap.hover_cell(kept, data)
 
 
 def grid_cells(run: Run) -> int:
@@ -383,7 +404,7 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
     query = clicked(data, "query", int(query))
     shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
     views = explored(session, model, text, stage, layer, head, query, progress, shown=shown,
-                     view_filter=filter_of(threshold, hide_sink))
+                     view_filter=filter_of(threshold, hide_sink), page=True)
     return [layer, head, query, *views]
 
 

@@ -14,6 +14,7 @@ import gradio as gr  # noqa: E402
 
 from app import heatmap, models, views  # noqa: E402
 from app.heatmap import PlotlyView  # noqa: E402
+from xattn import masks  # noqa: E402
 
 
 def event(**data: Any) -> gr.EventData:
@@ -46,7 +47,7 @@ def test_a_grid_tile_click_focuses_its_layer_head_and_query(default: models.Load
     assert (layer, head, query) == (0, 3, 9)
     ids = default.tokenizer.encode(default.example)
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
-    np.testing.assert_allclose(exact(heat(focused)), trace.drawable("attn")[0, 0, 3].numpy(), rtol=1e-5, atol=1e-6)
+    assert "customdata" not in heat(focused)            # exact values stay on the server: see the next test
     assert "layer 0 · head 3" in focused.layout.title.text and "layer 0 · head 3" in strip.layout.title.text
     assert "Where does" in row.layout.title.text and "·9 look" in row.layout.title.text
     assert row.layout.meta["xattn"]["focus"] == {**row.layout.meta["xattn"]["focus"], "layer": 0, "head": 3,
@@ -55,6 +56,32 @@ def test_a_grid_tile_click_focuses_its_layer_head_and_query(default: models.Load
     tiles = [t for t in grid.data if t.type == "heatmap"]
     assert [(t.meta["layer"], t.meta["head"]) for t in tiles] == [(lr, h) for lr in range(default.depth)
                                                                     for h in range(default.heads)]
+
+
+def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
+    """The page's focused head and strip carry colour codes only; a hover asks for a cell's exact value and why it
+    is masked (views.hover_cell), answered from what the server kept of that figure."""
+    *_, focused, strip, _, _ = views.explore_pick(*explore_args(default), event(layer=1, head=2, query=9))
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+    reasons = masks.trace_reasons(trace)[0]
+    for figure, stages in ((focused, ["attn"]), (strip, views.strip_stages(default))):
+        meta = figure.layout.meta["xattn"]
+        assert "why" not in meta and all(t.customdata is None for t in figure.data if t.type == "heatmap")
+        heatmaps = [k for k, t in enumerate(figure.data) if t.type == "heatmap"]
+        for index, stage in zip(heatmaps, stages, strict=True):
+            expected = trace.drawable(stage)[1, 0, 2].numpy()
+            for q, k in [(9, 3), (3, 9), (0, 0), (len(ids) - 1, 5)]:
+                answer = views.hover_cell({"hover": meta["hover"], "trace": index, "row": q, "col": k, "query": q,
+                                           "key": k, "layer": 1})
+                if np.isnan(expected[q, k]):
+                    assert answer["value"] is None
+                else:
+                    assert answer["value"] == pytest.approx(float(expected[q, k]), rel=1e-6, abs=1e-7)
+                # the mask that hides the cell (scores, before masking, still have a value there)
+                assert answer.get("mask") == (masks.REASONS[int(reasons[q, k])] if reasons[q, k] else None)
+    assert views.hover_cell({"hover": "gone", "trace": 0, "row": 0, "col": 0, "query": 0, "key": 0}) == {}
+    assert views.hover_cell({"hover": meta["hover"], "trace": -1, "row": 0, "col": 0, "query": 0, "key": 0}) == {}
 
 
 def test_a_click_redraws_only_what_changes(default: models.Loaded) -> None:

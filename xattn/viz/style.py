@@ -69,6 +69,9 @@ TEMPLATE = go.layout.Template(layout=dict(
     paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=90),
     hoverlabel=dict(font_size=12), showlegend=True,
     legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=1, xanchor="right"),
+    # plotly's default hides tick labels past the figure's edge by measuring every label, a forced page
+    # layout each: most of a redraw's time on a page as large as the app's. The margins keep labels inside.
+    xaxis=dict(ticklabeloverflow="allow"), yaxis=dict(ticklabeloverflow="allow"),
 ))
 
 
