@@ -184,20 +184,24 @@ function pointer(ev) {
 
 // ---- marks: the focused tile, the query row, the key column
 
-function marks() {
+const shapeOf = t => (t.z && t.z.shape ? String(t.z.shape).split(',').map(Number) : [t.z.length, t.z[0].length]);
+
+function marks(data) {
+  // the marks of the focus on `data` (the figure's traces, as sent or as drawn)
   const out = [];
   const line = {color: '#ff2d95', width: 2};
   const focus = X.focus, key = X.key;
+  const heatAxes = () => new Map(data.filter(d => d.type === 'heatmap').map(d => [d.xaxis || 'x', d.yaxis || 'y']));
   if (role === 'grid' && focus && focus.layer !== undefined) {
-    const t = plot._fullData.find(d => d.type === 'heatmap' && d.meta && d.meta.layer === focus.layer
-                                       && d.meta.head === focus.head);
-    if (t) out.push({type: 'rect', xref: t.xaxis, yref: t.yaxis, x0: t.x0 - t.dx / 2,
-                     x1: t.x0 + (t.z[0].length - 0.5) * t.dx, y0: t.y0 - t.dy / 2, y1: t.y0 + (t.z.length - 0.5) * t.dy,
+    const t = data.find(d => d.type === 'heatmap' && d.meta && d.meta.layer === focus.layer
+                             && d.meta.head === focus.head);
+    const [rows, cols] = t ? shapeOf(t) : [];
+    if (t) out.push({type: 'rect', xref: t.xaxis || 'x', yref: t.yaxis || 'y', x0: t.x0 - t.dx / 2,
+                     x1: t.x0 + (cols - 0.5) * t.dx, y0: t.y0 - t.dy / 2, y1: t.y0 + (rows - 0.5) * t.dy,
                      line: {color: '#ff2d95', width: 3}, name: 'xattn-mark'});
   }
   if ((role === 'head' || role === 'strip') && focus && info.focus && focus.key === info.focus.key) {
-    const axes = plot._fullData.filter(d => d.type === 'heatmap').map(d => [d.xaxis, d.yaxis]);
-    for (const [xa, ya] of new Map(axes)) {
+    for (const [xa, ya] of heatAxes()) {
       if (focus.query !== undefined)
         out.push({type: 'rect', xref: `${xa} domain`, x0: 0, x1: 1, yref: ya, y0: focus.query - 0.5,
                   y1: focus.query + 0.5, line, name: 'xattn-mark'});
@@ -208,8 +212,7 @@ function marks() {
   }
   const mark = role === 'pick' && info.n ? X.marked.get(tab) : null;    // the tab's last click, on query × key views
   if (mark && mark.n_keys === cols() && (mark.n === undefined || mark.n === rows())) {
-    const axes = plot._fullData.filter(d => d.type === 'heatmap').map(d => [d.xaxis, d.yaxis]);
-    for (const [xa, ya] of new Map(axes)) {
+    for (const [xa, ya] of heatAxes()) {
       if (mark.query !== undefined)
         out.push({type: 'rect', xref: `${xa} domain`, x0: 0, x1: 1, yref: ya, y0: mark.query - 0.5,
                   y1: mark.query + 0.5, line, name: 'xattn-mark'});
@@ -226,7 +229,7 @@ function marks() {
 async function remark() {
   if (!plot._fullLayout) return;
   const now = plot.layout.shapes || [];
-  const shapes = now.filter(s => s.name !== 'xattn-mark').concat(marks());
+  const shapes = now.filter(s => s.name !== 'xattn-mark').concat(marks(plot._fullData));
   if (JSON.stringify(shapes) !== JSON.stringify(now))     // every view hears every focus: most have nothing to move
     await quietly(() => Plotly.relayout(plot, {shapes}));
   stamp();
@@ -251,19 +254,30 @@ function visible() {
   return [i0, i1, j0, j1];
 }
 
-async function relabel() {
-  if (role !== 'head' || !info.n) return;
-  const [i0, i1, j0, j1] = visible();
-  const fl = plot._fullLayout;
-  const ticks = (a, b, px, name) => {
+function ticks([i0, i1, j0, j1], [width, height]) {
+  // a focused head's axes showing rows i0..i1 and columns j0..j1 on width × height px: token labels 15 px apart
+  // once at most 64 tokens are in sight, plotly's own numbers beyond
+  const along = (a, b, px, name) => {
     if (b - a > 64 || b <= a) return {tickmode: 'auto', tickvals: null, ticktext: null};
-    const every = Math.max(1, Math.ceil((b - a) / Math.max(1, Math.floor(px / 15))));   // labels 15 px apart
+    const every = Math.max(1, Math.ceil((b - a) / Math.max(1, Math.floor(px / 15))));
     const vals = [];
     for (let v = a; v < b; v += every) vals.push(v);
     return {tickmode: 'array', tickvals: vals, ticktext: vals.map(name)};
   };
-  const update = {}, want = {xaxis: ticks(j0, j1, fl.xaxis._length, keyLabel),
-                             yaxis: ticks(i0, i1, fl.yaxis._length, label)};
+  return {xaxis: along(j0, j1, width, keyLabel), yaxis: along(i0, i1, height, label)};
+}
+
+function sized() {
+  // the plot area's [width, height] in px: as drawn last, else as the view's width suggests
+  const fl = plot._fullLayout;
+  if (fl && fl.xaxis && fl.xaxis._length) return [fl.xaxis._length, fl.yaxis._length];
+  const side = Math.max(100, (view.clientWidth || 600) - 160);
+  return [side, side];
+}
+
+async function relabel() {
+  if (role !== 'head' || !info.n) return;
+  const update = {}, want = ticks(visible(), sized());
   for (const axis of ['xaxis', 'yaxis']) {
     const now = plot.layout[axis] || {};
     if (now.tickmode !== want[axis].tickmode || JSON.stringify(now.tickvals || null) !== JSON.stringify(want[axis].tickvals))
@@ -340,14 +354,21 @@ async function draw() {
     await quietly(() => Plotly.react(plot, kept.concat([heat]), Object.assign({}, plot.layout, {title}), CONFIG));
   } else {
     if (role === 'head') layout.uirevision = meta.key || 'head';
+    const zoomedIn = role === 'head' && plot._fullLayout && info.key === meta.key && plot.layout.xaxis
+      && plot.layout.xaxis.autorange === false;                       // the same head again: plotly keeps the user's zoom
     detail = null;
     info = Object.assign({}, meta, {title: layout.title, whyCodes: whyOf(meta)});
-    await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
-    if (meta.focus) {
-      X.focus = meta.focus;
-      X.bus.dispatchEvent(new Event('focus'));
+    if (meta.focus) X.focus = meta.focus;
+    const unmarked = role === 'pick' && X.marked.delete(tab);    // marks last till a redraw
+    // one draw: the marks of the focus and a head's token labels go in with the figure, not in relayouts after
+    layout.shapes = (layout.shapes || []).concat(marks(fig.data));
+    if (role === 'head' && info.n && !zoomedIn) {
+      const want = ticks([0, rows(), 0, cols()], sized());
+      for (const axis of ['xaxis', 'yaxis']) layout[axis] = Object.assign({}, layout[axis], want[axis]);
     }
-    if (role === 'pick' && X.marked.delete(tab)) X.bus.dispatchEvent(new Event('marked'));   // marks last till a redraw
+    await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
+    if (meta.focus) X.bus.dispatchEvent(new Event('focus'));
+    if (unmarked) X.bus.dispatchEvent(new Event('marked'));
   }
   wire();
   await relabel();
