@@ -1,6 +1,7 @@
 """The Explore tab in real chromium (Playwright, Debian's /usr/bin/chromium): how long until every view is drawn
 after a page load, a Run, a click on a grid tile (focus another head), a click on a cell of the focused head (pick
-a query) and a zoom (a region at full resolution), and how many bytes of figure JSON each drawn heatmap cell
+a query), a zoom (a region at full resolution) and a hover on the focused head (until the server's exact value is
+shown: the page gets colour codes only, views.lighter), and how many bytes of figure JSON each drawn heatmap cell
 costs. The server runs in its own process, as in bench_app.py.
 
     python bench/bench_browser.py [--repeats 3] [--load-only]
@@ -141,6 +142,20 @@ def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int,
         elapsed, *_ = timed(page, lambda x=x, y=y: page.mouse.click(x, y), focus, ["where-the-query-looks"])
         query_times.append(elapsed)
     row["query"] = statistics.median(query_times)
+    hover_times = []
+    for k in range(repeats):                 # the focused head's exact values stay on the server till a hover asks
+        query = (n // 2 + 5 * k) % n
+        x, y = page.evaluate(CELL, [query, max(query - 2, 0)])
+        before = page.evaluate("() => document.querySelector('#focused-head .xattn-view').parentElement.dataset"
+                               ".hovered || ''")
+        start = time.perf_counter()
+        page.mouse.move(x, y)
+        page.wait_for_function("(before) => { const d = document.querySelector('#focused-head .xattn-view')"
+                               ".parentElement.dataset; return (d.hovered || '') !== before; }", arg=before,
+                               timeout=TIMEOUT_MS, polling=10)
+        hover_times.append(time.perf_counter() - start)
+        page.mouse.move(5, 5)
+    row["hover"] = statistics.median(hover_times)
     if zoom:
         zoom_times = []
         for k in range(repeats):
@@ -234,12 +249,13 @@ def main() -> None:
     print(f"chromium {CHROMIUM}, server in its own process; median of {args.repeats}; {os.cpu_count()} CPUs, "
           f"load average {busy} at the end; requests beyond {home}: {len(elsewhere)}\n")
     print("| model | N | page load | Run | forward pass | click tile → all views | click cell → query row "
-          "| zoom → detail | bytes per drawn cell (tile click) | tile-click payload |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| zoom → detail | hover → exact value | bytes per drawn cell (tile click) | tile-click payload |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         cells = [row["model"], f"{row['N']:,}", f"{row['load']:.2f} s" if "load" in row else "—",
                  f"{row['run']:.2f} s", f"{row['forward']:.2f} s", f"{row['focus']:.2f} s", f"{row['query']:.2f} s",
-                 f"{row['zoom']:.2f} s" if "zoom" in row else "—", f"{row['per_cell']:.2f}",
+                 f"{row['zoom']:.2f} s" if "zoom" in row else "—", f"{row['hover'] * 1000:.0f} ms",
+                 f"{row['per_cell']:.2f}",
                  f"{row['focus_bytes'] / 1e6:.2f} MB"]
         print("| " + " | ".join(cells) + " |")
 
