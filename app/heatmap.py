@@ -197,6 +197,22 @@ def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     return fig
 
 
+def lean(fig: go.Figure) -> go.Figure:
+    """`fig` for the page without the label lists it would send twice (app/heatmap.js puts them back): the key
+    labels when they are the query labels, and a trace's hover text when it is the key labels (the query row's
+    steps)."""
+    meta = fig.layout.meta.get("xattn") if isinstance(fig.layout.meta, dict) else None
+    if not meta or "keys" not in meta:
+        return fig
+    keys = list(meta["keys"])
+    for trace in fig.data:
+        if trace.type == "scatter" and trace.text is not None and list(trace.text) == keys:
+            trace.update(text=None, meta={**(trace.meta or {}), "text": "keys"})
+    if keys == list(meta.get("labels", [])):
+        fig.layout.meta = {**fig.layout.meta, "xattn": {k: v for k, v in meta.items() if k != "keys"}}
+    return fig
+
+
 # Hover on demand: a page's view without its exact values and why-codes, which the server keeps and the
 # hover asks for a cell at a time (`hover_cell`): most of a focused head's bytes, for values read one by one.
 

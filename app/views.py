@@ -358,6 +358,8 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)
     if page:
         focused, strip_fig = lighter(focused, keys["head"] + "/head"), lighter(strip_fig, keys["head"] + "/strip")
+        grid, focused, strip_fig, row = (heatmap.lean(f) if isinstance(f, Figure) else f
+                                         for f in (grid, focused, strip_fig, row))
     return grid, focused, strip_fig, row, run.summary()
 
 

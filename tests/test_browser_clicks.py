@@ -159,8 +159,24 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
     fresh = models.fresh(1, 2, 16, models_options(), 0, 1024)
     ids = fresh.tokenizer.encode(text)
     _, trace = fresh.model.run_with_trace(torch.tensor([ids]))
-    layer, head, _ = sliders(page)
+    layer, head, query = sliders(page)
     values = trace.drawable("attn")[layer, 0, head].numpy()
+
+    # the query row of 700 keys is drawn as steps whose hover names the key (labels sent once: heatmap.lean)
+    labels = [f"{t}·{i}" for i, t in enumerate(fresh.tokenizer.labels(ids))]
+    key = int(np.nanargmax(values[query]))
+    x, y = page.evaluate("""([key, value]) => {
+      const gd = document.querySelector('#where-the-query-looks .js-plotly-plot');
+      gd.scrollIntoView({block: 'center'});
+      const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+      return [box.left + xa._offset + xa.l2p(key), box.top + ya._offset + ya.l2p(value)]; }""",
+                         [key, float(values[query, key])])
+    page.mouse.move(x, y)
+    hover = page.locator("#where-the-query-looks .hoverlayer")
+    page.wait_for_function("() => document.querySelector('#where-the-query-looks .hoverlayer').textContent.length > 0",
+                           timeout=5_000)
+    assert labels[key] in hover.text_content()
+    page.mouse.move(5, 5)
 
     page.evaluate("() => Plotly.relayout(document.querySelector('#focused-head .js-plotly-plot'),"
                   " {'xaxis.range': [99.5, 159.5], 'yaxis.range': [259.5, 199.5]})")

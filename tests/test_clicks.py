@@ -84,6 +84,27 @@ def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded)
     assert views.hover_cell({"hover": meta["hover"], "trace": -1, "row": 0, "col": 0, "query": 0, "key": 0}) == {}
 
 
+def test_the_page_gets_each_label_list_once() -> None:
+    """heatmap.lean: the key labels go only when they differ from the query labels, and the query row's hover
+    text (the key labels, per head) rides as a reference the page resolves (app/heatmap.js)."""
+    loaded = models.fresh(1, 2, 16, ["attn_add_zero_kv"], 0, 300)         # a zero key in front: keys ≠ queries
+    plain = models.fresh(1, 2, 16, [], 0, 300)
+    text = "abcdefghij" * 29
+    for model, same in ((plain, True), (loaded, False)):
+        session = {model.name: model}
+        api = views.explore(session, model.name, text, "attn", 0, 1, 5)
+        page = views.explore_page(session, model.name, text, "attn", 0, 1, 5)
+        api_row, page_row = api[3], page[3]
+        keys = api_row.layout.meta["xattn"]["keys"]
+        assert len(keys) > views.ROW_BARS                        # steps, each with the key labels as hover text
+        assert all(list(t.text) == keys for t in api_row.data if t.type == "scatter")
+        assert all(t.text is None and t.meta["text"] == "keys" for t in page_row.data if t.type == "scatter")
+        for figure in page[:4]:
+            meta = figure.layout.meta["xattn"]
+            assert ("keys" in meta) != same and (same or meta["keys"] == keys)
+            assert meta["labels"] == api_row.layout.meta["xattn"]["labels"]
+
+
 def test_a_click_redraws_only_what_changes(default: models.Loaded) -> None:
     """The page says what it shows: a click on the grid it shows keeps the grid, one on the head it shows
     redraws only the query row."""
