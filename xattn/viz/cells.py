@@ -17,7 +17,7 @@ import numpy as np
 from ..attention import PRUNE_AT
 from ..masks import REASONS, trace_reasons
 from ..trace import Trace
-from .payload import SAFE_CODES, max_pool
+from .payload import SAFE_CODES, any_pool, max_pool
 
 SINK = "sink"                          # the learned sink's key column (`trace.key_extras`)
 PRUNED = len(REASONS)                  # why-codes from here on: pruned, F on PRUNED_LEVELS levels
@@ -80,7 +80,7 @@ def pool_shown(values: np.ndarray, hidden: np.ndarray | None, factor: int, *,
     if hidden is None:
         return max_pool(values, factor, signed=signed), None
     shown = max_pool(np.where(hidden, np.nan, values), factor, signed=signed)
-    return shown, np.isnan(shown) & ~np.isnan(max_pool(values, factor, signed=signed))
+    return shown, np.isnan(shown) & any_pool(~np.isnan(values), factor)
 
 
 def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int, int, int] | None = None,
