@@ -533,7 +533,8 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
-    fig = go.Figure([go.Bar(x=keys, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+    x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
+    fig = go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                             hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                      for h, name in enumerate(names)])
     masked = int(np.isnan(row[0]).sum())

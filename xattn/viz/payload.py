@@ -94,7 +94,7 @@ def max_pool(values: np.ndarray, factor: int, *, signed: bool = False) -> np.nda
         return values
     *lead, i, j = values.shape
     flat = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(-1, i, j)
-    key = torch.nan_to_num(flat.abs() if signed else flat, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    key = flat.abs().nan_to_num_(-math.inf, math.inf) if signed else flat.nan_to_num(-math.inf, math.inf, -math.inf)
     _, peak = F.max_pool2d(key, factor, ceil_mode=True, return_indices=True)     # flat indices into i × j
     best = flat.reshape(len(flat), -1).gather(1, peak.reshape(len(flat), -1))
     return best.reshape(*lead, *peak.shape[-2:]).numpy()
