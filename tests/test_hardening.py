@@ -296,12 +296,15 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
 
 
 def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.TransformerWrapper) -> None:
-    """drawable(stage, position), made from one layer's record, is the same NaNs and numbers as that layer of the
-    whole stage (residual attention carries mask fills between layers; a padding mask hides a key too)."""
+    """drawable(stage, position) and drawable(stage, position, head), made from one layer's record, are the same
+    NaNs and numbers as that layer (and head) of the whole stage (residual attention carries mask fills between
+    layers; a padding mask hides a key too)."""
     tokens = torch.tensor([[0, 3, 4, 5, 6, 7], [0, 8, 9, 10, 11, 12]])
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     _, trace = tiny_decoder.run_with_trace(tokens, mask=mask)
     layers = {stage: [trace.drawable(stage, p) for p in range(len(trace.layers))] for stage in trace.stages}
+    heads = {stage: [[trace.drawable(stage, p, h) for h in range(trace[stage].shape[2])]
+                     for p in range(len(trace.layers))] for stage in trace.stages}
     assert not trace._drawable                                    # nothing stacked for them
     for stage, parts in layers.items():
         whole = trace.drawable(stage)
@@ -309,6 +312,9 @@ def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.Trans
         for p, part in enumerate(parts):
             torch.testing.assert_close(part, whole[p], equal_nan=True, rtol=0, atol=0)
             torch.testing.assert_close(trace.drawable(stage, p), whole[p], equal_nan=True, rtol=0, atol=0)
+            for h, one in enumerate(heads[stage][p]):
+                torch.testing.assert_close(one, whole[p, :, h], equal_nan=True, rtol=0, atol=0)
+                torch.testing.assert_close(trace.drawable(stage, p, h), whole[p, :, h], equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -106,17 +106,21 @@ class Trace:
             raise KeyError(f"layer {layer} was not traced; traced layers: {self.layers}")
         return self.layers.index(layer)
 
-    def drawable(self, stage: str, position: int | None = None) -> Tensor:
+    def drawable(self, stage: str, position: int | None = None, head: int | None = None) -> Tensor:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
         and anywhere a mask's fill value was carried in (residual attention carries it between layers).
         With `position`, only that layer of the trace's [b, h, i, j], made from its own record unless the whole
-        stage is made already: a view of one layer's stages does not pay for every layer's."""
+        stage is made already: a view of one layer's stages does not pay for every layer's; with `head` too, only
+        that head's [b, i, j], for a view of one head."""
         if position is not None and stage not in self._drawable:
             record = self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
-            return self._nan_where_masked(stage, record, self.visible[:, None])
+            if head is None:
+                return self._nan_where_masked(stage, record, self.visible[:, None])
+            return self._nan_where_masked(stage, record[:, head], self.visible)
         if stage not in self._drawable:
             self._drawable[stage] = self._nan_where_masked(stage, self[stage], self.visible[None, :, None])
-        return self._drawable[stage] if position is None else self._drawable[stage][position]
+        whole = self._drawable[stage]
+        return whole if position is None else whole[position] if head is None else whole[position, :, head]
 
     @staticmethod
     def _nan_where_masked(stage: str, values: Tensor, visible: Tensor) -> Tensor:
