@@ -79,18 +79,19 @@ def _layer_position(trace: Trace, layer: int) -> int:
     return trace.layers.index(layer)
 
 
-def _heads(trace: Trace, stage: str, layer: int, batch: int) -> np.ndarray:
-    """Drawable values [head, query, key] of one layer and batch row, NaN where masked."""
+def _heads(trace: Trace, stage: str, layer: int, batch: int, head: int | None = None) -> np.ndarray:
+    """Drawable values [head, query, key] of one layer and batch row, NaN where masked; with `head`, that head's
+    [query, key], made from its own record alone unless the whole stage is made already."""
     _check_stage(trace, stage)
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    return trace.drawable(stage, position)[batch].cpu().numpy()
+    if head is not None:
+        _check_index("head", head, trace.stages.records[stage][position].shape[1], "heads")
+    return trace.drawable(stage, position, head)[batch].cpu().numpy()
 
 
 def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
-    values = _heads(trace, stage, layer, batch)
-    _check_index("head", head, values.shape[0], "heads")
-    return values[head]
+    return _heads(trace, stage, layer, batch, head)
 
 
 def visible_token(token: str) -> str:
@@ -399,14 +400,15 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                "residual": "" if residual else " (residual attention off)",
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{wrap(STAGE_STYLE[s].adds + caveats.get(s, ''))}</sup>" for s in chosen]
-    fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
-    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
+    keys = key_labels(trace, batch)
+    layout = _strip_layout(tuple(titles), axis_titles(trace))
 
     groups: dict[str, list[int]] = {}        # colour range → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
         groups.setdefault(stage if stage in OWN_RANGE else STAGE_STYLE[stage].colorscale, []).append(column)
     axes: list[str] = []
+    panels, flagged = [], []
     for k, columns in enumerate(groups.values()):
         axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
         members = [chosen[c - 1] for c in columns]
@@ -414,20 +416,19 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         stacked = np.stack([values[s] for s in members])
         scale = _scale(stacked, style, shown)
         masked = any(_any_masked(values[s], hidden[s]) for s in members)
-        fig.layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
-                                      title="logits" if style.diverging and len(members) > 1 else style.bar or None)
+        layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
+                                  title="logits" if style.diverging and len(members) > 1 else style.bar or None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
-            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage]),
-                          row=1, col=column)
-            if stage in MASKED_STAGES:
-                _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, col=1)
+            panel = _heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
+                             name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage])
+            suffix = column if column > 1 else ""          # make_subplots' names: x, x2, x3 …
+            panels.append(panel.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
+            flagged += [column] if stage in MASKED_STAGES else []
+    fig = go.Figure(data=panels, layout=layout)
+    for column in flagged:
+        _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     _side_colorbars(fig, axes)
-    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, np.stack(list(values.values())))
     lines = max(t.count("<br>") for t in titles) + 1
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
@@ -437,6 +438,23 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                       meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
+
+
+@functools.lru_cache(maxsize=32)
+def _strip_axes(titles: tuple[str, ...], axis_titles: tuple[str, str]) -> str:
+    """A stage strip's subplot layout (one row of panels sharing the query axis, reversed; panel and axis titles)
+    as JSON, made by make_subplots once per set of titles, as _grid_axes does for the grid."""
+    fig = make_subplots(rows=1, cols=len(titles), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text=axis_titles[0])
+    fig.update_yaxes(title_text=axis_titles[1], col=1)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
+    return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})
+
+
+def _strip_layout(titles: tuple[str, ...], axis_titles: tuple[str, str]) -> dict:
+    """A fresh copy of _strip_axes, for a figure to change."""
+    return json.loads(_strip_axes(titles, axis_titles))
 
 
 def _weights(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
