@@ -364,6 +364,20 @@ def test_one_overflowing_cell_is_counted(tiny_decoder: xattn.TransformerWrapper,
         records[-1] = kept
 
 
+def test_shared_and_expanded_records_are_counted_in_each_stage(tiny_decoder: xattn.TransformerWrapper) -> None:
+    """Stages that record one tensor (a layer leaves them unchanged) each count its bad cells; a record expanded
+    from one number (stride 0) counts every cell it stands for."""
+    _, trace = tiny_decoder.run_with_trace(torch.tensor([[0, 3, 4, 5, 6, 7]]))
+    records = trace.stages.records
+    summed = records["scores_residual"][-1]
+    sharing = [s for s, r in records.items() if r[-1].data_ptr() == summed.data_ptr() and r[-1].shape == summed.shape]
+    assert len(sharing) > 1 and trace.nonfinite() == {}
+    summed[0, 1, 1, 0] = float("nan")                              # in place: every stage sharing it holds it
+    other = next(s for s in records if s not in sharing)
+    records[other][0] = torch.tensor(float("inf")).expand(summed.shape)
+    assert trace.nonfinite() == {other: summed.numel(), **{s: 1 for s in sharing}}
+
+
 # Concurrency: 32 sessions, each its own model and text, no cross-talk
 
 

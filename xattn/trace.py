@@ -131,11 +131,19 @@ class Trace:
         return values.float().masked_fill(hidden, float("nan"))
 
     def nonfinite(self) -> dict[str, int]:
-        """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean."""
+        """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean.
+        Stages a layer leaves unchanged record the very same tensor: each tensor is checked once."""
         visible = self.visible[:, None]
-        counts = {}
+        counts, checked = {}, {}
+
+        def count(t: Tensor) -> int:
+            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+            if view not in checked:
+                checked[view] = overflowed(t, visible)
+            return checked[view]
+
         for stage, records in self.stages.records.items():   # per layer: no stacked copy just to count
-            bad = sum(overflowed(t, visible) for t in records)
+            bad = sum(count(t) for t in records)
             if bad:
                 counts[stage] = bad
         return counts
@@ -153,9 +161,11 @@ class Trace:
 
 def overflowed(values: Tensor, visible: Tensor) -> int:
     """Cells of `values` that overflowed: NaN or +inf anywhere, -inf where `visible` (a mask's fill elsewhere).
-    A clean tensor, nearly every one, costs a min-max pass (and a masked minimum if a mask's -inf is in it)
-    instead of the six passes of the count, which runs only when something is off."""
-    low, high = torch.aminmax(values)
+    A clean tensor, nearly every one, costs a min-max pass over its distinct cells (an expanded one's stored
+    values, not every cell they stand for), and a masked minimum if a mask's -inf is in it, instead of the six
+    passes of the count, which runs only when something is off."""
+    repeated = tuple(slice(0, 1) if stride == 0 else slice(None) for stride in values.stride())
+    low, high = torch.aminmax(values[repeated])          # an expanded tensor's values, each once
     if high.isfinite() and (low.isfinite() or torch.where(visible, values, 0).amin() > float("-inf")):
         return 0
     return int((values.isnan() | values.isposinf() | (values.isneginf() & visible)).sum())
