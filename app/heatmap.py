@@ -178,7 +178,7 @@ def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
     draws a path per head instead of heads × keys bars (the query row of a long input)."""
     steps = []
-    positions, labels = np.arange(len(keys)), np.asarray(keys, dtype=object)   # arrays: plotly checks lists item by item
+    positions, labels = np.arange(len(keys)), np.asarray(keys, dtype=object)   # plotly checks a list item by item
     for bar in fig.data:
         if bar.type != "bar":
             steps.append(bar)
