@@ -1,6 +1,7 @@
 """Size estimates made before any memory is spent, so a request too large is refused with a number."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +18,11 @@ class TooLarge(ValueError):
     """A model or trace that would not fit the budget it was given."""
 
 
+@functools.lru_cache(maxsize=64)
 def parameter_count(config: ModelConfig | EncDecConfig) -> int:
     """Parameters a `TransformerWrapper` (or an encoder–decoder, both sides, a tied embedding once) of `config`
     holds, counted on modules built on the `meta` device (no memory is allocated, and the count cannot drift
-    from what the modules really create)."""
+    from what the modules really create). Kept per config (frozen): the app checks a model's before every trace."""
     with torch.device("meta"):
         model = build_any(config)
     return sum(p.numel() for p in model.parameters())
