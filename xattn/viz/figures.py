@@ -210,13 +210,14 @@ def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str =
                       showlegend=legend and k == 0)
 
 
-def _side_colorbars(fig: go.Figure, axes: list[str]) -> None:
-    """Stack the colour bars of several colour axes one above the other to the right of the panels: side by side
-    they would overlap once the figure is drawn narrower than designed."""
+def _side_colorbars(axes: list[dict]) -> None:
+    """Stack the colour bars of several colour axes (`_coloraxis` dicts, changed in place) one above the other to
+    the right of the panels: side by side they would overlap once the figure is drawn narrower than designed."""
     gap, size = 0.06, 1 / len(axes)
     for k, axis in enumerate(axes):
-        fig.layout[axis].colorbar.update(x=1.01, xanchor="left", title_side="right", len=size - gap, lenmode="fraction",
-                                         y=1 - k * size, yanchor="top")
+        axis["colorbar"].update(x=1.01, xanchor="left", len=size - gap, lenmode="fraction", y=1 - k * size,
+                                yanchor="top")
+        axis["colorbar"].setdefault("title", {})["side"] = "right"
 
 
 def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
@@ -425,10 +426,10 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
             suffix = column if column > 1 else ""          # make_subplots' names: x, x2, x3 …
             panels.append(panel.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
             flagged += [column] if stage in MASKED_STAGES else []
+    _side_colorbars([layout[axis] for axis in axes])
     fig = go.Figure(data=panels, layout=layout)
     for column in flagged:
         _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
-    _side_colorbars(fig, axes)
     _legend_masked(fig, np.stack(list(values.values())))
     lines = max(t.count("<br>") for t in titles) + 1
     fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
@@ -517,16 +518,17 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         f"{STAGE_STYLE['selection'].name}<br><sup>{wrap('summed gate of earlier queries, subtracted from every head')}"
         "</sup>",
         f"Pruned keys<br><sup>{wrap(f'F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}')}</sup>"])
+    axes = {}
     for column, (values, style, axis) in enumerate([(gate, STAGE_STYLE["masked"], "coloraxis"),
                                                     (penalty, STAGE_STYLE["selection"], "coloraxis2")], start=1):
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
-        fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
-                                      title="gate" if column == 1 else "F")
+        axes[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()), title="gate" if column == 1 else "F")
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
-    fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
+    axes["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys, categories=list(PRUNE_COLORS)), row=1, col=3)
-    _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
+    _side_colorbars(list(axes.values()))
+    fig.update_layout(axes)
     fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
