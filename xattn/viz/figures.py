@@ -271,12 +271,12 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
-                             name=style.name, keys=keys))
-    fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
-                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title=titles[0], constrain="domain"),
-                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
+                             name=style.name, keys=keys), layout=dict(
+        template=TEMPLATE, width=760, height=720,
+        title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
+        coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
+        xaxis=dict(title=titles[0], constrain="domain"),
+        yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain")))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -427,16 +427,15 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
             panels.append(panel.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
             flagged += [column] if stage in MASKED_STAGES else []
     _side_colorbars([layout[axis] for axis in axes])
+    lines = max(t.count("<br>") for t in titles) + 1
+    notes = [shown.note(), _pool_note(factor), "what each step changes"]
+    layout.update(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
+                  margin=dict(t=80 + 14 * lines), title=_title(f"Stages · layer {layer} · head {head}", notes),
+                  meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     fig = go.Figure(data=panels, layout=layout)
     for column in flagged:
         _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     _legend_masked(fig, np.stack(list(values.values())))
-    lines = max(t.count("<br>") for t in titles) + 1
-    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
-                      margin=dict(t=80 + 14 * lines),
-                      title=_title(f"Stages · layer {layer} · head {head}",
-                                   [shown.note(), _pool_note(factor), "what each step changes"]),
-                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
 
@@ -554,17 +553,15 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     row = values[:, query]                                          # [head, key]
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
     x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
-    fig = go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                            hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-                     for h, name in enumerate(names)])
     masked = int(np.isnan(row[0]).sum())
-    fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
-                      title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
-                          DESCRIPTIONS[stage],
-                          f"{masked} masked keys have no bar" if masked else "",
-                          "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""]))
-    return fig
+    return go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                             hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                      for h, name in enumerate(names)], layout=dict(
+        template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
+        xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
+        title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
+            DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
+            "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
