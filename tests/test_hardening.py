@@ -296,9 +296,9 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
 
 
 def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.TransformerWrapper) -> None:
-    """drawable(stage, position) and drawable(stage, position, head), made from one layer's record, are the same
-    NaNs and numbers as that layer (and head) of the whole stage (residual attention carries mask fills between
-    layers; a padding mask hides a key too)."""
+    """drawable(stage, position) and drawable(stage, position, head), made from one layer's record (`record`), are
+    the same NaNs and numbers as that layer (and head) of the whole stage (residual attention carries mask fills
+    between layers; a padding mask hides a key too)."""
     tokens = torch.tensor([[0, 3, 4, 5, 6, 7], [0, 8, 9, 10, 11, 12]])
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     _, trace = tiny_decoder.run_with_trace(tokens, mask=mask)
@@ -312,6 +312,7 @@ def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.Trans
         for p, part in enumerate(parts):
             torch.testing.assert_close(part, whole[p], equal_nan=True, rtol=0, atol=0)
             torch.testing.assert_close(trace.drawable(stage, p), whole[p], equal_nan=True, rtol=0, atol=0)
+            assert torch.equal(trace.record(stage, p), trace[stage][p])
             for h, one in enumerate(heads[stage][p]):
                 torch.testing.assert_close(one, whole[p, :, h], equal_nan=True, rtol=0, atol=0)
                 torch.testing.assert_close(trace.drawable(stage, p, h), whole[p, :, h], equal_nan=True, rtol=0, atol=0)

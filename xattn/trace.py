@@ -106,6 +106,10 @@ class Trace:
             raise KeyError(f"layer {layer} was not traced; traced layers: {self.layers}")
         return self.layers.index(layer)
 
+    def record(self, stage: str, position: int) -> Tensor:
+        """trace[stage][position], one traced layer's [b, h, i, j] as recorded, without stacking every layer's."""
+        return self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
+
     def drawable(self, stage: str, position: int | None = None, head: int | None = None) -> Tensor:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
         and anywhere a mask's fill value was carried in (residual attention carries it between layers).
@@ -113,7 +117,7 @@ class Trace:
         stage is made already: a view of one layer's stages does not pay for every layer's; with `head` too, only
         that head's [b, i, j], for a view of one head."""
         if position is not None and stage not in self._drawable:
-            record = self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
+            record = self.record(stage, position)
             if head is None:
                 return self._nan_where_masked(stage, record, self.visible[:, None])
             return self._nan_where_masked(stage, record[:, head], self.visible)

@@ -28,7 +28,7 @@ def pruned(trace: Trace, layer: int, batch: int = 0) -> np.ndarray:
     """[query, key] True where selective attention's F prunes a visible key in `layer` (F ≥ PRUNE_AT)."""
     if "selection" not in trace:
         return np.zeros(tuple(trace.visible.shape[1:]), dtype=bool)
-    penalty = trace["selection"][trace.layer_index(layer), batch, 0].float().cpu().numpy()
+    penalty = trace.record("selection", trace.layer_index(layer))[batch, 0].float().cpu().numpy()
     return trace.visible[batch].cpu().numpy() & (penalty >= PRUNE_AT)
 
 
@@ -96,12 +96,12 @@ def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int
     codes, top = [], PRUNE_AT
     selective = [layer for layer in (layers or []) if pruned(trace, layer, batch)[i0:i1, j0:j1].any()]
     for layer in selective:
-        top = max(top, float(trace["selection"][trace.layer_index(layer), batch, 0].max()))
+        top = max(top, float(trace.record("selection", trace.layer_index(layer))[batch, 0].max()))
     for layer in [None, *selective]:
         code = masked.copy()
         if layer is not None:
             cut = pruned(trace, layer, batch)[i0:i1, j0:j1]
-            penalty = trace["selection"][trace.layer_index(layer), batch, 0, i0:i1, j0:j1].float().cpu().numpy()
+            penalty = trace.record("selection", trace.layer_index(layer))[batch, 0, i0:i1, j0:j1].float().cpu().numpy()
             level = np.rint((penalty - PRUNE_AT) / max(top - PRUNE_AT, 1e-9) * (PRUNED_LEVELS - 1))
             code = np.where(cut, PRUNED + level, code)
         codes.append(SAFE_CODES[max_pool(code, factor).astype(np.int64)])

@@ -86,7 +86,7 @@ def _heads(trace: Trace, stage: str, layer: int, batch: int, head: int | None = 
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     if head is not None:
-        _check_index("head", head, trace.stages.records[stage][position].shape[1], "heads")
+        _check_index("head", head, trace.record(stage, position).shape[1], "heads")
     return trace.drawable(stage, position, head)[batch].cpu().numpy()
 
 
