@@ -121,18 +121,25 @@ class Trace:
             if head is None:
                 return self._nan_where_masked(stage, record, self.visible[:, None])
             return self._nan_where_masked(stage, record[:, head], self.visible)
-        if stage not in self._drawable:
-            self._drawable[stage] = self._nan_where_masked(stage, self[stage], self.visible[None, :, None])
+        if stage not in self._drawable:       # layer by layer into one tensor: no stacked copy of the raw stage
+            records = self.stages.records[stage] if stage in self else self[stage]
+            whole = torch.empty((len(records), *records[0].shape), device=records[0].device)
+            for record, layer in zip(records, whole, strict=True):
+                self._nan_where_masked(stage, record, self.visible[:, None], out=layer)
+            self._drawable[stage] = whole
         whole = self._drawable[stage]
         return whole if position is None else whole[position] if head is None else whole[position, :, head]
 
     @staticmethod
-    def _nan_where_masked(stage: str, values: Tensor, visible: Tensor) -> Tensor:
-        """`values` as float32, NaN where a mask's fill was carried in and, from `masked` on, where not `visible`."""
+    def _nan_where_masked(stage: str, values: Tensor, visible: Tensor, out: Tensor | None = None) -> Tensor:
+        """`values` as float32 (written into `out` if given), NaN where a mask's fill was carried in and, from
+        `masked` on, where not `visible`."""
         hidden = carries_fill(values)
         if stage in MASKED_STAGES:
             hidden = hidden | ~visible
-        return values.float().masked_fill(hidden, float("nan"))
+        if out is None:
+            return values.float().masked_fill(hidden, float("nan"))
+        return out.copy_(values).masked_fill_(hidden, float("nan"))
 
     def nonfinite(self) -> dict[str, int]:
         """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean.
