@@ -441,20 +441,21 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
 
 
 @functools.lru_cache(maxsize=32)
-def _strip_axes(titles: tuple[str, ...], axis_titles: tuple[str, str]) -> str:
-    """A stage strip's subplot layout (one row of panels sharing the query axis, reversed; panel and axis titles)
-    as JSON, made by make_subplots once per set of titles, as _grid_axes does for the grid."""
+def _strip_axes(titles: tuple[str, ...], xy: tuple[str, str]) -> str:
+    """A stage strip's subplot layout (one row of panels sharing the query axis, reversed; the panels' titles and
+    the x and y axis titles `xy`) as JSON, made by make_subplots once per set of titles, as _grid_axes does for
+    the grid."""
     fig = make_subplots(rows=1, cols=len(titles), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text=axis_titles[0])
-    fig.update_yaxes(title_text=axis_titles[1], col=1)
+    fig.update_xaxes(title_text=xy[0])
+    fig.update_yaxes(title_text=xy[1], col=1)
     fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})
 
 
-def _strip_layout(titles: tuple[str, ...], axis_titles: tuple[str, str]) -> dict:
+def _strip_layout(titles: tuple[str, ...], xy: tuple[str, str]) -> dict:
     """A fresh copy of _strip_axes, for a figure to change."""
-    return json.loads(_strip_axes(titles, axis_titles))
+    return json.loads(_strip_axes(titles, xy))
 
 
 def _weights(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
