@@ -184,12 +184,13 @@ def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
     draws a path per head instead of heads × keys bars (the query row of a long input)."""
     steps = []
+    positions, labels = np.arange(len(keys)), np.asarray(keys, dtype=object)   # plotly checks a list item by item
     for bar in fig.data:
         if bar.type != "bar":
             steps.append(bar)
             continue
         hover = bar.hovertemplate.replace("key %{x}", "key %{text}")
-        steps.append(go.Scatter(x=list(range(len(bar.y))), y=bar.y, text=keys, name=bar.name, mode="lines",
+        steps.append(go.Scatter(x=positions, y=bar.y, text=labels, name=bar.name, mode="lines",
                                 line=dict(color=bar.marker.color, width=1.2, shape="hvh"), hovertemplate=hover))
     fig.data = []
     fig.add_traces(steps)

@@ -296,12 +296,15 @@ def test_fully_masked_rows_and_equal_logits(tiny_decoder: xattn.TransformerWrapp
 
 
 def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.TransformerWrapper) -> None:
-    """drawable(stage, position), made from one layer's record, is the same NaNs and numbers as that layer of the
-    whole stage (residual attention carries mask fills between layers; a padding mask hides a key too)."""
+    """drawable(stage, position) and drawable(stage, position, head), made from one layer's record (`record`), are
+    the same NaNs and numbers as that layer (and head) of the whole stage (residual attention carries mask fills
+    between layers; a padding mask hides a key too)."""
     tokens = torch.tensor([[0, 3, 4, 5, 6, 7], [0, 8, 9, 10, 11, 12]])
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     _, trace = tiny_decoder.run_with_trace(tokens, mask=mask)
     layers = {stage: [trace.drawable(stage, p) for p in range(len(trace.layers))] for stage in trace.stages}
+    heads = {stage: [[trace.drawable(stage, p, h) for h in range(trace[stage].shape[2])]
+                     for p in range(len(trace.layers))] for stage in trace.stages}
     assert not trace._drawable                                    # nothing stacked for them
     for stage, parts in layers.items():
         whole = trace.drawable(stage)
@@ -309,6 +312,10 @@ def test_one_layer_drawable_is_that_layer_of_the_whole(tiny_decoder: xattn.Trans
         for p, part in enumerate(parts):
             torch.testing.assert_close(part, whole[p], equal_nan=True, rtol=0, atol=0)
             torch.testing.assert_close(trace.drawable(stage, p), whole[p], equal_nan=True, rtol=0, atol=0)
+            assert torch.equal(trace.record(stage, p), trace[stage][p])
+            for h, one in enumerate(heads[stage][p]):
+                torch.testing.assert_close(one, whole[p, :, h], equal_nan=True, rtol=0, atol=0)
+                torch.testing.assert_close(trace.drawable(stage, p, h), whole[p, :, h], equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -356,6 +363,20 @@ def test_one_overflowing_cell_is_counted(tiny_decoder: xattn.TransformerWrapper,
         records[-1][0, 1, cell[0], cell[1]] = value
         assert trace.nonfinite() == ({stage: counted} if counted else {}), stage
         records[-1] = kept
+
+
+def test_shared_and_expanded_records_are_counted_in_each_stage(tiny_decoder: xattn.TransformerWrapper) -> None:
+    """Stages that record one tensor (a layer leaves them unchanged) each count its bad cells; a record expanded
+    from one number (stride 0) counts every cell it stands for."""
+    _, trace = tiny_decoder.run_with_trace(torch.tensor([[0, 3, 4, 5, 6, 7]]))
+    records = trace.stages.records
+    summed = records["scores_residual"][-1]
+    sharing = [s for s, r in records.items() if r[-1].data_ptr() == summed.data_ptr() and r[-1].shape == summed.shape]
+    assert len(sharing) > 1 and trace.nonfinite() == {}
+    summed[0, 1, 1, 0] = float("nan")                              # in place: every stage sharing it holds it
+    other = next(s for s in records if s not in sharing)
+    records[other][0] = torch.tensor(float("inf")).expand(summed.shape)
+    assert trace.nonfinite() == {other: summed.numel(), **{s: 1 for s in sharing}}
 
 
 # Concurrency: 32 sessions, each its own model and text, no cross-talk

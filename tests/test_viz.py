@@ -15,6 +15,7 @@ import torch
 import xattn
 from xattn import viz
 from xattn.trace import Trace, build_trace
+from xattn.viz.cells import pool_shown
 from xattn.viz.export import find_chromium
 from xattn.viz.payload import LEVELS, MASKED_CODE, SAFE_CODES, decode
 from xattn.viz.style import MASKED_COLOR
@@ -148,15 +149,44 @@ def test_grid_full_resolution_panels(trace):
 
 
 def pool_by_hand(values: np.ndarray, f: int, signed: bool) -> np.ndarray:
-    n = math.ceil(values.shape[0] / f)
-    out = np.full((n, n), np.nan)
-    for i in range(n):
-        for j in range(n):
-            block = values[i * f:(i + 1) * f, j * f:(j + 1) * f].ravel()
-            block = block[~np.isnan(block)]
-            if block.size:
-                out[i, j] = block[np.argmax(np.abs(block) if signed else block)]
+    """Each f × f block of the last two axes (edge blocks cut short): its first largest (|largest|) non-NaN
+    value in row-major order, NaN when it has none."""
+    *lead, rows, cols = values.shape
+    out = np.full((*lead, math.ceil(rows / f), math.ceil(cols / f)), np.nan)
+    for index in np.ndindex(*out.shape):
+        *at, i, j = index
+        block = values[(*at, slice(i * f, (i + 1) * f), slice(j * f, (j + 1) * f))].ravel()
+        block = block[~np.isnan(block)]
+        if block.size:
+            out[index] = block[np.argmax(np.abs(block) if signed else block)]
     return out
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize(("shape", "f"), [((7, 10), 3), ((2, 3, 13, 9), 4), ((5, 5), 5), ((1, 17, 4), 2),
+                                          ((6, 6), 7)])
+def test_max_pool_is_a_nan_aware_block_maximum(shape, f, signed):
+    rng = np.random.default_rng(f)
+    values = rng.integers(-3, 4, size=shape).astype(np.float32)     # few distinct values: ties, ±x of equal size
+    values[rng.random(shape) < 0.4] = np.nan
+    values.reshape(-1)[:3] = [np.nan, np.inf, -np.inf]
+    values[..., :f, -f:] = np.nan                                       # a block with no value: stays NaN
+    pooled = viz.max_pool(values, f, signed=signed)
+    assert pooled.dtype == np.float32
+    np.testing.assert_array_equal(pooled, pool_by_hand(values, f, signed))
+
+
+def test_pool_shown_tells_hidden_blocks_from_masked_ones():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((2, 11, 8)).astype(np.float32)
+    values[rng.random(values.shape) < 0.5] = np.nan
+    values[0, :3, :3] = np.nan                                          # a masked block
+    hidden = rng.random(values.shape) < 0.5
+    shown, only_hidden = pool_shown(values, hidden, 3, signed=True)
+    np.testing.assert_array_equal(shown, pool_by_hand(np.where(hidden, np.nan, values), 3, signed=True))
+    some_value = ~np.isnan(pool_by_hand(values, 3, signed=True))
+    assert only_hidden.any() and (np.isnan(shown) & ~only_hidden).any()
+    np.testing.assert_array_equal(only_hidden, np.isnan(shown) & some_value)
 
 
 @pytest.mark.parametrize("stage", ["attn", "scores"])

@@ -1,6 +1,7 @@
 """Size estimates made before any memory is spent, so a request too large is refused with a number."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +18,16 @@ class TooLarge(ValueError):
     """A model or trace that would not fit the budget it was given."""
 
 
-def parameter_count(config: ModelConfig | EncDecConfig) -> int:
+def parameter_count(config: ModelConfig | EncDecConfig | dict[str, Any]) -> int:
     """Parameters a `TransformerWrapper` (or an encoder–decoder, both sides, a tied embedding once) of `config`
-    holds, counted on modules built on the `meta` device (no memory is allocated, and the count cannot drift
-    from what the modules really create)."""
+    (or the JSON form of one) holds, counted on modules built on the `meta` device (no memory is allocated, and
+    the count cannot drift from what the modules really create)."""
+    return _parameters(config if isinstance(config, (ModelConfig, EncDecConfig)) else config_from_dict(config))
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(config: ModelConfig | EncDecConfig) -> int:
+    """parameter_count, kept per (frozen) config: the app checks a model's before every trace."""
     with torch.device("meta"):
         model = build_any(config)
     return sum(p.numel() for p in model.parameters())

@@ -106,32 +106,55 @@ class Trace:
             raise KeyError(f"layer {layer} was not traced; traced layers: {self.layers}")
         return self.layers.index(layer)
 
-    def drawable(self, stage: str, position: int | None = None) -> Tensor:
+    def record(self, stage: str, position: int) -> Tensor:
+        """trace[stage][position], one traced layer's [b, h, i, j] as recorded, without stacking every layer's."""
+        return self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
+
+    def drawable(self, stage: str, position: int | None = None, head: int | None = None) -> Tensor:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
         and anywhere a mask's fill value was carried in (residual attention carries it between layers).
         With `position`, only that layer of the trace's [b, h, i, j], made from its own record unless the whole
-        stage is made already: a view of one layer's stages does not pay for every layer's."""
+        stage is made already: a view of one layer's stages does not pay for every layer's; with `head` too, only
+        that head's [b, i, j], for a view of one head."""
         if position is not None and stage not in self._drawable:
-            record = self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
-            return self._nan_where_masked(stage, record, self.visible[:, None])
-        if stage not in self._drawable:
-            self._drawable[stage] = self._nan_where_masked(stage, self[stage], self.visible[None, :, None])
-        return self._drawable[stage] if position is None else self._drawable[stage][position]
+            record = self.record(stage, position)
+            if head is None:
+                return self._nan_where_masked(stage, record, self.visible[:, None])
+            return self._nan_where_masked(stage, record[:, head], self.visible)
+        if stage not in self._drawable:       # layer by layer into one tensor: no stacked copy of the raw stage
+            records = self.stages.records[stage] if stage in self else self[stage]
+            whole = torch.empty((len(records), *records[0].shape), device=records[0].device)
+            for record, layer in zip(records, whole, strict=True):
+                self._nan_where_masked(stage, record, self.visible[:, None], out=layer)
+            self._drawable[stage] = whole
+        whole = self._drawable[stage]
+        return whole if position is None else whole[position] if head is None else whole[position, :, head]
 
     @staticmethod
-    def _nan_where_masked(stage: str, values: Tensor, visible: Tensor) -> Tensor:
-        """`values` as float32, NaN where a mask's fill was carried in and, from `masked` on, where not `visible`."""
+    def _nan_where_masked(stage: str, values: Tensor, visible: Tensor, out: Tensor | None = None) -> Tensor:
+        """`values` as float32 (written into `out` if given), NaN where a mask's fill was carried in and, from
+        `masked` on, where not `visible`."""
         hidden = carries_fill(values)
         if stage in MASKED_STAGES:
             hidden = hidden | ~visible
-        return values.float().masked_fill(hidden, float("nan"))
+        if out is None:
+            return values.float().masked_fill(hidden, float("nan"))
+        return out.copy_(values).masked_fill_(hidden, float("nan"))
 
     def nonfinite(self) -> dict[str, int]:
-        """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean."""
+        """{stage: cells} where a number overflowed: ±inf, or NaN in a cell no mask hides. Empty when clean.
+        Stages a layer leaves unchanged record the very same tensor: each tensor is checked once."""
         visible = self.visible[:, None]
-        counts = {}
+        counts, checked = {}, {}
+
+        def count(t: Tensor) -> int:
+            view = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+            if view not in checked:
+                checked[view] = overflowed(t, visible)
+            return checked[view]
+
         for stage, records in self.stages.records.items():   # per layer: no stacked copy just to count
-            bad = sum(overflowed(t, visible) for t in records)
+            bad = sum(count(t) for t in records)
             if bad:
                 counts[stage] = bad
         return counts
@@ -149,9 +172,11 @@ class Trace:
 
 def overflowed(values: Tensor, visible: Tensor) -> int:
     """Cells of `values` that overflowed: NaN or +inf anywhere, -inf where `visible` (a mask's fill elsewhere).
-    A clean tensor, nearly every one, costs a min-max pass (and a masked minimum if a mask's -inf is in it)
-    instead of the six passes of the count, which runs only when something is off."""
-    low, high = torch.aminmax(values)
+    A clean tensor, nearly every one, costs a min-max pass over its distinct cells (an expanded one's stored
+    values, not every cell they stand for), and a masked minimum if a mask's -inf is in it, instead of the six
+    passes of the count, which runs only when something is off."""
+    repeated = tuple(slice(0, 1) if stride == 0 else slice(None) for stride in values.stride())
+    low, high = torch.aminmax(values[repeated])          # an expanded tensor's values, each once
     if high.isfinite() and (low.isfinite() or torch.where(visible, values, 0).amin() > float("-inf")):
         return 0
     return int((values.isnan() | values.isposinf() | (values.isneginf() & visible)).sum())

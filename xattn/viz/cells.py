@@ -17,7 +17,7 @@ import numpy as np
 from ..attention import PRUNE_AT
 from ..masks import REASONS, trace_reasons
 from ..trace import Trace
-from .payload import SAFE_CODES, max_pool
+from .payload import SAFE_CODES, any_pool, max_pool
 
 SINK = "sink"                          # the learned sink's key column (`trace.key_extras`)
 PRUNED = len(REASONS)                  # why-codes from here on: pruned, F on PRUNED_LEVELS levels
@@ -28,7 +28,7 @@ def pruned(trace: Trace, layer: int, batch: int = 0) -> np.ndarray:
     """[query, key] True where selective attention's F prunes a visible key in `layer` (F ≥ PRUNE_AT)."""
     if "selection" not in trace:
         return np.zeros(tuple(trace.visible.shape[1:]), dtype=bool)
-    penalty = trace["selection"][trace.layer_index(layer), batch, 0].float().cpu().numpy()
+    penalty = trace.record("selection", trace.layer_index(layer))[batch, 0].float().cpu().numpy()
     return trace.visible[batch].cpu().numpy() & (penalty >= PRUNE_AT)
 
 
@@ -80,7 +80,7 @@ def pool_shown(values: np.ndarray, hidden: np.ndarray | None, factor: int, *,
     if hidden is None:
         return max_pool(values, factor, signed=signed), None
     shown = max_pool(np.where(hidden, np.nan, values), factor, signed=signed)
-    return shown, np.isnan(shown) & ~np.isnan(max_pool(values, factor, signed=signed))
+    return shown, np.isnan(shown) & any_pool(~np.isnan(values), factor)
 
 
 def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int, int, int] | None = None,
@@ -96,12 +96,12 @@ def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int
     codes, top = [], PRUNE_AT
     selective = [layer for layer in (layers or []) if pruned(trace, layer, batch)[i0:i1, j0:j1].any()]
     for layer in selective:
-        top = max(top, float(trace["selection"][trace.layer_index(layer), batch, 0].max()))
+        top = max(top, float(trace.record("selection", trace.layer_index(layer))[batch, 0].max()))
     for layer in [None, *selective]:
         code = masked.copy()
         if layer is not None:
             cut = pruned(trace, layer, batch)[i0:i1, j0:j1]
-            penalty = trace["selection"][trace.layer_index(layer), batch, 0, i0:i1, j0:j1].float().cpu().numpy()
+            penalty = trace.record("selection", trace.layer_index(layer))[batch, 0, i0:i1, j0:j1].float().cpu().numpy()
             level = np.rint((penalty - PRUNE_AT) / max(top - PRUNE_AT, 1e-9) * (PRUNED_LEVELS - 1))
             code = np.where(cut, PRUNED + level, code)
         codes.append(SAFE_CODES[max_pool(code, factor).astype(np.int64)])

@@ -77,18 +77,19 @@ def _layer_position(trace: Trace, layer: int) -> int:
     return trace.layers.index(layer)
 
 
-def _heads(trace: Trace, stage: str, layer: int, batch: int) -> np.ndarray:
-    """Drawable values [head, query, key] of one layer and batch row, NaN where masked."""
+def _heads(trace: Trace, stage: str, layer: int, batch: int, head: int | None = None) -> np.ndarray:
+    """Drawable values [head, query, key] of one layer and batch row, NaN where masked; with `head`, that head's
+    [query, key], made from its own record alone unless the whole stage is made already."""
     _check_stage(trace, stage)
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
-    return trace.drawable(stage, position)[batch].cpu().numpy()
+    if head is not None:
+        _check_index("head", head, trace.record(stage, position).shape[1], "heads")
+    return trace.drawable(stage, position, head)[batch].cpu().numpy()
 
 
 def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
-    values = _heads(trace, stage, layer, batch)
-    _check_index("head", head, values.shape[0], "heads")
-    return values[head]
+    return _heads(trace, stage, layer, batch, head)
 
 
 def visible_token(token: str) -> str:
@@ -207,13 +208,14 @@ def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str =
                       showlegend=legend and k == 0)
 
 
-def _side_colorbars(fig: go.Figure, axes: list[str]) -> None:
-    """Stack the colour bars of several colour axes one above the other to the right of the panels: side by side
-    they would overlap once the figure is drawn narrower than designed."""
+def _side_colorbars(axes: list[dict]) -> None:
+    """Stack the colour bars of several colour axes (`_coloraxis` dicts, changed in place) one above the other to
+    the right of the panels: side by side they would overlap once the figure is drawn narrower than designed."""
     gap, size = 0.06, 1 / len(axes)
     for k, axis in enumerate(axes):
-        fig.layout[axis].colorbar.update(x=1.01, xanchor="left", title_side="right", len=size - gap, lenmode="fraction",
-                                         y=1 - k * size, yanchor="top")
+        axis["colorbar"].update(x=1.01, xanchor="left", len=size - gap, lenmode="fraction", y=1 - k * size,
+                                yanchor="top")
+        axis["colorbar"].setdefault("title", {})["side"] = "right"
 
 
 def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
@@ -267,12 +269,12 @@ def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_mas
     shown = max_pool(values, factor, signed=style.diverging)
     scale = Scale.covering(shown, diverging=style.diverging, fixed=style.fixed_range)
     fig = go.Figure(_heatmap(shown, "coloraxis", scale=scale, labels=labels, factor=factor, exact=True,
-                             name=style.name, keys=keys))
-    fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
-                      coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
-                      xaxis=dict(title=titles[0], constrain="domain"),
-                      yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain"))
+                             name=style.name, keys=keys), layout=dict(
+        template=TEMPLATE, width=760, height=720,
+        title=_title(main, [_pool_note(factor), *notes]),     # the description last: cut first
+        coloraxis=_coloraxis(style, scale, masked=bool(np.isnan(shown).any())),
+        xaxis=dict(title=titles[0], constrain="domain"),
+        yaxis=dict(title=titles[1], autorange="reversed", scaleanchor="x", constrain="domain")))
     _legend_masked(fig, shown)
     _flag_rows(fig, fully_masked)
     return fig, factor
@@ -398,14 +400,15 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                "residual": "" if residual else " (residual attention off)",
                "selection": "" if selective else " (selective attention off)"}
     titles = [f"{STAGE_STYLE[s].name}<br><sup>{wrap(STAGE_STYLE[s].adds + caveats.get(s, ''))}</sup>" for s in chosen]
-    fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     labels, fully_masked = token_labels(trace, batch), trace.fully_masked[batch].cpu().numpy()
-    keys, (x_title, y_title) = key_labels(trace, batch), axis_titles(trace)
+    keys = key_labels(trace, batch)
+    layout = _strip_layout(tuple(titles), axis_titles(trace))
 
     groups: dict[str, list[int]] = {}        # colour range → 1-based columns drawn with it
     for column, stage in enumerate(chosen, start=1):
         groups.setdefault(stage if stage in OWN_RANGE else STAGE_STYLE[stage].colorscale, []).append(column)
     axes: list[str] = []
+    panels, flagged = [], []
     for k, columns in enumerate(groups.values()):
         axis = "coloraxis" if k == 0 else f"coloraxis{k + 1}"
         members = [chosen[c - 1] for c in columns]
@@ -413,29 +416,45 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
         stacked = np.stack([values[s] for s in members])
         scale = _scale(stacked, style, shown)
         masked = any(_any_masked(values[s], hidden[s]) for s in members)
-        fig.layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
-                                      title="logits" if style.diverging and len(members) > 1 else style.bar or None)
+        layout[axis] = _coloraxis(style, scale, masked=masked, hidden=hiding is not None,
+                                  title="logits" if style.diverging and len(members) > 1 else style.bar or None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
-            fig.add_trace(_heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                                   name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage]),
-                          row=1, col=column)
-            if stage in MASKED_STAGES:
-                _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, col=1)
-    _side_colorbars(fig, axes)
-    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
-    _legend_masked(fig, np.stack(list(values.values())))
+            panel = _heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
+                             name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage])
+            suffix = column if column > 1 else ""          # make_subplots' names: x, x2, x3 …
+            panels.append(panel.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
+            flagged += [column] if stage in MASKED_STAGES else []
+    _side_colorbars([layout[axis] for axis in axes])
     lines = max(t.count("<br>") for t in titles) + 1
-    fig.update_layout(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
-                      margin=dict(t=80 + 14 * lines),
-                      title=_title(f"Stages · layer {layer} · head {head}",
-                                   [shown.note(), _pool_note(factor), "what each step changes"]),
-                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    notes = [shown.note(), _pool_note(factor), "what each step changes"]
+    layout.update(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
+                  margin=dict(t=80 + 14 * lines), title=_title(f"Stages · layer {layer} · head {head}", notes),
+                  meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    fig = go.Figure(data=panels, layout=layout)
+    for column in flagged:
+        _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
+    _legend_masked(fig, np.stack(list(values.values())))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
     return fig
+
+
+@functools.lru_cache(maxsize=32)
+def _strip_axes(titles: tuple[str, ...], xy: tuple[str, str]) -> str:
+    """A stage strip's subplot layout (one row of panels sharing the query axis, reversed; the panels' titles and
+    the x and y axis titles `xy`) as JSON, made by make_subplots once per set of titles, as _grid_axes does for
+    the grid."""
+    fig = make_subplots(rows=1, cols=len(titles), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text=xy[0])
+    fig.update_yaxes(title_text=xy[1], col=1)
+    fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
+    return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})
+
+
+def _strip_layout(titles: tuple[str, ...], xy: tuple[str, str]) -> dict:
+    """A fresh copy of _strip_axes, for a figure to change."""
+    return json.loads(_strip_axes(titles, xy))
 
 
 def _weights(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
@@ -498,16 +517,17 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
         f"{STAGE_STYLE['selection'].name}<br><sup>{wrap('summed gate of earlier queries, subtracted from every head')}"
         "</sup>",
         f"Pruned keys<br><sup>{wrap(f'F ≥ ln {1 / PRUNED_BELOW:g}: weight × < {PRUNED_BELOW:g}')}</sup>"])
+    axes = {}
     for column, (values, style, axis) in enumerate([(gate, STAGE_STYLE["masked"], "coloraxis"),
                                                     (penalty, STAGE_STYLE["selection"], "coloraxis2")], start=1):
         scale = Scale.covering(values, diverging=style.diverging, fixed=style.fixed_range)
-        fig.layout[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()),
-                                      title="gate" if column == 1 else "F")
+        axes[axis] = _coloraxis(style, scale, masked=bool(np.isnan(values).any()), title="gate" if column == 1 else "F")
         fig.add_trace(_heatmap(values, axis, scale=scale, labels=labels, exact=True, name=style.name, keys=keys),
                       row=1, col=column)
-    fig.layout["coloraxis3"] = _category_axis(PRUNE_COLORS)
+    axes["coloraxis3"] = _category_axis(PRUNE_COLORS)
     fig.add_trace(_heatmap(state, "coloraxis3", labels=labels, keys=keys, categories=list(PRUNE_COLORS)), row=1, col=3)
-    _side_colorbars(fig, ["coloraxis", "coloraxis2", "coloraxis3"])
+    _side_colorbars(list(axes.values()))
+    fig.update_layout(axes)
     fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     _legend_masked(fig, penalty)
     fig.update_yaxes(autorange="reversed")
@@ -532,17 +552,16 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     row = values[:, query]                                          # [head, key]
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
-    fig = go.Figure([go.Bar(x=keys, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                            hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-                     for h, name in enumerate(names)])
+    x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
     masked = int(np.isnan(row[0]).sum())
-    fig.update_layout(template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-                      xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
-                      title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
-                          DESCRIPTIONS[stage],
-                          f"{masked} masked keys have no bar" if masked else "",
-                          "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""]))
-    return fig
+    return go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                             hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                      for h, name in enumerate(names)], layout=dict(
+        template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
+        xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
+        title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
+            DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
+            "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:

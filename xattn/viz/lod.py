@@ -139,7 +139,6 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     n, n_keys = len(labels), len(keys)
     heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
-    fig = go.Figure(heat)
     notes = [shown.note(), _pool_note(factor)]
     whole = box.whole(n, n_keys)
     if not whole:
@@ -148,19 +147,16 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     ranges = {} if whole else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
     x_title, y_title = axis_titles(trace)
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    fig.update_layout(template=TEMPLATE, width=760, height=720,
-                      title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
-                      coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
-                      xaxis=dict(title=x_title, constrain="domain", range=ranges.get("x"),
-                                 **_ticks(keys, box.j0, box.j1)),
-                      yaxis=dict(title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
-                                 autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
-                      meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1],
-                                           factor=factor, labels=labels, keys=keys, stage=stage, layer=layer,
-                                           head=head, hidden_keys=shown.sink_columns(trace),
-                                           threshold=shown.threshold,
-                                           why=why(trace, [layer], region=(box.i0, box.i1, box.j0, box.j1),
-                                                   factor=factor, batch=batch))))
+    fig = go.Figure(heat, layout=dict(       # the layout at once: update_layout checks it leaf by leaf, far slower
+        template=TEMPLATE, width=760, height=720, title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
+        coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
+        xaxis=dict(title=x_title, constrain="domain", range=ranges.get("x"), **_ticks(keys, box.j0, box.j1)),
+        yaxis=dict(title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
+                   autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
+        meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1], factor=factor, labels=labels,
+                             keys=keys, stage=stage, layer=layer, head=head, hidden_keys=shown.sink_columns(trace),
+                             threshold=shown.threshold, why=why(trace, [layer], region=(box.i0, box.i1, box.j0, box.j1),
+                                                                factor=factor, batch=batch)))))
     _legend_masked(fig, drawn)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
     return fig

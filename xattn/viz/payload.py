@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-from einops import rearrange
+import torch
+import torch.nn.functional as F
 
 SAFE_CODES = np.array([c for c in range(256) if c < 224 and c & 15 != 15 and c & 63 < 62], dtype=np.uint8)
 LEVELS = 205
@@ -85,14 +86,26 @@ def max_pool(values: np.ndarray, factor: int, *, signed: bool = False) -> np.nda
     """Max-pool the last two axes [..., i, j] in factor × factor blocks, ignoring NaN.
 
     Each block keeps its largest value, or with `signed` its value of largest magnitude (sign kept,
-    so strong negative logits survive too). Edges are padded; all-NaN blocks stay NaN (masked).
+    so strong negative logits survive too). Edge blocks are cut short; all-NaN blocks stay NaN (masked).
+    Torch's max_pool2d finds each block's peak (the first one in row-major order on a tie), NaN ranking
+    below every number, and the value is taken from there: one pass, no padded copy.
     """
     if factor == 1:
         return values
-    i, j = values.shape[-2:]
-    pad = [(0, 0)] * (values.ndim - 2) + [(0, -i % factor), (0, -j % factor)]
-    padded = np.pad(values.astype(np.float32), pad, constant_values=np.nan)
-    blocks = rearrange(padded, "... (i a) (j b) -> ... i j (a b)", a=factor, b=factor)
-    key = np.abs(blocks) if signed else blocks
-    best = np.where(np.isnan(key), -np.inf, key).argmax(axis=-1)
-    return np.take_along_axis(blocks, best[..., None], axis=-1)[..., 0]
+    *lead, i, j = values.shape
+    flat = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(-1, i, j)
+    key = flat.abs().nan_to_num_(-math.inf, math.inf) if signed else flat.nan_to_num(-math.inf, math.inf, -math.inf)
+    _, peak = F.max_pool2d(key, factor, ceil_mode=True, return_indices=True)     # flat indices into i × j
+    best = flat.reshape(len(flat), -1).gather(1, peak.reshape(len(flat), -1))
+    return best.reshape(*lead, *peak.shape[-2:]).numpy()
+
+
+def any_pool(mask: np.ndarray, factor: int) -> np.ndarray:
+    """True for each factor × factor block (of the last two axes, edge blocks cut short, as `max_pool`) holding
+    any True cell of `mask`."""
+    if factor == 1:
+        return np.asarray(mask, dtype=bool)
+    *lead, i, j = mask.shape
+    flat = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).reshape(-1, i, j)
+    pooled = F.max_pool2d(flat, factor, ceil_mode=True)
+    return pooled.reshape(*lead, *pooled.shape[-2:]).numpy() > 0
