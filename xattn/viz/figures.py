@@ -7,7 +7,9 @@ labelled in real values; focused single-head views also carry the exact float32 
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
 import textwrap
 
