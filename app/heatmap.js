@@ -35,6 +35,11 @@ const position = v => (typeof v === 'number' ? Math.round(v) : parseInt(String(v
 const fmt = v => (v === null || v === undefined || Number.isNaN(v) ? 'masked'
                   : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4));
 
+function expand(labels) {
+  // axis labels as app/heatmap.py `compact` sends them: the head, then 'token·position' for each token
+  return labels && labels.tokens ? labels.head.concat(labels.tokens.map((t, i) => `${t}\u00b7${i}`)) : labels;
+}
+
 function parse(value) {
   if (!value || !value.plot) return null;
   return typeof value.plot === 'string' ? JSON.parse(value.plot) : value.plot;
@@ -335,6 +340,7 @@ async function draw() {
   tip.style.display = 'none';
   if (!fig) { Plotly.purge(plot); info = {}; detail = null; return; }
   const meta = (fig.layout && fig.layout.meta && fig.layout.meta.xattn) || {};
+  for (const list of ['labels', 'keys']) if (meta[list]) meta[list] = expand(meta[list]);
   for (const t of fig.data) {                                 // our hover for our heatmaps, plotly's for the rest
     if (ours(t)) { t.hoverinfo = 'none'; delete t.hovertemplate; }
   }

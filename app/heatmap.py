@@ -184,13 +184,13 @@ def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
     """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
     draws a path per head instead of heads × keys bars (the query row of a long input)."""
     steps = []
-    positions, labels = np.arange(len(keys)), np.asarray(keys, dtype=object)   # plotly checks a list item by item
+    labels = np.asarray(keys, dtype=object)                  # plotly checks a list item by item
     for bar in fig.data:
         if bar.type != "bar":
             steps.append(bar)
             continue
         hover = bar.hovertemplate.replace("key %{x}", "key %{text}")
-        steps.append(go.Scatter(x=positions, y=bar.y, text=labels, name=bar.name, mode="lines",
+        steps.append(go.Scatter(x0=0, dx=1, y=bar.y, text=labels, name=bar.name, mode="lines",   # x: key positions
                                 line=dict(color=bar.marker.color, width=1.2, shape="hvh"), hovertemplate=hover))
     fig.data = []
     fig.add_traces(steps)
@@ -209,9 +209,23 @@ def lean(fig: go.Figure) -> go.Figure:
     for trace in fig.data:
         if trace.type == "scatter" and trace.text is not None and list(trace.text) == keys:
             trace.update(text=None, meta={**(trace.meta or {}), "text": "keys"})
-    if keys == list(meta.get("labels", [])):
-        fig.layout.meta = {**fig.layout.meta, "xattn": {k: v for k, v in meta.items() if k != "keys"}}
+    lists = {"labels": meta.get("labels")} if keys == list(meta.get("labels", [])) else {"labels": meta.get("labels"),
+                                                                                          "keys": keys}
+    fig.layout.meta = {**fig.layout.meta, "xattn": {**{k: v for k, v in meta.items() if k != "keys"},
+                                                    **{k: compact(v) for k, v in lists.items() if v is not None}}}
     return fig
+
+
+def compact(labels: list[str]) -> list[str] | dict:
+    """Axis labels as the page gets them: {"head": the labels before the tokens (memory tokens, extra keys),
+    "tokens": the tokens} when the rest are viz's 'token·position' (heatmap.js adds the positions back), else as
+    they are."""
+    labels = list(labels)
+    last = labels[-1].rsplit("·", 1)[-1] if labels else ""
+    start = len(labels) - 1 - int(last) if last.isdigit() else -1       # where token 0 would be
+    if start < 0 or not all(label.endswith(f"·{i}") for i, label in enumerate(labels[start:])):
+        return labels
+    return {"head": labels[:start], "tokens": [label[: label.rindex("·")] for label in labels[start:]]}
 
 
 # Hover on demand: a page's view without its exact values and why-codes, which the server keeps and the

@@ -101,8 +101,22 @@ def test_the_page_gets_each_label_list_once() -> None:
         assert all(t.text is None and t.meta["text"] == "keys" for t in page_row.data if t.type == "scatter")
         for figure in page[:4]:
             meta = figure.layout.meta["xattn"]
-            assert ("keys" in meta) != same and (same or meta["keys"] == keys)
-            assert meta["labels"] == api_row.layout.meta["xattn"]["labels"]
+            assert ("keys" in meta) != same and (same or expand(meta["keys"]) == keys)
+            assert expand(meta["labels"]) == api_row.layout.meta["xattn"]["labels"]
+        assert page[0].layout.meta["xattn"]["labels"]["tokens"][:3] == ["<bos>", "a", "b"]   # positions implied
+
+
+def expand(labels: list[str] | dict) -> list[str]:
+    """heatmap.compact's labels as app/heatmap.js expands them."""
+    return labels if isinstance(labels, list) else [*labels["head"], *(f"{t}·{i}" for i, t in
+                                                                        enumerate(labels["tokens"]))]
+
+
+def test_labels_travel_without_their_positions() -> None:
+    assert heatmap.compact(["sink", "<bos>·0", "a·1", "·2"]) == {"head": ["sink"], "tokens": ["<bos>", "a", ""]}
+    assert heatmap.compact(["mem 0", "a·0", "b·1"]) == {"head": ["mem 0"], "tokens": ["a", "b"]}
+    assert heatmap.compact(["a·0", "b·2"]) == ["a·0", "b·2"]                   # not the positions: sent as they are
+    assert heatmap.compact(["x", "y"]) == ["x", "y"] and heatmap.compact([]) == []
 
 
 def test_a_click_redraws_only_what_changes(default: models.Loaded) -> None:
@@ -206,7 +220,7 @@ def test_a_long_query_row_is_one_step_line_per_head() -> None:
     for h, line in enumerate(lines):
         np.testing.assert_allclose(np.asarray(line.y, dtype=float), trace.drawable("attn")[0, 0, h, 500].numpy(),
                                    rtol=1e-5, atol=1e-6)
-        assert list(line.x) == list(range(len(ids))) and line.text[500].endswith("·500")
+        assert (line.x0, line.dx, len(line.y)) == (0, 1, len(ids)) and line.text[500].endswith("·500")
 
 
 def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:
@@ -218,7 +232,7 @@ def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:
     _, _, query, _, focused, _, row, _ = views.explore_pick(*args, event(query=13, key=16))
     meta = focused.layout.meta["xattn"]
     assert (meta["n"], meta["n_keys"]) == (14, 17) and query == 13
-    assert row.layout.meta["xattn"]["keys"][:4] == ["mem kv 0", "mem kv 1", "mem kv 2", "mem 0"]
+    assert expand(row.layout.meta["xattn"]["keys"])[:4] == ["mem kv 0", "mem kv 1", "mem kv 2", "mem 0"]
     detail = views.explore_zoom(session, *args[1:6], event(region=[10, 99, 12, 99], px=600, head=meta["key"]))
     assert detail.layout.meta["xattn"]["region"] == [10, 14, 12, 17]
     ids = loaded.tokenizer.encode(text)
