@@ -452,7 +452,9 @@ function wire() {
   new ResizeObserver(() => { if (plot._fullLayout) Plotly.Plots.resize(plot); }).observe(view);
 }
 
-let queue = Promise.resolve();
-const redraw = () => { queue = queue.then(draw).catch(err => console.error('xattn view:', err)); };
+// every view of the page draws in turn (one queue): plotly measures as it draws, and measuring while another plot
+// is half drawn makes the browser lay the page out again and again
+X.queue = X.queue || Promise.resolve();
+const redraw = () => { X.queue = X.queue.then(draw).catch(err => console.error('xattn view:', err)); };
 watch('value', redraw);
 redraw();
