@@ -72,8 +72,9 @@ with no_stub():
         A subclass, not a patched gr.HTML: Gradio answers a `gr.update()` by building a fresh component of the
         output's class for the session, and that copy must still turn figures into JSON."""
 
-        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, **kwargs: Any) -> None:
-            super().__init__(None, label=label, show_label=False, container=True, html_template=TEMPLATE,
+        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, value: Any = None,
+                     **kwargs: Any) -> None:
+            super().__init__(value, label=label, show_label=False, container=True, html_template=TEMPLATE,
                              css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
                              role=role, **kwargs)
 
@@ -102,8 +103,9 @@ PLOT_API = gr.Plot(render=False).api_info()
 
 
 def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
-                elem_classes: list[str] | None = None) -> PlotlyView:
-    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes)
+                elem_classes: list[str] | None = None, value: Any = None) -> PlotlyView:
+    """A PlotlyView; `value` (a figure) is drawn as the page opens, shipped in the page's config."""
+    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, value=value)
 
 
 def static_paths() -> list[str]:
