@@ -25,6 +25,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 import plotly
@@ -36,7 +37,11 @@ from xattn import viz
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 # Relative to the page, so the app also works under a path prefix.
-HEAD = f'<script src="gradio_api/file={PLOTLY_JS.as_posix()}"></script>'
+PLOTLY_URL = f"gradio_api/file={PLOTLY_JS.as_posix()}"
+HEAD = f'<script src="{PLOTLY_URL}"></script>'
+# The page's own response names plotly.js for preloading (app/main.py): the browser fetches it while Gradio's scripts
+# load, instead of once the views are mounted and add HEAD (about a second later).
+PRELOAD = f"<{quote(PLOTLY_URL, safe='/=')}>; rel=preload; as=script"
 ZOOM_PIXELS = (64, 1024)           # a zoom request's cells per side, whatever width the browser claims
 
 TEMPLATE = '<div class="xattn-view"><div class="xattn-plot"></div><div class="xattn-tip"></div></div>'
