@@ -42,8 +42,8 @@ class Controls:
         self.opening = opening
 
     def slider(self, what: str, label: str | None = None) -> gr.Slider:
-        # Sliders start where the page's first model puts them: the Explore tab's own select event, which
-        # Gradio fires as the page opens, draws the opening head from them (the page load asks for no views).
+        # Sliders start where the page's first model puts them: on the head its opening Explore views show (they
+        # come with the page: `opening`, computed in `build`).
         slider = gr.Slider(0, CEILING[what], value=self.start(self.opening)[what], step=1, label=label or what)
         self.sliders.append((what, slider))
         return slider
