@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 import numpy as np
@@ -40,7 +41,11 @@ from xattn.masks import REASONS
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 # Relative to the page, so the app also works under a path prefix.
-HEAD = f'<script src="gradio_api/file={PLOTLY_JS.as_posix()}"></script>'
+PLOTLY_URL = f"gradio_api/file={PLOTLY_JS.as_posix()}"
+HEAD = f'<script src="{PLOTLY_URL}"></script>'
+# The page's own response names plotly.js for preloading (app/main.py): the browser fetches it while Gradio's scripts
+# load, instead of once the views are mounted and add HEAD (about a second later).
+PRELOAD = f"<{quote(PLOTLY_URL, safe='/=')}>; rel=preload; as=script"
 ZOOM_PIXELS = (64, 1024)           # a zoom request's cells per side, whatever width the browser claims
 
 TEMPLATE = '<div class="xattn-view"><div class="xattn-plot"></div><div class="xattn-tip"></div></div>'
@@ -76,9 +81,9 @@ with no_stub():
         A subclass, not a patched gr.HTML: Gradio answers a `gr.update()` by building a fresh component of the
         output's class for the session, and that copy must still turn figures into JSON."""
 
-        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None,
+        def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, value: Any = None,
                      hover: Callable[[Any], dict] | None = None, **kwargs: Any) -> None:
-            super().__init__(None, label=label, show_label=False, container=True, html_template=TEMPLATE,
+            super().__init__(value, label=label, show_label=False, container=True, html_template=TEMPLATE,
                              css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
                              role=role, server_functions=[hover] if hover else None, **kwargs)
 
@@ -107,10 +112,11 @@ PLOT_API = gr.Plot(render=False).api_info()
 
 
 def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
-                elem_classes: list[str] | None = None, hover: Callable[[Any], dict] | None = None) -> PlotlyView:
-    """A PlotlyView; `hover(data)` (named `hover_cell`) answers its hover's questions about figures sent
-    `on_demand`."""
-    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, hover=hover)
+                elem_classes: list[str] | None = None, value: Any = None,
+                hover: Callable[[Any], dict] | None = None) -> PlotlyView:
+    """A PlotlyView; `value` (a figure) is drawn as the page opens, shipped in the page's config; `hover(data)`
+    (named `hover_cell`) answers its hover's questions about figures sent `on_demand`."""
+    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, value=value, hover=hover)
 
 
 def static_paths() -> list[str]:

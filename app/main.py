@@ -6,6 +6,8 @@ import socket
 from collections.abc import Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xattn.memory import reuse_freed_memory
 
@@ -16,6 +18,26 @@ from .ui import CSS, build
 def create_app() -> gr.Blocks:
     """The app, built but not launched."""
     return build()
+
+
+class PreloadPlotly:
+    """The page's HTML answer carries a `Link: rel=preload` header for plotly.js (heatmap.PRELOAD): the browser
+    fetches it as the page starts instead of when the plot views mount; the script still runs when they add it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_link(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"link", heatmap.PRELOAD.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, with_link)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,7 +69,8 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
               f"{queue_size} queued.")
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
-                            allowed_paths=heatmap.static_paths(), show_error=True, css=CSS)
+                            allowed_paths=heatmap.static_paths(), show_error=True, css=CSS,
+                            app_kwargs={"middleware": [Middleware(PreloadPlotly)]})
     return demo, url
 
 

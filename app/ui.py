@@ -42,8 +42,8 @@ class Controls:
         self.opening = opening
 
     def slider(self, what: str, label: str | None = None) -> gr.Slider:
-        # Sliders start where the page's first model puts them: the Explore tab's own select event, which
-        # Gradio fires as the page opens, draws the opening head from them (the page load asks for no views).
+        # Sliders start where the page's first model puts them: on the head its opening Explore views show (they
+        # come with the page: `opening`, computed in `build`).
         slider = gr.Slider(0, CEILING[what], value=self.start(self.opening)[what], step=1, label=label or what)
         self.sliders.append((what, slider))
         return slider
@@ -96,11 +96,12 @@ def pickable(label: str, pair: bool = False) -> gr.HTML:
     return view(label, "pick", pair=pair)
 
 
-def view(label: str, role: str, pair: bool = False, hover: Any = None) -> gr.HTML:
-    """A figure slot that answers clicks (and, for a focused head, zooms): see app/heatmap.py. With `hover`
-    (views.hover_cell), its figures' exact values stay on the server until the hover asks (heatmap.on_demand)."""
+def view(label: str, role: str, pair: bool = False, value: Any = None, hover: Any = None) -> gr.HTML:
+    """A figure slot that answers clicks (and, for a focused head, zooms), drawing `value` as the page opens: see
+    app/heatmap.py. With `hover` (views.hover_cell), its figures' exact values stay on the server until the hover
+    asks (heatmap.on_demand)."""
     return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None,
-                       hover=hover)
+                       value=value, hover=hover)
 
 
 def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
@@ -115,10 +116,10 @@ def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
     return threshold, hide_sink, averaged
 
 
-def token_text_view() -> gr.HTML:
+def token_text_view(value: str = "") -> gr.HTML:
     """The text view (xattn.viz.token_html): a click on a token sends `pick` with its query position and what
     the page's Plotly views show (app/heatmap.js keeps that in window.xattnViews), as their clicks do."""
-    return gr.HTML("", label="the text, shaded by where the query looks (click a token to make it the query)",
+    return gr.HTML(value, label="the text, shaded by where the query looks (click a token to make it the query)",
                    show_label=True, container=True, padding=True, scale=3, min_height=TEXT_ROW_PX, elem_id="token-text",
                    css_template=".xattn-tokens { padding-top: 1.8em; }", js_on_load=TOKEN_CLICKS)
 
@@ -160,6 +161,13 @@ def model_dropdown(label: str, value: str) -> gr.Dropdown:
     return gr.Dropdown(models.bundled_names(), value=value, label=label, allow_custom_value=True)
 
 
+def opening(loaded: Loaded, controls: Controls) -> list[Any]:
+    """Explore's inputs (after the session) as the page opens on `loaded`: model, text, stage, layer, head, query,
+    threshold, hide_sink, averaged (its example, on the head `Controls.start` names, nothing hidden)."""
+    start = controls.start(loaded)
+    return [loaded.name, loaded.example, "attn", start["layer"], start["head"], start["query"], 0, False, False]
+
+
 def partner(loaded: Loaded) -> str | None:
     """A default model B for comparisons: another bundled model reading the same alphabet, if any."""
     others = [n for n in models.bundled_names() if n != loaded.name and models.bundled(n).tokenizer == loaded.tokenizer]
@@ -170,6 +178,11 @@ def build() -> gr.Blocks:
     """The whole app."""
     default = models.bundled(models.default_name())
     controls = Controls(default)
+    # The Explore views of the page as it opens, computed once here and shipped as the views' first values in the
+    # page's config: the page draws them as soon as it has plotly.js, with no request to wait for.
+    opens_on = opening(default, controls)
+    *first_views, first_text, first_next, first_info = views.explore_page({}, *opens_on, progress=None)
+    views.pin_hovers(first_views)            # every page opens on these: their hover must answer for good
     with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False,
                    delete_cache=limits.CACHE_CLEANUP) as demo:
         session = gr.State({}, time_to_live=limits.SESSION_TTL_S)
@@ -217,16 +230,16 @@ def build() -> gr.Blocks:
                     threshold, hide_sink, averaged = filter_controls()
                 explore_button = gr.Button("Run", variant="primary", elem_classes=["run"])
                 gr.Markdown(texts.EXPLORE)
-                explore_info = gr.Markdown(label="summary")
+                explore_info = gr.Markdown(first_info, label="summary")
                 with gr.Row():
-                    tokens_view = token_text_view()
-                    next_tokens = gr.Markdown(label="next token", elem_id="next-tokens", container=True,
+                    tokens_view = token_text_view(first_text)
+                    next_tokens = gr.Markdown(first_next, label="next token", elem_id="next-tokens", container=True,
                                               min_height=TEXT_ROW_PX)
                 with gr.Row():
-                    grid = view("layers × heads", "grid", pair=True)
-                    heatmap = view("focused head", "head", pair=True, hover=views.hover_cell)
-                strip, query_row = view("stage strip", "strip", hover=views.hover_cell), view("where the query looks",
-                                                                                               "row")
+                    grid = view("layers × heads", "grid", pair=True, value=first_views[0])
+                    heatmap = view("focused head", "head", pair=True, value=first_views[1], hover=views.hover_cell)
+                strip = view("stage strip", "strip", value=first_views[2], hover=views.hover_cell)
+                query_row = view("where the query looks", "row", value=first_views[3])
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
             with gr.Tab("RealFormer") as real_tab:
@@ -302,12 +315,13 @@ def build() -> gr.Blocks:
         # Each view: one API endpoint (a refusal is an error), and on the page run by its button, by opening its
         # tab and by its own controls as they change (sliders by drag or arrow keys, numbers as typed; `input`
         # fires for the user only, never for the page re-ranging them), a refusal said in place (views.in_place).
-        def wire(name: str, fn: Any, tab: gr.Tab, button: gr.Button, inputs: list[Any], outputs: list[Any],
+        # (tab None: the caller wires the tab's select event itself.)
+        def wire(name: str, fn: Any, tab: gr.Tab | None, button: gr.Button, inputs: list[Any], outputs: list[Any],
                  live: list[Any], page: Any = None, extra: tuple[list[Any], list[Any]] = ([], [])) -> None:
             gr.on([], fn, [session, *inputs], outputs, api_name=name)
             more_in, more_out = extra         # the page's own inputs and outputs, before the summary
             page_outputs = [*outputs[:-1], *more_out, outputs[-1]]
-            gr.on([button.click, tab.select] + [c.input for c in live],
+            gr.on([button.click] + ([tab.select] if tab else []) + [c.input for c in live],
                   views.in_place(page or fn, len(page_outputs)), [session, *inputs, *more_in], page_outputs,
                   api_visibility="private", trigger_mode="always_last")
 
@@ -315,7 +329,7 @@ def build() -> gr.Blocks:
         explore_outputs = [grid, heatmap, strip, query_row, explore_info]
         text_outputs = [tokens_view, next_tokens]
         # On the page, Explore's views, text view and predictions come in one request (views.explore_page).
-        wire("explore", views.explore, explore_tab, explore_button, explore_inputs, explore_outputs,
+        wire("explore", views.explore, None, explore_button, explore_inputs, explore_outputs,
              [stage, e_layer, e_head, e_query, threshold, hide_sink], page=views.explore_page,
              extra=([averaged], text_outputs))
         text_inputs = [session, model, text, e_layer, e_head, e_query, averaged, threshold, hide_sink]
@@ -408,10 +422,22 @@ def build() -> gr.Blocks:
         gr.on([], chosen, [session, model], [card, text, model_b, *sliders], api_name="model_info")
         open_inputs, open_outputs = [session, model, text, *stages], [card, text, model_b, *stages, *sliders]
         explore_page = views.in_place(views.explore_loaded, len(explore_page_outputs))
+        # Selecting the Explore tab redraws its views, except the first time, as the page opens (Gradio fires the
+        # select event then): the views drawn from the page's config are current unless something has changed.
+        unopened = gr.State(True)
+        explore_again = views.in_place(views.explore_page, len(explore_page_outputs))
+
+        def explore_select(first: bool, session: Session, *args: Any) -> list[Any]:
+            if first and list(args) == opens_on:
+                return [False, *(gr.skip() for _ in explore_page_outputs)]
+            return [False, *explore_again(session, *args)]
+
+        explore_tab.select(explore_select, [unopened, *explore_page_inputs], [unopened, *explore_page_outputs],
+                           api_visibility="private", trigger_mode="always_last")
         model.input(chosen, open_inputs, open_outputs, api_visibility="private").success(
             explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
-        # The page opens with the default model's card, text and sliders already in place, and the Explore tab's
-        # select event (fired as the page opens) draws its views: the load only narrows the stage lists.
+        # The page opens with the default model's card, text, sliders and Explore views already in place: the load
+        # only narrows the stage lists.
         demo.load(chosen, open_inputs, open_outputs, api_visibility="private")
 
         @views.friendly

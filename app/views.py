@@ -373,10 +373,23 @@ def lighter(figure: Any, key: str) -> Any:
     return figure
 
 
+PINNED: dict[str, heatmap.Kept] = {}      # `lighter` figures kept for good: the views every page opens on
+
+
+def pin_hovers(figures: list[Any]) -> None:
+    """Keep what `lighter` took out of these figures for as long as the app runs (not among the recent ones)."""
+    for figure in figures:
+        key = figure.layout.meta["xattn"].get("hover") if isinstance(figure, Figure) else None
+        kept = recall(("hover", key)) if key else None
+        if kept is not None:
+            PINNED[key] = kept
+
+
 def hover_cell(data: Any) -> dict:
     """A page's hover on a figure sent `lighter`: {"hover": its key, "trace", "row", "col", "query", "key",
     "layer"} → the cell's exact value and why (heatmap.hover_cell); {} once the figure is no longer kept."""
-    kept = recall(("hover", data.get("hover"))) if isinstance(data, dict) else None
+    key = data.get("hover") if isinstance(data, dict) else None
+    kept = PINNED.get(key) or recall(("hover", key)) if isinstance(key, str) else None
     return {} if kept is None else heatmap.hover_cell(kept, data)
 
 

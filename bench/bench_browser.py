@@ -7,7 +7,8 @@ costs. The server runs in its own process, as in bench_app.py.
     python bench/bench_browser.py [--repeats 3] [--load-only]
 
 `--load-only` times page loads alone: the first after the server starts, then `repeats` more, each in a fresh
-browser context (an empty cache), with the server warm.
+browser context (an empty cache), with the server warm; and when, in the page, the views were mounted (Gradio's
+start-up), plotly.js was ready, and the first and last view were drawn.
 
 Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 1 × 2, dim 16
 model reading 2,048 tokens (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
@@ -64,6 +65,23 @@ DONE = """([views, before, focus, redrawn]) => {
   return views.every(id => (now[id].focus || '').startsWith(focus))
     && redrawn.every(id => Number(now[id].drawn || 0) > Number((before[id] || {}).drawn || 0));
 }"""
+
+
+# Run in the page before its own scripts: when the views are mounted, plotly.js is ready and each view is drawn.
+MARKS = """(() => {
+  const marks = window.xattnLoad = {};
+  const mark = what => { if (!(what in marks)) marks[what] = performance.now(); };
+  let plotly;
+  Object.defineProperty(window, 'Plotly', {configurable: true, get: () => plotly,
+                                           set: value => { plotly = value; mark('plotly.js ready'); }});
+  const mounted = new MutationObserver(() => {
+    if (document.querySelectorAll('.xattn-view').length) { mark('views mounted'); mounted.disconnect(); }
+  });
+  mounted.observe(document, {childList: true, subtree: true});
+  new MutationObserver(changes => changes.forEach(() => { mark('first view drawn'); marks['last view drawn'] =
+    performance.now(); })).observe(document, {attributes: true, subtree: true, attributeFilter: ['data-drawn']});
+})()"""
+LOAD_MARKS = ["views mounted", "plotly.js ready", "first view drawn", "last view drawn"]
 
 
 def stamps(page: Any) -> dict[str, dict[str, str]]:
@@ -173,16 +191,20 @@ def measure(page: Any, label: str, n: int, depth: int, heads: int, repeats: int,
     return row
 
 
-def page_load(browser: Any, url: str, opening: str, requests: list[str] | None = None) -> tuple[Any, float]:
-    """A page opened in a fresh context (an empty cache), and the seconds until every Explore view is drawn on the
-    opening head; the URLs it requests are added to `requests`."""
+def page_load(browser: Any, url: str, opening: str,
+              requests: list[str] | None = None) -> tuple[Any, float, dict[str, float]]:
+    """A page opened in a fresh context (an empty cache), the seconds until every Explore view is drawn on the
+    opening head, and the page's own marks on the way (MARKS, seconds since it was asked for); the URLs it
+    requests are added to `requests`."""
     page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    page.add_init_script(MARKS)
     if requests is not None:
         page.on("request", lambda request: requests.append(request.url))
     start = time.perf_counter()
     page.goto(url)
     page.wait_for_function(DONE, arg=[VIEWS, {}, opening, VIEWS], timeout=TIMEOUT_MS, polling=20)
-    return page, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return page, elapsed, {what: ms / 1000 for what, ms in page.evaluate("() => window.xattnLoad").items()}
 
 
 def wait_for(url: str, timeout_s: float = 120.0) -> None:
@@ -217,12 +239,17 @@ def main() -> None:
             start_at = ui.Controls(default).start(default)              # the card's notable head
             opening = f"{start_at['layer']},{start_at['head']},"
             if args.load_only:
-                loads = [page_load(browser, url, opening)[1] for _ in range(args.repeats + 1)]
-                print(f"page load: first {loads[0]:.2f} s, warm server median of {args.repeats} "
-                      f"{statistics.median(loads[1:]):.2f} s ({', '.join(f'{t:.2f}' for t in loads[1:])})")
+                loads = [page_load(browser, url, opening)[1:] for _ in range(args.repeats + 1)]
+                times = [t for t, _ in loads]
+                print(f"page load: first {times[0]:.2f} s, warm server median of {args.repeats} "
+                      f"{statistics.median(times[1:]):.2f} s ({', '.join(f'{t:.2f}' for t in times[1:])})")
+                for name, rows in (("first", loads[:1]), ("warm median", loads[1:])):
+                    print(f"  in the page ({name}, s): " + ", ".join(
+                        f"{what} {statistics.median(marks.get(what, float('nan')) for _, marks in rows):.2f}"
+                        for what in LOAD_MARKS))
                 return
             requests: list[str] = []
-            page, load = page_load(browser, url, opening, requests)
+            page, load, _ = page_load(browser, url, opening, requests)
             n = len(default.tokenizer.encode(default.example))
             texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(args.repeats)]
             rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,

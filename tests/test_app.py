@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from typing import Any
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -15,8 +17,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
+from app import heatmap, models, texts, views  # noqa: E402
 from app import main as app_main  # noqa: E402
-from app import models, texts, views  # noqa: E402
 from xattn import viz  # noqa: E402
 
 from conftest import form_options  # noqa: E402
@@ -276,6 +278,15 @@ def test_long_text_is_cut_with_a_warning(client: Client, default: models.Loaded)
     note = info.split("**Note:**", 1)[1]
     assert "<" not in note, "a note with <…> is cut short where the browser reads it as an HTML tag"
     assert exact(traces(heatmap)[0]).shape == (default.max_seq_len, default.max_seq_len)
+
+
+def test_the_page_names_plotly_js_for_preloading(server: str) -> None:
+    """The page's answer names plotly.js in a preload header, at a URL that serves the installed plotly's file."""
+    with urllib.request.urlopen(server) as page:
+        link = page.headers["link"]
+    assert link.endswith(">; rel=preload; as=script")
+    with urllib.request.urlopen(urljoin(server, link[1:link.index(">")])) as script:
+        assert script.read() == heatmap.PLOTLY_JS.read_bytes()
 
 
 def test_cli_defaults_are_private() -> None:

@@ -134,3 +134,35 @@ def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: 
         finally:
             browser.close()
     assert len(list(shots.glob("*.png"))) >= len(TABS)
+
+
+def test_the_page_opens_drawn_and_the_tab_redraws_after_a_change(server: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The opening Explore views come with the page (no explore computed for it): the focused head carries the
+    trace's values, drawn with the plotly.js the page preloaded (fetched once). Coming back to the tab after the
+    text changed redraws the views for the new text."""
+    from app import views
+    explored, runs = views.explored, []
+    monkeypatch.setattr(views, "explored", lambda *args, **kwargs: runs.append(args[2]) or explored(*args, **kwargs))
+    default = models.bundled(models.default_name())
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+    notable = default.card["notable_heads"][0]
+    with opened_page(server) as page:
+        shown = drawn_heatmap(page, "focused-head", tmp_path)
+        fetched = page.evaluate("() => performance.getEntriesByType('resource').filter(e => "
+                                "e.name.endsWith('plotly.min.js')).length")
+        assert fetched == 1, "plotly.js was fetched again after its preload"
+        assert f"layer {notable['layer']} · head {notable['head']}" in shown["title"]
+        np.testing.assert_allclose(np.array(shown["exact"], dtype=float),
+                                   trace.drawable("attn")[notable["layer"], 0, notable["head"]].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        shorter = default.example[: len(default.example) // 2]
+        page.get_by_label("text", exact=True).fill(shorter)
+        page.get_by_role("tab", name="RealFormer").click()
+        page.get_by_role("tab", name="Explore").click()
+        n = len(default.tokenizer.encode(shorter))
+        page.wait_for_function("(n) => document.querySelector('#focused-head .js-plotly-plot')"
+                               "._fullData.find(d => d.type === 'heatmap').z.length === n", arg=n,
+                               timeout=DRAW_TIMEOUT_MS)
+    assert runs == [shorter], "the page's opening asked for an Explore of its own"

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("gradio")
 import gradio as gr  # noqa: E402
 
-from app import heatmap, models, views  # noqa: E402
+from app import heatmap, limits, models, views  # noqa: E402
 from app.heatmap import PlotlyView  # noqa: E402
 from xattn import masks  # noqa: E402
 
@@ -82,6 +82,20 @@ def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded)
                 assert answer.get("mask") == (masks.REASONS[int(reasons[q, k])] if reasons[q, k] else None)
     assert views.hover_cell({"hover": "gone", "trace": 0, "row": 0, "col": 0, "query": 0, "key": 0}) == {}
     assert views.hover_cell({"hover": meta["hover"], "trace": -1, "row": 0, "col": 0, "query": 0, "key": 0}) == {}
+
+
+def test_the_opening_views_answer_hovers_for_good(default: models.Loaded) -> None:
+    """Every page opens on the views ui.build made once: what their hover asks for is pinned, never let go."""
+    opening = views.explore_page(None, default.name, default.example, "attn", 0, 1, 4)
+    views.pin_hovers(list(opening[:4]))
+    question = {"hover": opening[1].layout.meta["xattn"]["hover"], "trace": 0, "row": 4, "col": 2, "query": 4,
+                "key": 2, "layer": 0}
+    for k in range(limits.RECENT_HOVERS + 2):              # more figures than the recent ones kept (each threshold's)
+        views.explore_page(None, default.name, default.example, "attn", 2, 3, 5, 0.01 * (k + 1))
+    assert views.recall(("hover", question["hover"])) is None                  # let go of among the recent ones
+    ids = default.tokenizer.encode(default.example)
+    _, trace = default.model.run_with_trace(torch.tensor([ids]))
+    assert views.hover_cell(question)["value"] == pytest.approx(float(trace.drawable("attn")[0, 0, 1, 4, 2]), rel=1e-6)
 
 
 def test_the_page_gets_each_label_list_once() -> None:
