@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -287,6 +289,21 @@ def test_the_page_names_plotly_js_for_preloading(server: str) -> None:
     assert link.endswith(">; rel=preload; as=script")
     with urllib.request.urlopen(urljoin(server, link[1:link.index(">")])) as script:
         assert script.read() == heatmap.PLOTLY_JS.read_bytes()
+
+
+def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() -> None:
+    """The page's plotly.js is the cartesian bundle when it is the installed plotly's own version (else the
+    package's full bundle), and it has every trace type the app's figures use (heatmap.TRACES) — which are all the
+    plotly trace classes the library and the app make."""
+    full, cartesian = heatmap.js_version(heatmap.FULL_PLOTLY_JS), heatmap.js_version(heatmap.CARTESIAN_JS)
+    assert full is not None and cartesian is not None
+    assert heatmap.PLOTLY_JS == (heatmap.CARTESIAN_JS if cartesian == full else heatmap.FULL_PLOTLY_JS)
+    registered = set(re.findall(r'moduleType:"trace",name:"(\w+)"', heatmap.PLOTLY_JS.read_text(encoding="utf-8")))
+    assert set(heatmap.TRACES) <= registered
+    root = Path(heatmap.__file__).resolve().parent.parent
+    made = {name.lower() for path in [*root.glob("xattn/**/*.py"), *root.glob("app/*.py")]
+            for name in re.findall(r"go\.([A-Z]\w+)\(", path.read_text(encoding="utf-8")) if name != "Figure"}
+    assert made and made <= set(heatmap.TRACES), f"figures use {made - set(heatmap.TRACES)}: add them to TRACES"
 
 
 def test_cli_defaults_are_private() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from app import models
+from app import heatmap, models
 
 from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
 
@@ -134,7 +134,7 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)
     assert local_only(requests, server) == [], "the page reached beyond the app's own host"
-    assert any(u.endswith("plotly.min.js") for u in requests), "plotly.js did not come from the app"
+    assert any(u.endswith(heatmap.PLOTLY_JS.name) for u in requests), "plotly.js did not come from the app"
 
 
 def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list[str]], server: str,
