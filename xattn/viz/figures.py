@@ -323,7 +323,10 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
         _check_index("head", head, trace.shape[2], "heads")
     if max_cells < len(layers) * len(heads):
         raise ValueError(f"max_cells = {max_cells} leaves less than one cell per panel")
-    values = trace.drawable(stage)[positions, batch][:, heads].cpu().numpy()     # [layer, head, query, key]
+    whole = trace.drawable(stage)[:, batch]                                       # [layer, head, query, key]
+    if positions != list(range(whole.shape[0])):                  # a copy only for a choice of layers or heads
+        whole = whole[positions]
+    values = (whole if heads == list(range(whole.shape[1])) else whole[:, heads]).cpu().numpy()
     factor = pool_factor(max(values.shape[-2:]), len(layers) * len(heads), max_cells)   # cross: i ≠ j
     shown = shown or Shown()
     pooled, hidden = pool_shown(values, shown.hidden(trace, layers, heads, batch), factor, signed=style.diverging)
