@@ -42,6 +42,8 @@ from timing import timed as seconds  # noqa: E402  (bench/, this script's folder
 from app import main as app_main  # noqa: E402
 from app import models, ui, views  # noqa: E402
 
+from test_browser import fill_fields  # noqa: E402  (fills a form field until it keeps its value)
+
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -112,8 +114,7 @@ def fresh_model(page: Any, depth: int, heads: int, dim: int, max_seq_len: int) -
     """Build a fresh model with the page's form (default options) and wait until it is explored."""
     if not page.get_by_label("depth", exact=True).is_visible():
         page.get_by_text("Load another model").click()
-    for what, value in {"depth": depth, "heads": heads, "dim": dim, "max_seq_len": max_seq_len, "seed": 0}.items():
-        page.get_by_label(what, exact=True).fill(str(value))
+    fill_fields(page, {"depth": depth, "heads": heads, "dim": dim, "max_seq_len": max_seq_len, "seed": 0})
     page.get_by_role("button", name="Build fresh model").click()
     name = f"fresh {depth}×{heads} dim {dim} seed 0"
     page.get_by_text(name).first.wait_for(timeout=TIMEOUT_MS)

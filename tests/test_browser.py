@@ -57,6 +57,19 @@ def opened_page(server: str, width: int = 1500, height: int = 1100) -> Iterator[
             browser.close()
 
 
+def fill_fields(page: Any, values: dict[str, Any]) -> None:
+    """Fill the fields labelled by `values`' keys, and again until each holds its value: a field filled the moment
+    its folded section opens can be reset as the section's components mount (the page is usable before its
+    opening requests are answered)."""
+    for _ in range(5):
+        for label, value in values.items():
+            page.get_by_label(label, exact=True).fill(str(value))
+        page.wait_for_timeout(200)
+        if all(page.get_by_label(label, exact=True).input_value() == str(value) for label, value in values.items()):
+            return
+    raise AssertionError(f"the fields would not keep {values}")
+
+
 def richest_model() -> models.Loaded:
     """A bundled model for the default's task with residual and selective attention, else the default."""
     default = models.bundled(models.default_name())

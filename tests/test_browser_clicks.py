@@ -18,7 +18,7 @@ import torch
 
 from app import heatmap, models
 
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
+from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, fill_fields, need_browser
 
 # Page-side helpers: where to point the mouse, and what a view holds.
 TILE = """([layer, head]) => {
@@ -145,8 +145,7 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
     title_has(page, "focused-head", "· head ")                     # drawn
     # a fresh 1 × 2 model reading 700 tokens: its first view is pooled 2 × 2
     page.get_by_text("Load another model").click()
-    for what, value in {"depth": 1, "heads": 2, "dim": 16, "max_seq_len": 1024, "seed": 0}.items():
-        page.get_by_label(what, exact=True).fill(str(value))
+    fill_fields(page, {"depth": 1, "heads": 2, "dim": 16, "max_seq_len": 1024, "seed": 0})
     page.get_by_role("button", name="Build fresh model").click()
     page.get_by_text("fresh 1×2 dim 16 seed 0").first.wait_for(timeout=DRAW_TIMEOUT_MS)
     text = ("the quick brown fox jumps over the lazy dog; " * 16)[:699]

@@ -16,7 +16,7 @@ import torch
 from app import cross, models
 
 from conftest import form_options
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, drawn_heatmap, need_browser
+from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, drawn_heatmap, fill_fields, need_browser
 
 SIZES = {"depth": 2, "heads": 2, "dim": 32, "max_seq_len": 64}
 
@@ -38,8 +38,7 @@ def test_cross_attention_tab_draws_a_fresh_encoder_decoder(server: str, tmp_path
             page.goto(server)
             drawn_heatmap(page, "focused-head", shots)                 # the page has loaded and explored
             page.get_by_text("Load another model").click()
-            for label, value in SIZES.items():
-                page.get_by_label(label, exact=True).fill(str(value))
+            fill_fields(page, SIZES)
             page.get_by_label("selective attention", exact=True).uncheck()   # no side of an encoder–decoder takes it
             page.get_by_label("encoder–decoder (XTransformer)").check()
             page.get_by_role("button", name="Build fresh model").click()

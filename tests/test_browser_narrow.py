@@ -16,7 +16,7 @@ import pytest
 
 from app import models
 
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
+from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, fill_fields, need_browser
 
 WIDTH = 820
 # Every plot's boxes that must not overlap one another: the title, subplot titles and other annotations, colour
@@ -192,8 +192,7 @@ def test_the_mask_box_follows_the_preset_size(narrow: Any) -> None:
 def test_a_thousand_tokens_and_a_long_model_name_fit(narrow: Any, shots: Path) -> None:
     page = narrow
     page.get_by_text("Load another model").click()
-    for label, value in (("depth", "1"), ("heads", "1"), ("dim", "8"), ("max_seq_len", "1024")):
-        page.get_by_label(label, exact=True).fill(value)
+    fill_fields(page, {"depth": 1, "heads": 1, "dim": 8, "max_seq_len": 1024})
     page.get_by_role("button", name="Build fresh model").click()
     name = page.wait_for_function("() => { const i = document.querySelector('input[aria-label=\"model\"]');"
                                   " return i && i.value.startsWith('fresh 1×1') ? i.value : null; }",
