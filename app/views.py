@@ -356,8 +356,9 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     if len(key_labels) > ROW_BARS:
         row = heatmap.bars_as_steps(row, key_labels)
     row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)
-    if page:
-        focused, strip_fig = lighter(focused, keys["head"] + "/head"), lighter(strip_fig, keys["head"] + "/strip")
+    if page:            # the hover's keys tell apart two models of one name (two sessions' uploads)
+        own = {view: heatmap.key_of(keys["head"], id(run.loaded.model), view) for view in ("head", "strip")}
+        focused, strip_fig = lighter(focused, own["head"]), lighter(strip_fig, own["strip"])
         grid, focused, strip_fig, row = (heatmap.lean(f) if isinstance(f, Figure) else f
                                          for f in (grid, focused, strip_fig, row))
     return grid, focused, strip_fig, row, run.summary()

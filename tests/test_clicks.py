@@ -2,6 +2,7 @@
 (app/heatmap.js) does to the sliders and the views, and what a zoom brings back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -96,6 +97,19 @@ def test_the_opening_views_answer_hovers_for_good(default: models.Loaded) -> Non
     ids = default.tokenizer.encode(default.example)
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
     assert views.hover_cell(question)["value"] == pytest.approx(float(trace.drawable("attn")[0, 0, 1, 4, 2]), rel=1e-6)
+
+
+def test_hovers_tell_two_models_of_one_name_apart() -> None:
+    """Two sessions' models of the same name (two uploads of one file name): each page's hover answers from its own."""
+    a = models.fresh(1, 2, 16, [], 0, 64)
+    b = dataclasses.replace(models.fresh(1, 2, 16, [], 1, 64), name=a.name)          # other weights, same name
+    question = {"trace": 0, "row": 3, "col": 1, "query": 3, "key": 1, "layer": 0}
+    pages = [views.explore_page({m.name: m}, m.name, "hello", "attn", 0, 1, 3)[1] for m in (a, b)]   # both shown
+    answers = [views.hover_cell({"hover": page.layout.meta["xattn"]["hover"], **question})["value"] for page in pages]
+    for loaded, answer in zip((a, b), answers, strict=True):                   # then hovered
+        _, trace = loaded.model.run_with_trace(torch.tensor([loaded.tokenizer.encode("hello")]))
+        assert answer == pytest.approx(float(trace.drawable("attn")[0, 0, 1, 3, 1]), rel=1e-6)
+    assert answers[0] != answers[1]
 
 
 def test_the_page_gets_each_label_list_once() -> None:
