@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from app import heatmap, models
+from xattn import viz
 
 from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, fill_fields, need_browser
 
@@ -162,7 +163,8 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
     values = trace.drawable("attn")[layer, 0, head].numpy()
 
     # the query row of 700 keys is drawn as steps whose hover names the key (labels sent once: heatmap.lean)
-    labels = [f"{t}·{i}" for i, t in enumerate(fresh.tokenizer.labels(ids))]
+    labels = viz.position_labels(fresh.tokenizer.labels(ids))               # as the page shows them (␠ for a space)
+    title_has(page, "where-the-query-looks", f"·{query} look?")          # drawn for this text (views draw in turn)
     key = int(np.nanargmax(values[query]))
     x, y = page.evaluate("""([key, value]) => {
       const gd = document.querySelector('#where-the-query-looks .js-plotly-plot');
