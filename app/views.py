@@ -352,7 +352,7 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
         strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages, labels=labels, keys=key_labels,
         key=keys["head"], focus=focus)
-    row = viz.query_row(trace, layer, query, stage=stage)
+    row = viz.query_row(trace, layer, query, stage=stage, shown=view_filter)
     if len(key_labels) > ROW_BARS:
         row = heatmap.bars_as_steps(row, key_labels)
     row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)

@@ -129,6 +129,15 @@ def test_threshold_and_sink_hide_exactly_the_cells_the_rule_names(selective) -> 
     strip = viz.stages(trace, 1, 2, stages=["scores", "attn"], shown=shown)
     assert all("not renormalised" in f.layout.title.text for f in (head, strip))   # every view says so
     assert all((np.asarray(t.z)[expected[1, 2]] == HIDDEN_CODE).all() for t in strip.data if t.type == "heatmap")
+    query = 7                                                    # the query row leaves out the same bars
+    row = viz.query_row(trace, 1, query, shown=shown)
+    bars = np.stack([np.asarray(bar.y, dtype=float) for bar in row.data if bar.type == "bar"])   # [head, key]
+    gone = expected[1, :, query] | ~visible[query]
+    assert np.isnan(bars[gone]).all()
+    np.testing.assert_allclose(bars[~gone], trace["attn"][1, 0, :, query].numpy()[~gone], rtol=1e-6)
+    assert "not renormalised" in row.layout.title.text
+    assert np.isnan(np.stack([np.asarray(b.y, dtype=float) for b in viz.query_row(
+        trace, 1, query, stage="selection", shown=shown).data])[:, 0]).all()    # a shared stage: the sink column
 
 
 def test_sink_columns_are_bos_and_a_learned_sink() -> None:

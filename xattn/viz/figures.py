@@ -549,9 +549,11 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     return fig
 
 
-def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0) -> go.Figure:
+def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0,
+              shown: Shown | None = None) -> go.Figure:
     """Where does one token look? Its row of `stage` over the keys, one bar per head (one bar per key for a
-    stage every head shares, such as selective attention's F)."""
+    stage every head shares, such as selective attention's F). `shown` leaves out the bars the heatmaps hide
+    (cells.Shown: a head's attention below the threshold, the sink column; for a shared stage, the sink column)."""
     values = _heads(trace, stage, layer, batch)
     _check_index("query", query, values.shape[1], "queries")
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
@@ -559,13 +561,21 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
     x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
     masked = int(np.isnan(row[0]).sum())
+    shown = shown or Shown()
+    if shown.active:
+        if stage in HEAD_SHARED:
+            hidden = np.zeros(row.shape, dtype=bool)
+            hidden[:, shown.sink_columns(trace)] = True
+        else:
+            hidden = shown.hidden(trace, [layer], list(range(row.shape[0])), batch)[0, :, query]
+        row = np.where(hidden, np.nan, row)
     return go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                              hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
                       for h, name in enumerate(names)], layout=dict(
         template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
         xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
-            DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
+            shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
             "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
 
 
