@@ -50,16 +50,18 @@ TRACES = ("heatmap", "scatter", "bar")        # the trace types the app's figure
 
 def js_version(path: Path) -> str | None:
     """The version a plotly.js bundle names in its header comment ('plotly.js … v4.1.1'), if any."""
-    head = path.read_text(encoding="utf-8", errors="replace")[:300] if path.is_file() else ""
-    found = re.search(r"plotly\.js[^\n]*? v(\d+\.\d+\.\d+)", head)
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8", errors="replace") as bundle:      # the header only, not megabytes of script
+        found = re.search(r"plotly\.js[^\n]*? v(\d+\.\d+\.\d+)", bundle.read(300))
     return found.group(1) if found else None
 
 
 def page_plotly_js() -> Path:
     """The plotly.js the page loads: the cartesian bundle when it is the installed plotly's own version (the
     figures' JSON is written for that one), else the installed package's full bundle."""
-    same = js_version(CARTESIAN_JS) is not None and js_version(CARTESIAN_JS) == js_version(FULL_PLOTLY_JS)
-    return CARTESIAN_JS if same else FULL_PLOTLY_JS
+    cartesian = js_version(CARTESIAN_JS)
+    return CARTESIAN_JS if cartesian is not None and cartesian == js_version(FULL_PLOTLY_JS) else FULL_PLOTLY_JS
 
 
 PLOTLY_JS = page_plotly_js()
