@@ -240,10 +240,12 @@ def lean(fig: go.Figure) -> go.Figure:
     for trace in fig.data:
         if trace.type == "scatter" and trace.text is not None and list(trace.text) == keys:
             trace.update(text=None, meta={**(trace.meta or {}), "text": "keys"})
-    lists = {"labels": meta.get("labels")} if keys == list(meta.get("labels", [])) else {"labels": meta.get("labels"),
-                                                                                          "keys": keys}
-    fig.layout.meta = {**fig.layout.meta, "xattn": {**{k: v for k, v in meta.items() if k != "keys"},
-                                                    **{k: compact(v) for k, v in lists.items() if v is not None}}}
+    sent = {k: v for k, v in meta.items() if k != "keys"}
+    if "labels" in sent:
+        sent["labels"] = compact(sent["labels"])
+    if keys != list(meta.get("labels", [])):
+        sent["keys"] = compact(keys)
+    fig.layout.meta = {**fig.layout.meta, "xattn": sent}
     return fig
 
 
