@@ -310,14 +310,16 @@ def hover_cell(kept: Kept, data: Any) -> dict:
         value = float(values[row, col])
         answer["value"] = None if math.isnan(value) else value
     if kept.why is not None:
-        names, f = viz.decode_why(kept.why, data.get("layer"))
         i0, _, j0, _ = kept.why["region"]
         r, c = (query - i0) // kept.why["factor"], (key - j0) // kept.why["factor"]
-        if 0 <= r < names.shape[0] and 0 <= c < names.shape[1]:
-            if not math.isnan(f[r, c]):
-                answer["pruned"] = float(f[r, c])
-            elif names[r, c] != REASONS[0]:                  # not "visible": the mask that hides it
-                answer["mask"] = str(names[r, c])
+        _, rows, cols = kept.why["codes"].shape
+        if 0 <= r < rows and 0 <= c < cols:                 # decode that one cell's codes, not the whole matrix
+            cell = {**kept.why, "codes": kept.why["codes"][:, r:r + 1, c:c + 1]}
+            (name,), (f,) = (a.ravel() for a in viz.decode_why(cell, data.get("layer")))
+            if not math.isnan(f):
+                answer["pruned"] = float(f)
+            elif name != REASONS[0]:                         # not "visible": the mask that hides it
+                answer["mask"] = str(name)
     return answer
 
 
