@@ -23,7 +23,7 @@ from .views import Figure
 
 TEXT_FILE = "text file"
 DEFAULT_N = 200
-BATCH = 64                    # sequences per forward pass, fewer where a batch's trace would pass MAX_TRACE_BYTES
+BATCH = 64                    # sequences per forward pass, fewer where a batch's trace would pass MAX_BATCH_TRACE_BYTES
 INTRO = ("Average what every head does over many sequences: samples of a task, or a text file of your own (one "
          f"sequence per line, at most {limits.MAX_HEAD_SEQUENCES:,}). Each heatmap is one statistic, layers down and "
          "heads across (README, *Head statistics*, gives every formula). *Click* a head to open it in Explore on the "
@@ -128,10 +128,10 @@ def longest(loaded: Loaded, data: Any) -> int:
 
 def batch_size(loaded: Loaded, n: int) -> int:
     """Sequences per forward pass: BATCH, fewer if a batch of `n`-token traces (every stage: an upper bound on
-    what the pass and importance's backward pass hold) would pass MAX_TRACE_BYTES; one sequence must fit."""
+    what the pass and importance's backward pass hold) would pass MAX_BATCH_TRACE_BYTES; one sequence must fit."""
     limits.check(loaded.model.config, n)
     one = xattn.limits.trace_bytes(loaded.model.config, 1, n)
-    return max(1, min(BATCH, limits.MAX_TRACE_BYTES // one))
+    return max(1, min(BATCH, limits.MAX_BATCH_TRACE_BYTES // one))
 
 
 def tag(fig: Figure, stats: xattn.HeadStats) -> Figure:

@@ -10,7 +10,9 @@ MIB = 2**20
 
 # Models and traces: checked before anything is allocated or run.
 MAX_PARAMETERS = 50_000_000           # a fresh or uploaded model (200 MB of float32)
-MAX_TRACE_BYTES = 1024 * MIB          # one trace of the model's full max_seq_len, every stage, layer and head
+MAX_TRACE_BYTES = 2048 * MIB          # one trace of the model's full max_seq_len, every stage, layer and head
+                                      # (an upper bound: stages an option leaves as they were share one tensor)
+MAX_BATCH_TRACE_BYTES = 1024 * MIB    # one Heads batch's traces, which its importance's backward pass also holds
 FORM = {"depth": (1, 12), "heads": (1, 16), "dim": (8, 512), "max_seq_len": (8, 2048), "seed": (0, 2**32 - 1),
         "count": (0, 2048),               # the form's counts: memory tokens, memory key/values, attention window
         "steps": (1, 1024), "top-k": (0, 1 << 20), "budget": (2, 1 << 20)}   # the Generate tab's
@@ -28,7 +30,7 @@ QUEUE_SIZE = 64                       # requests waiting beyond those; one more 
 RECENT_RUNS = 2                       # traces kept for clicks and zooms on the Explore tab (app/views.py RECENT)
 RECENT_HOVERS = 16                    # focused heads' and strips' exact hover values kept for pages (views.lighter)
 RECENT_GENERATIONS = 8                # generations kept for the Generate tab's scrubber (app/generate.py)
-RECENT_BYTES = 768 * MIB              # … counting twice their recorded stages; a bigger one is not kept
+RECENT_BYTES = 2048 * MIB             # … counting twice their recorded stages; a bigger one is not kept
 CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour
 
 

@@ -10,8 +10,8 @@ costs. The server runs in its own process, as in bench_app.py.
 browser context (an empty cache), with the server warm; and when, in the page, the views were mounted (Gradio's
 start-up), plotly.js was ready, and the first and last view were drawn.
 
-Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 1 × 2, dim 16
-model reading 2,048 tokens (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
+Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 2 × 4, dim 64
+model reading 2,048 tokens (the issue's sizes) (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
 "Drawn" is read off the page: each view stamps what it has drawn (app/heatmap.js), and a click counts as done when
 the focused head, stage strip and query row are redrawn for the new focus, the grid has moved its outline and the
 text view (shaded by the focused query) is replaced. "Forward pass" is the model's traced run on the same text in
@@ -256,7 +256,7 @@ def main() -> None:
             rows.append({"load": load, **measure(page, default.name, n, default.depth, default.heads, args.repeats,
                                                  texts, zoom=False)})
             runs.append((lambda: default, texts))
-            for depth, heads, dim, n, zoom in ((6, 8, 256, 512, False), (1, 2, 16, 2048, True)):
+            for depth, heads, dim, n, zoom in ((6, 8, 256, 512, False), (2, 4, 64, 2048, True)):
                 name = fresh_model(page, depth, heads, dim, n)
                 texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1))        # + the BOS token = n tokens
                          for _ in range(max(1, args.repeats - 1))]

@@ -190,7 +190,7 @@ def test_long_source_and_target_are_cut_with_notes(client: Client) -> None:
     ({"options": form_options() + ["l2norm_embed"]}, "takes no l2norm_embed"),
     ({"depth": 12, "heads": 16, "dim": 256, "max_len": 2048},
      r"A trace of 2048 source and 2048 target tokens would take [\d,]+ MiB \(encoder [\d,]+, decoder [\d,]+, "
-     r"cross-attention [\d,]+\); the limit here is 1,024 MiB"),
+     r"cross-attention [\d,]+\); the limit here is 2,048 MiB"),
 ])
 def test_bad_encoder_decoder_forms_are_refused(client: Client, changes: dict, message: str) -> None:
     with pytest.raises(AppError, match=message):

@@ -129,7 +129,7 @@ def test_numbers_json_cannot_carry_are_refused(server: str, client: Client, defa
     ({"max_len": 0}, "max_seq_len must be a whole number from 8 to 2,048"),
     ({"dim": 30, "heads": 4}, r"dim \(30\) must be a multiple of heads \(4\)"),
     ({"depth": 12, "heads": 16, "dim": 512, "max_len": 2048},
-     f"a trace of 2048 tokens would take {LARGEST_TRACE_MIB:,} MiB; the limit here is 1,024 MiB"),
+     f"a trace of 2048 tokens would take {LARGEST_TRACE_MIB:,} MiB; the limit here is 2,048 MiB"),
     ({"selective": True, "causal": False}, "needs a causal model"),
     ({"seed": -1}, "seed must be a whole number from 0"),
     ({"position": "sinusoidal"}, "'sinusoidal' .* is not in the list of choices"),

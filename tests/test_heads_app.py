@@ -127,10 +127,10 @@ def test_a_fresh_model_reads_tasks_as_text(default: models.Loaded) -> None:
 
 def test_batches_stay_within_the_trace_budget() -> None:
     """At most heads.BATCH sequences a forward pass, fewer where every stage's trace of the batch would pass
-    MAX_TRACE_BYTES: stages × layers × heads × n² × 4 bytes a sequence."""
+    MAX_BATCH_TRACE_BYTES: stages × layers × heads × n² × 4 bytes a sequence."""
     fresh = models.fresh(2, 2, 16, form_options(), 0, 2048)
     one = len(xattn.STAGES) * 2 * 2 * 512 * 512 * 4
-    assert heads.batch_size(fresh, 512) == limits.MAX_TRACE_BYTES // one == 17
+    assert heads.batch_size(fresh, 512) == limits.MAX_BATCH_TRACE_BYTES // one == 17
     assert heads.batch_size(fresh, 16) == heads.BATCH and heads.batch_size(fresh, 2048) == 1
 
 
