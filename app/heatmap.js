@@ -426,7 +426,8 @@ function wire() {
     q = clamp(q, 0, rows() - 1); k = clamp(k, 0, cols() - 1);
     const m = t.meta || {};
     X.key = k;
-    X.bus.dispatchEvent(new Event('key'));
+    const elsewhere = m.layer !== undefined && !(X.focus && X.focus.layer === m.layer && X.focus.head === m.head);
+    if (!elsewhere) X.bus.dispatchEvent(new Event('key'));   // another head's tile: its views redraw, marked, anyway
     const data = {query: q, key: k, shown: X.focus ? {grid: X.focus.grid, head: X.focus.key} : {}};
     if (m.layer !== undefined) Object.assign(data, {layer: m.layer, head: m.head});
     trigger('pick', data);

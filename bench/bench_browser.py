@@ -11,7 +11,8 @@ browser context (an empty cache), with the server warm; and when, in the page, t
 start-up), plotly.js was ready, and the first and last view were drawn.
 
 Models: the bundled default; a fresh 6 layers × 8 heads, dim 256 model reading 512 tokens; a fresh 2 × 4, dim 64
-model reading 2,048 tokens (the issue's sizes) (its first view of a head is max-pooled to 512 × 512, a zoom brings full resolution).
+model reading 2,048 tokens (the issue's sizes; its first view of a head is max-pooled to 512 × 512, a zoom brings
+full resolution).
 "Drawn" is read off the page: each view stamps what it has drawn (app/heatmap.js), and a click counts as done when
 the focused head, stage strip and query row are redrawn for the new focus, the grid has moved its outline and the
 text view (shaded by the focused query) is replaced. "Forward pass" is the model's traced run on the same text in

@@ -163,6 +163,23 @@ def test_drawable_hides_fill_carried_by_residual(tiny_decoder, tokens):
     assert not trace.drawable("scores")[1].isnan().any()
 
 
+def test_drawable_slices_equal_the_whole_stage(tiny_decoder, tokens):
+    """One layer, head or query row made on its own (a view of one query need not NaN-mask a layer's n² cells)
+    equals the same slice of the whole drawable stage, made before or after it; padding and carried fill included."""
+    padding = torch.ones(tokens.shape, dtype=torch.bool)
+    padding[:, -3:] = False
+    _, trace = tiny_decoder.run_with_trace(tokens, mask=padding)
+    for stage in ("scores_residual", "attn"):
+        alone = {(head, query): trace.drawable(stage, 1, head, query) for head in (None, 1) for query in (None, 4, 9)}
+        whole = trace.drawable(stage)[1]                                             # [b, h, i, j]
+        for (head, query), part in alone.items():
+            expected = whole if query is None else whole[:, :, query]
+            expected = expected if head is None else expected[:, head]
+            torch.testing.assert_close(part, expected, equal_nan=True)
+            torch.testing.assert_close(trace.drawable(stage, 1, head, query), expected, equal_nan=True)   # made
+        assert alone[(None, 9)].isnan().any() and not alone[(None, 9)].isnan().all()
+
+
 def test_trace_restricted_to_stages_and_layers(tiny_decoder, tokens):
     logits_all, full = tiny_decoder.run_with_trace(tokens)
     logits, trace = tiny_decoder.run_with_trace(tokens, stages=["attn", "scores"], layers=[2])

@@ -110,17 +110,21 @@ class Trace:
         """trace[stage][position], one traced layer's [b, h, i, j] as recorded, without stacking every layer's."""
         return self.stages.records[stage][position] if stage in self else self[stage]   # (which raises)
 
-    def drawable(self, stage: str, position: int | None = None, head: int | None = None) -> Tensor:
+    def drawable(self, stage: str, position: int | None = None, head: int | None = None,
+                 query: int | None = None) -> Tensor:
         """trace[stage] as float32 with masked cells as NaN: invisible cells from the `masked` stage on,
         and anywhere a mask's fill value was carried in (residual attention carries it between layers).
         With `position`, only that layer of the trace's [b, h, i, j], made from its own record unless the whole
         stage is made already: a view of one layer's stages does not pay for every layer's; with `head` too, only
-        that head's [b, i, j], for a view of one head."""
+        that head's [b, i, j], for a view of one head; with `query`, only that query's row of them ([b, h, j],
+        [b, j]), for a view of one query."""
         if position is not None and stage not in self._drawable:
-            record = self.record(stage, position)
-            if head is None:
-                return self._nan_where_masked(stage, record, self.visible[:, None])
-            return self._nan_where_masked(stage, record[:, head], self.visible)
+            record, visible = self.record(stage, position), self.visible[:, None]    # [b, h, i, j], [b, 1, i, j]
+            if query is not None:
+                record, visible = record[:, :, query], visible[:, :, query]
+            if head is not None:
+                record, visible = record[:, head], visible[:, 0]
+            return self._nan_where_masked(stage, record, visible)
         if stage not in self._drawable:       # layer by layer into one tensor: no stacked copy of the raw stage
             records = self.stages.records[stage] if stage in self else self[stage]
             whole = torch.empty((len(records), *records[0].shape), device=records[0].device)
@@ -128,7 +132,10 @@ class Trace:
                 self._nan_where_masked(stage, record, self.visible[:, None], out=layer)
             self._drawable[stage] = whole
         whole = self._drawable[stage]
-        return whole if position is None else whole[position] if head is None else whole[position, :, head]
+        if position is None:
+            return whole
+        layer = whole[position] if query is None else whole[position, :, :, query]
+        return layer if head is None else layer[:, head]
 
     @staticmethod
     def _nan_where_masked(stage: str, values: Tensor, visible: Tensor, out: Tensor | None = None) -> Tensor:

@@ -79,15 +79,19 @@ def _layer_position(trace: Trace, layer: int) -> int:
     return trace.layers.index(layer)
 
 
-def _heads(trace: Trace, stage: str, layer: int, batch: int, head: int | None = None) -> np.ndarray:
+def _heads(trace: Trace, stage: str, layer: int, batch: int, head: int | None = None,
+           query: int | None = None) -> np.ndarray:
     """Drawable values [head, query, key] of one layer and batch row, NaN where masked; with `head`, that head's
-    [query, key], made from its own record alone unless the whole stage is made already."""
+    [query, key], made from its own record alone unless the whole stage is made already; with `query`, only
+    that query's row ([head, key], or [key])."""
     _check_stage(trace, stage)
     position = _layer_position(trace, layer)
     _check_index("batch", batch, trace.shape[1], "batch rows")
     if head is not None:
         _check_index("head", head, trace.record(stage, position).shape[1], "heads")
-    return trace.drawable(stage, position, head)[batch].cpu().numpy()
+    if query is not None:
+        _check_index("query", query, trace.visible.shape[1], "queries")
+    return trace.drawable(stage, position, head, query)[batch].cpu().numpy()
 
 
 def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.ndarray:
@@ -119,8 +123,15 @@ def plural(count: int, noun: str) -> str:
 def position_labels(tokens: list[str], memory_tokens: int = 0) -> list[str]:
     """Axis labels 'token·position' (positions keep repeated tokens apart, `visible_token` shows spaces), after
     'mem 0', 'mem 1' … for `memory_tokens` learned memory tokens in front."""
+    return list(_position_labels(tuple(tokens), memory_tokens))
+
+
+@functools.lru_cache(maxsize=16)
+def _position_labels(tokens: tuple[str, ...], memory_tokens: int) -> tuple[str, ...]:
+    """position_labels, kept for the latest inputs: one view asks for its labels several times, and a click
+    on a 2,048-token input redraws four views."""
     memory = [f"mem {m}" for m in range(memory_tokens)]
-    return memory + [f"{visible_token(token)}·{i}" for i, token in enumerate(tokens)]
+    return tuple(memory + [f"{visible_token(token)}·{i}" for i, token in enumerate(tokens)])
 
 
 def token_labels(trace: Trace, batch: int = 0) -> list[str]:
@@ -554,10 +565,8 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     """Where does one token look? Its row of `stage` over the keys, one bar per head (one bar per key for a
     stage every head shares, such as selective attention's F). `shown` leaves out the bars the heatmaps hide
     (cells.Shown: a head's attention below the threshold, the sink column; for a shared stage, the sink column)."""
-    values = _heads(trace, stage, layer, batch)
-    _check_index("query", query, values.shape[1], "queries")
+    row = _heads(trace, stage, layer, batch, query=query)          # [head, key]
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
-    row = values[:, query]                                          # [head, key]
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
     x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
     masked = int(np.isnan(row[0]).sum())

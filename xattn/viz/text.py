@@ -31,7 +31,7 @@ def query_weights(trace: Trace, layer: int, query: int, head: int | None = None,
     """The `attn` row of one query over the key columns: one head's, or the mean over heads (None); NaN where
     the query cannot see the key."""
     _check_index("query", query, trace.visible.shape[1], "queries")
-    row = trace.drawable("attn", _layer_position(trace, layer))[batch, :, query].double().cpu().numpy()
+    row = trace.drawable("attn", _layer_position(trace, layer), query=query)[batch].double().cpu().numpy()
     if head is None:
         return row.mean(axis=0)
     _check_index("head", head, row.shape[0], "heads")
