@@ -374,7 +374,7 @@ async function draw() {
       for (const axis of ['xaxis', 'yaxis']) layout[axis] = Object.assign({}, layout[axis], want[axis]);
     }
     await quietly(() => Plotly.react(plot, fig.data, layout, CONFIG));
-    if (meta.focus) X.bus.dispatchEvent(new Event('focus'));
+    if (meta.focus) X.refocus = true;                        // the other views hear it once every draw is done
     if (unmarked) X.bus.dispatchEvent(new Event('marked'));
   }
   wire();
@@ -427,7 +427,11 @@ function wire() {
     const m = t.meta || {};
     X.key = k;
     const elsewhere = m.layer !== undefined && !(X.focus && X.focus.layer === m.layer && X.focus.head === m.head);
-    if (!elsewhere) X.bus.dispatchEvent(new Event('key'));   // another head's tile: its views redraw, marked, anyway
+    if (!elsewhere) X.bus.dispatchEvent(new Event('key'));
+    else {            // another head's tile: its outline moves at once (the click's answer), its views redraw marked
+      X.focus = Object.assign({}, X.focus, {layer: m.layer, head: m.head});
+      remark();
+    }
     const data = {query: q, key: k, shown: X.focus ? {grid: X.focus.grid, head: X.focus.key} : {}};
     if (m.layer !== undefined) Object.assign(data, {layer: m.layer, head: m.head});
     trigger('pick', data);
@@ -454,8 +458,15 @@ function wire() {
 }
 
 // every view of the page draws in turn (one queue): plotly measures as it draws, and measuring while another plot
-// is half drawn makes the browser lay the page out again and again
+// is half drawn makes the browser lay the page out again and again. A new focus is told to the views once the queue
+// is empty: a view about to redraw with it would otherwise move its marks first, for nothing.
 X.queue = X.queue || Promise.resolve();
-const redraw = () => { X.queue = X.queue.then(draw).catch(err => console.error('xattn view:', err)); };
+X.pending = X.pending || 0;
+const redraw = () => {
+  X.pending++;
+  X.queue = X.queue.then(draw).catch(err => console.error('xattn view:', err)).finally(() => {
+    if (--X.pending === 0 && X.refocus) { X.refocus = false; X.bus.dispatchEvent(new Event('focus')); }
+  });
+};
 watch('value', redraw);
 redraw();
