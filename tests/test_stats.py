@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import xattn
-from xattn.stats import STATS, TaskData, TextData, TokenBatches, head_stats, run_local
+from xattn.stats import STATS, TaskData, TextData, TokenBatches, TokenTable, head_stats, run_local
 from xattn.tasks import get_task
 from xattn.tokenizer import CharTokenizer
 
@@ -172,7 +172,7 @@ def test_batches_of_tokens_equal_texts_and_progress_is_reported(model):
         batches.append((torch.tensor([r + [TOK.pad_id] * (n - len(r)) for r in rows]),
                         torch.tensor([[i < len(r) for i in range(n)] for r in rows])))
     streamed = head_stats(model, batches, progress=False)
-    table = head_stats(model, TokenBatches(batches).collect(), batch_size=4, progress=False)   # Ray's form
+    table = head_stats(model, TokenBatches(batches).collect(model), batch_size=4, progress=False)   # Ray's form
     for s, v in texts.values.items():
         torch.testing.assert_close(streamed.values[s], v, atol=1e-9, rtol=0, msg=s)
         torch.testing.assert_close(table.values[s], v, atol=1e-9, rtol=0, msg=s)
@@ -217,6 +217,33 @@ def test_bad_input_is_refused_or_counted(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r'pip install "xattn\[ray\]"'):
         head_stats(model, ["abc"], tokenizer=TOK, backend="ray", progress=False)
+
+
+@pytest.mark.parametrize("batch, message", [
+    (torch.ones(2, 5), r"batch 1: tokens must be an integer tensor \[batch, tokens\]; got \(2, 5\) torch.float32"),
+    (torch.ones(5, dtype=torch.long), r"batch 1: tokens must be .*; got \(5,\) torch.int64"),
+    ((torch.ones(2, 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool)),
+     r"batch 1: the mask must be None or a bool tensor of the tokens' shape \(2, 5\); got \(2, 4\) torch.bool"),
+    ((torch.ones(2, 5, dtype=torch.long), torch.ones(2, 5)), r"got \(2, 5\) torch.float32"),
+    ((torch.ones(1, 13, dtype=torch.long), None), r"batch 1: sequences of 13 tokens; this model takes at most 12"),
+    ((torch.tensor([[1, 99]]), None), r"batch 1: token ids run from 1 to 99; this model knows 0 to \d+"),
+])
+def test_bad_token_batches_are_refused_naming_the_batch(model, batch, message):
+    good = (torch.tensor([TOK.encode("abc")]), None)
+    batch = batch if isinstance(batch, tuple) else (batch, None)
+    with pytest.raises(ValueError, match=message):
+        head_stats(model, [good, batch], progress=False)
+    with pytest.raises(ValueError, match=message.replace("batch 1", "the token table")):
+        tokens, mask = batch
+        head_stats(model, TokenTable(tokens, torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask),
+                   progress=False)
+
+
+def test_token_batches_must_be_pairs(model):
+    with pytest.raises(ValueError, match="batch 0: expected a .tokens, mask. pair; got Tensor"):
+        head_stats(model, [torch.ones(2, 5, dtype=torch.long)], progress=False)
+    with pytest.raises(ValueError, match="an iterable of .tokens"):
+        head_stats(model, torch.ones(2, 5, dtype=torch.long), progress=False)
 
 
 def test_import_xattn_imports_neither_ray_nor_pandas():

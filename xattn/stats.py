@@ -170,6 +170,24 @@ class TextData:
                      issues=sum((issues for _, issues in cleaned), Counter()))
 
 
+def check_tokens(tokens: Any, mask: Any, model: TransformerWrapper, what: str) -> None:
+    """Refuse, naming `what` (a batch, the table), tokens that are not a [b, n] tensor of ids `model` knows,
+    longer sequences than it takes, or a mask (None: every token real) that is not bool of the tokens' shape."""
+    if (not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype == torch.bool
+            or tokens.dtype.is_floating_point or tokens.dtype.is_complex):
+        got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"{what}: tokens must be an integer tensor [batch, tokens]; got {got}")
+    if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape):
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{what}: the mask must be None or a bool tensor of the tokens' shape "
+                         f"{tuple(tokens.shape)}; got {got}")
+    if tokens.shape[1] > model.max_seq_len:
+        raise ValueError(f"{what}: sequences of {tokens.shape[1]} tokens; this model takes at most {model.max_seq_len}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= model.num_tokens):
+        raise ValueError(f"{what}: token ids run from {int(tokens.min())} to {int(tokens.max())}; this model knows "
+                         f"0 to {model.num_tokens - 1}")
+
+
 @dataclass
 class TokenBatches:
     """The caller's own (tokens [b, n], mask [b, n] or None) batches, streamed as they come; scored on next
@@ -178,17 +196,25 @@ class TokenBatches:
     batches: Iterable[tuple[Tensor, Tensor | None]]
 
     def check(self, model: TransformerWrapper) -> None:
-        pass
+        """Only that the batches can be iterated: they are streamed, so `stream` checks each as it comes."""
+        if isinstance(self.batches, Tensor | str | bytes) or not isinstance(self.batches, Iterable):
+            raise ValueError("data must be texts, a TaskData or TextData, or an iterable of (tokens [b, n], mask "
+                             f"[b, n] or None) batches; got {type(self.batches).__name__}")
 
-    def stream(self) -> Iterator[Batch]:
+    def stream(self, model: TransformerWrapper) -> Iterator[Batch]:
+        """The batches as they come, each checked against `model` (check_tokens)."""
         seen = 0
-        for tokens, mask in self.batches:
+        for k, pair in enumerate(self.batches):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise ValueError(f"batch {k}: expected a (tokens, mask) pair; got {type(pair).__name__}")
+            tokens, mask = pair
+            check_tokens(tokens, mask, model, f"batch {k}")
             mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
             yield Batch(tokens, mask, next_token_targets(tokens, mask), torch.arange(seen, seen + len(tokens)))
             seen += len(tokens)
 
-    def collect(self) -> TokenTable:
-        parts = list(self.stream())
+    def collect(self, model: TransformerWrapper) -> TokenTable:
+        parts = list(self.stream(model))
         if not parts:
             return TokenTable(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool))
         n = max(p.tokens.shape[1] for p in parts)
@@ -207,7 +233,7 @@ class TokenTable:
         return len(self.tokens)
 
     def check(self, model: TransformerWrapper) -> None:
-        pass
+        check_tokens(self.tokens, self.mask, model, "the token table")
 
     def take(self, ids: Sequence[int]) -> Batch:
         index = torch.as_tensor(ids, dtype=torch.long)
@@ -236,10 +262,11 @@ def as_source(data: Any, tokenizer: CharTokenizer | None, model: TransformerWrap
     return TokenBatches(data)
 
 
-def batches(source: Source, batch_size: int) -> Iterator[Batch]:
-    """The local engine's batches: a stream as it comes, random-access sources in order of id."""
+def batches(source: Source, batch_size: int, model: TransformerWrapper) -> Iterator[Batch]:
+    """The local engine's batches: a stream as it comes (checked against `model`), random-access sources in
+    order of id."""
     if isinstance(source, TokenBatches):
-        yield from source.stream()
+        yield from source.stream(model)
         return
     for start in range(0, len(source), batch_size):
         yield source.take(range(start, min(start + batch_size, len(source))))
@@ -501,7 +528,7 @@ def run_local(model: TransformerWrapper, source: Source, stats: list[str], batch
     model.eval()
     try:
         with progress_bar(progress, None if isinstance(source, TokenBatches) else len(source)) as step:
-            for batch in batches(source, batch_size):
+            for batch in batches(source, batch_size, model):
                 accumulate(acc, model, batch)
                 step(len(batch.ids))
     finally:

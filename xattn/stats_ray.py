@@ -41,7 +41,7 @@ def run_ray(model: TransformerWrapper, source: Source, stats: list[str], batch_s
     except ImportError:
         raise ImportError(RAY_MISSING) from None
     if isinstance(source, TokenBatches):
-        source = source.collect()
+        source = source.collect(model)
     acc = Accumulator(stats, model.attn_layers.num_attn_layers, model.config.attn_layers.heads)
     if not len(source):
         return acc
