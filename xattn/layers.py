@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, alibi_bias, causal_visible, rotary_frequencies, window_visible
+from .attention import Attention, alibi_bias, rotary_frequencies
 from .cache import KVCache
 from .config import FeedForwardConfig, LayersConfig
 from .cross import check_context, cross_inputs
+from .masks import mask_parts
 from .norms import LayerNorm, make_norm
 from .positions import shared_position_bias, xpos_scale
 
@@ -190,22 +191,16 @@ class AttentionLayers(nn.Module):
         offset: the n queries are the last of offset + n keys (a cached step; no mask or attn_mask then).
         Returns None when nothing is masked.
         """
-        parts = []
-        if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != (batch, n):
-                raise ValueError(f"mask must be a boolean tensor of shape [batch, seq] = [{batch}, {n}], "
-                                 f"got {mask.dtype} {tuple(mask.shape)}")
-            parts.append(rearrange(mask, "b j -> b 1 1 j"))
-        if attn_mask is not None:
-            if attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (n, n) or attn_mask.ndim not in (2, 3) \
-                    or (attn_mask.ndim == 3 and attn_mask.shape[0] not in (1, batch)):
-                raise ValueError(f"attn_mask must be a boolean tensor of shape [seq, seq] or [batch, seq, seq] "
-                                 f"with seq = {n}, batch = {batch}; got {attn_mask.dtype} {tuple(attn_mask.shape)}")
-            parts.append(attn_mask.view(-1, 1, n, n))
-        if self.config.attn.max_attend_past is not None:
-            parts.append(window_visible(n, self.config.attn.max_attend_past, device, offset)[None, None])
-        if self.causal:
-            parts.append(causal_visible(n, device, offset)[None, None])
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != (batch, n)):
+            raise ValueError(f"mask must be a boolean tensor of shape [batch, seq] = [{batch}, {n}], "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (n, n)
+                                      or attn_mask.ndim not in (2, 3)
+                                      or (attn_mask.ndim == 3 and attn_mask.shape[0] not in (1, batch))):
+            raise ValueError(f"attn_mask must be a boolean tensor of shape [seq, seq] or [batch, seq, seq] "
+                             f"with seq = {n}, batch = {batch}; got {attn_mask.dtype} {tuple(attn_mask.shape)}")
+        parts = [part for part in mask_parts(self.config, n, mask, attn_mask, device, offset).values()
+                 if part is not None]
         if not parts:
             return None
         visible = parts[0]

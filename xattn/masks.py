@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .attention import causal_visible, window_visible
@@ -70,20 +71,29 @@ MASKS = ("padding", "custom", "causal", "window")   # a hidden cell's reason: th
 REASONS = ("visible", *MASKS)                       # reason codes: 0 visible, k = MASKS[k - 1]
 
 
-def each_mask(config: LayersConfig, batch: int, n: int, mask: Tensor | None = None,
-              attn_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Visibility [b, n, n] allowed by each mask of MASKS alone, over the layers' sequence of n positions.
-
-    `padding` hides padded keys, `custom` is the attn_mask, `causal` hides future keys (causal layers only),
-    `window` hides keys more than attn_max_attend_past positions back."""
-    full = torch.ones(batch, n, n, dtype=torch.bool)
+def mask_parts(config: LayersConfig, n: int, mask: Tensor | None = None, attn_mask: Tensor | None = None,
+               device: torch.device | None = None, offset: int = 0) -> dict[str, Tensor | None]:
+    """Each mask of MASKS alone, as [b|1, 1, i, j] True where it lets key j be seen by query i (None where the
+    layers have no such mask): the one place that says what each mask hides. `padding` hides padded keys
+    (mask [b, n], True = a real token), `custom` is the attn_mask ([i, j] or [b, i, j]), `causal` hides future
+    keys (causal layers only), `window` keys more than attn_max_attend_past positions back. offset: the n
+    queries are the last of offset + n keys (a cached step)."""
     window = config.attn.max_attend_past
     return {
-        "padding": full if mask is None else mask[:, None, :].expand(batch, n, n),
-        "custom": full if attn_mask is None else attn_mask.expand(batch, n, n),
-        "causal": causal_visible(n).expand(batch, n, n) if config.causal else full,
-        "window": full if window is None else window_visible(n, window).expand(batch, n, n),
+        "padding": None if mask is None else rearrange(mask, "b j -> b 1 1 j"),
+        "custom": None if attn_mask is None else attn_mask.view(-1, 1, n, n),
+        "causal": causal_visible(n, device, offset)[None, None] if config.causal else None,
+        "window": None if window is None else window_visible(n, window, device, offset)[None, None],
     }
+
+
+def each_mask(config: LayersConfig, batch: int, n: int, mask: Tensor | None = None,
+              attn_mask: Tensor | None = None) -> dict[str, Tensor]:
+    """`mask_parts` as visibility [b, n, n] each, all True where the layers have no such mask: what the masking
+    debugger draws side by side."""
+    full = torch.ones(batch, n, n, dtype=torch.bool)
+    return {name: full if part is None else part.expand(batch, 1, n, n)[:, 0]
+            for name, part in mask_parts(config, n, mask, attn_mask).items()}
 
 
 def custom_adds_nothing(parts: dict[str, Tensor]) -> bool:
