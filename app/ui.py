@@ -438,8 +438,11 @@ def build() -> gr.Blocks:
         model.input(chosen, open_inputs, open_outputs, api_visibility="private").success(
             explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
         # The page opens with the default model's card, text, sliders and Explore views already in place: the load
-        # only narrows the stage lists.
-        demo.load(chosen, open_inputs, open_outputs, api_visibility="private")
+        # only narrows the stage lists, and writes nothing else (a person may be typing by the time it answers).
+        def narrowed(session: Session, model: str, *current: str) -> list[dict[str, Any]]:
+            return stage_updates(views.friendly(models.resolve)(model, session), current)
+
+        demo.load(narrowed, [session, model, *stages], stages, api_visibility="private")
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,

@@ -149,6 +149,31 @@ def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: 
     assert len(list(shots.glob("*.png"))) >= len(TABS)
 
 
+def test_text_typed_before_the_page_load_answers_is_kept(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's load narrows the stage lists and writes nothing else: a text typed while it is on its way (held
+    here for a second) is still there once it has answered."""
+    import threading
+    import time
+
+    from app import ui
+    answered, narrow = threading.Event(), ui.stage_updates
+
+    def slow(*args: Any) -> Any:
+        time.sleep(1.0)
+        try:
+            return narrow(*args)
+        finally:
+            answered.set()
+
+    monkeypatch.setattr(ui, "stage_updates", slow)
+    with opened_page(server) as page:
+        box = page.get_by_label("text", exact=True)
+        box.fill("a=1;b=2;?a")
+        assert answered.wait(30), "the page's load never asked for its stage lists"
+        page.wait_for_timeout(500)                            # the answer reaches the page
+        assert box.input_value() == "a=1;b=2;?a"
+
+
 def test_the_page_opens_drawn_and_the_tab_redraws_after_a_change(server: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The opening Explore views come with the page (no explore computed for it): the focused head carries the
