@@ -3,8 +3,9 @@ const view = element.querySelector('.xattn-view');
 const plot = element.querySelector('.xattn-plot');
 const tip = element.querySelector('.xattn-tip');
 const role = props.role || 'plot';
-const X = window.xattnViews || (window.xattnViews = {bus: new EventTarget(), focus: null, key: null,
-                                                      marked: new Map()});
+const X = window.xattnViews || (window.xattnViews = {});     // the page's views share: (the text view's too)
+X.bus = X.bus || new EventTarget();                          // focus, key, marks, a click's views
+X.marked = X.marked || new Map();
 const tab = element.closest('[role="tabpanel"]') || document.body;   // a 'pick' view marks clicks in its tab
 const LEVEL = new Int16Array(256).fill(-1);      // code -> level (see xattn/viz/payload.py), -1 = masked
 const INDEX = new Int16Array(256).fill(-1);      // code -> its index among the safe codes (xattn/viz/cells.py why)
@@ -403,6 +404,25 @@ function picked(p) {
   trigger('pick', data);
 }
 
+function pick(data) {
+  // a click's views straight from the server (views.focus_views: no queue, no status updates) while the click's
+  // own request brings the sliders, text view and predictions; through that request alone when the server no
+  // longer keeps the run, or refuses the click (it then says why in place)
+  const f = X.focus || {};
+  if (!server || !server.focus_views || !f.run) { trigger('pick', data); return; }
+  const click = X.clicks = (X.clicks || 0) + 1;
+  const averaged = tab.querySelector('#text-averaged input');
+  const ask = Object.assign({run: f.run, stage: f.stage, threshold: f.threshold, hide_sink: f.hide_sink,
+                             averaged: averaged ? averaged.checked : f.averaged, layer: f.layer, head: f.head}, data);
+  const fallBack = () => { if (click === X.clicks) trigger('pick', data); };
+  server.focus_views(ask).then(answer => {
+    if (click !== X.clicks) return;                          // a later click's views are on their way
+    if (!answer || !answer.views) { fallBack(); return; }
+    X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views: answer.views}}));
+    X.queue.then(() => trigger('pick', Object.assign({drawn: true}, data)));   // once they are drawn
+  }, fallBack);
+}
+
 function wire() {
   if (wired) return;
   wired = true;
@@ -434,7 +454,7 @@ function wire() {
     }
     const data = {query: q, key: k, shown: X.focus ? {grid: X.focus.grid, head: X.focus.key} : {}};
     if (m.layer !== undefined) Object.assign(data, {layer: m.layer, head: m.head});
-    trigger('pick', data);
+    pick(data);
   });
   plot.on('plotly_hover', ev => {
     const p = ev.points && ev.points[0];
@@ -469,4 +489,10 @@ const redraw = () => {
   });
 };
 watch('value', redraw);
+X.bus.addEventListener('views', ev => {               // a click's views (pick): this slot's, if it has one
+  const value = ev.detail.tab === tab ? ev.detail.views[role] : null;
+  if (!value) return;
+  props.value = value;                                 // the slot holds what it shows, as after Gradio's updates
+  redraw();
+});
 redraw();

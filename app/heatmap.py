@@ -107,10 +107,10 @@ with no_stub():
         output's class for the session, and that copy must still turn figures into JSON."""
 
         def __init__(self, label: str, *, role: str = "plot", elem_id: str | None = None, value: Any = None,
-                     hover: Callable[[Any], dict] | None = None, **kwargs: Any) -> None:
+                     server: list[Callable[[Any], dict]] | None = None, **kwargs: Any) -> None:
             super().__init__(value, label=label, show_label=False, container=True, html_template=TEMPLATE,
                              css_template=CSS, js_on_load=JS, head=HEAD, apply_default_css=False, elem_id=elem_id,
-                             role=role, server_functions=[hover] if hover else None, **kwargs)
+                             role=role, server_functions=server or None, **kwargs)
 
         def preprocess(self, payload: Any) -> Any:
             return payload
@@ -119,9 +119,7 @@ with no_stub():
             """A figure as gr.Plot sends it: {"type": "plotly", "plot": <figure JSON>}."""
             if value is None or isinstance(value, PlotData):
                 return value
-            if isinstance(value, dict):
-                return PlotData(**value)
-            return PlotData(type="plotly", plot=value.to_json())
+            return PlotData(**(value if isinstance(value, dict) else plot_value(value)))
 
         def api_info(self) -> dict[str, Any]:
             return PLOT_API.copy()
@@ -136,12 +134,18 @@ with no_stub():
 PLOT_API = gr.Plot(render=False).api_info()
 
 
+def plot_value(fig: go.Figure) -> dict[str, str]:
+    """A figure as a PlotlyView's value: {"type": "plotly", "plot": <figure JSON>}, as gr.Plot sends one."""
+    return {"type": "plotly", "plot": fig.to_json()}
+
+
 def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
                 elem_classes: list[str] | None = None, value: Any = None,
-                hover: Callable[[Any], dict] | None = None) -> PlotlyView:
-    """A PlotlyView; `value` (a figure) is drawn as the page opens, shipped in the page's config; `hover(data)`
-    (named `hover_cell`) answers its hover's questions about figures sent `on_demand`."""
-    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, value=value, hover=hover)
+                server: list[Callable[[Any], dict]] | None = None) -> PlotlyView:
+    """A PlotlyView; `value` (a figure) is drawn as the page opens, shipped in the page's config; `server` are the
+    functions its page code may call by name: `hover_cell(data)` answers its hover's questions about figures sent
+    `on_demand`, `focus_views(data)` a click's views (app/views.py)."""
+    return PlotlyView(label, role=role, elem_id=elem_id, elem_classes=elem_classes, value=value, server=server)
 
 
 def static_paths() -> list[str]:

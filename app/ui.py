@@ -96,12 +96,12 @@ def pickable(label: str, pair: bool = False) -> gr.HTML:
     return view(label, "pick", pair=pair)
 
 
-def view(label: str, role: str, pair: bool = False, value: Any = None, hover: Any = None) -> gr.HTML:
+def view(label: str, role: str, pair: bool = False, value: Any = None, server: list[Any] | None = None) -> gr.HTML:
     """A figure slot that answers clicks (and, for a focused head, zooms), drawing `value` as the page opens: see
-    app/heatmap.py. With `hover` (views.hover_cell), its figures' exact values stay on the server until the hover
-    asks (heatmap.on_demand)."""
+    app/heatmap.py. `server`: the functions its page code calls, views.hover_cell (its figures' exact values stay
+    on the server until the hover asks, heatmap.on_demand) and views.focus_views (a click's views, straight)."""
     return plotly_view(label, role=role, elem_id=element_id(label), elem_classes=["pair"] if pair else None,
-                       value=value, hover=hover)
+                       value=value, server=server)
 
 
 def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
@@ -112,7 +112,7 @@ def filter_controls() -> tuple[gr.Slider, gr.Checkbox, gr.Checkbox]:
     hide_sink = gr.Checkbox(False, label="hide the BOS / sink column",
                             info="the first token's column (and a learned sink's); the colours then span the rest")
     averaged = gr.Checkbox(False, label="text: mean over heads", info="shade the text by the mean of the layer's "
-                           "heads instead of the focused head")
+                           "heads instead of the focused head", elem_id="text-averaged")
     return threshold, hide_sink, averaged
 
 
@@ -125,11 +125,17 @@ def token_text_view(value: str = "") -> gr.HTML:
 
 
 TOKEN_CLICKS = """
+const X = window.xattnViews || (window.xattnViews = {});     // shared with the plot views (app/heatmap.js)
+X.bus = X.bus || new EventTarget();
+const tab = element.closest('[role="tabpanel"]') || document.body;
 element.addEventListener('click', ev => {
   const token = ev.target.closest('[data-q]');
   if (!token) return;
-  const focus = (window.xattnViews || {}).focus;
+  const focus = X.focus;
   trigger('pick', {query: parseInt(token.dataset.q, 10), shown: focus ? {grid: focus.grid, head: focus.key} : {}});
+});
+X.bus.addEventListener('views', ev => {                      // a click's views (views.focus_views) bring this too
+  if (ev.detail.tab === tab && ev.detail.views.text) props.value = ev.detail.views.text;
 });
 """
 
@@ -236,9 +242,10 @@ def build() -> gr.Blocks:
                     next_tokens = gr.Markdown(first_next, label="next token", elem_id="next-tokens", container=True,
                                               min_height=TEXT_ROW_PX)
                 with gr.Row():
-                    grid = view("layers × heads", "grid", pair=True, value=first_views[0])
-                    heatmap = view("focused head", "head", pair=True, value=first_views[1], hover=views.hover_cell)
-                strip = view("stage strip", "strip", value=first_views[2], hover=views.hover_cell)
+                    grid = view("layers × heads", "grid", pair=True, value=first_views[0], server=[views.focus_views])
+                    heatmap = view("focused head", "head", pair=True, value=first_views[1],
+                                   server=[views.hover_cell, views.focus_views])
+                strip = view("stage strip", "strip", value=first_views[2], server=[views.hover_cell, views.focus_views])
                 query_row = view("where the query looks", "row", value=first_views[3])
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)

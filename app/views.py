@@ -92,10 +92,16 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(f"Something went wrong ({type(err).__name__}); the app is still running. "
                            "Try other inputs, or report this with the server log.") from None
         for figure in result if isinstance(result, (tuple, list)) else ():
-            if isinstance(figure, Figure):
-                figure.update_layout(width=None, autosize=True)
+            fitted(figure)
         return result
     return wrapped
+
+
+def fitted(figure: Any) -> Any:
+    """A figure (anything else as it is) made to fill the width of its slot."""
+    if isinstance(figure, Figure):
+        figure.update_layout(width=None, autosize=True)
+    return figure
 
 
 def in_place(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
@@ -197,11 +203,16 @@ def remember(key: tuple, value: Any, size: int, most: int) -> None:
             RECENT.popitem(last=False)
 
 
+def trace_key(loaded: Loaded, text: str) -> tuple:
+    """The key a trace of `text` by `loaded` is kept under (`explore_run`)."""
+    return ("trace", id(loaded.model), text)
+
+
 def explore_run(loaded: Loaded, text: str, progress: gr.Progress | None = None, *, reuse: bool = True) -> Run:
     """`trace_text(loaded, text)`, kept among the recent ones (at most limits.RECENT_RUNS, counting twice the
     recorded stages for the drawable copies made from them); with `reuse`, a kept one is used again. Each
     caller gets its own notes."""
-    key = ("trace", id(loaded.model), text)
+    key = trace_key(loaded, text)
     if reuse:
         run = recall(key)
         if run is not None and run.loaded.model is loaded.model:     # the same model, not one reusing its id
@@ -289,7 +300,7 @@ def explore_page(session: Session | None, model: str, text: str, stage: str, lay
     """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
     then the summary, in one request (`with_text`)."""
     figures = explored(session, model, text, stage, layer, head, query, progress,
-                       view_filter=filter_of(threshold, hide_sink), page=True)
+                       view_filter=filter_of(threshold, hide_sink), page=True, averaged=averaged)
     return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
 
 
@@ -326,14 +337,27 @@ def view_keys(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -
 
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
              progress: gr.Progress | None = None, *, shown: dict | None = None,
-             view_filter: Shown | None = None, page: bool = False) -> tuple[Any, ...]:
+             view_filter: Shown | None = None, page: bool = False, averaged: bool = False) -> tuple[Any, ...]:
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
     of the heatmaps. For the `page`, the focused head and the strip leave their exact hover values on the server
-    (`lighter`)."""
+    (`lighter`), and the focus names the run and the text view's `averaged` for `focus_views`."""
+    loaded = load(session, model, progress)
+    run = explore_run(loaded, text, progress, reuse=shown is not None)
+    page_run = None
+    if page:            # the page's clicks may ask for their views straight away (`focus_views`)
+        page_run = heatmap.key_of("run", id(loaded.model), run.ids)
+        remember(("page", page_run), trace_key(loaded, text), 0, limits.RECENT_RUNS)
+    return views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run,
+                    averaged=averaged)
+
+
+def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, shown: dict | None = None,
+             view_filter: Shown | None = None, page_run: str | None = None, averaged: bool = False) -> tuple[Any, ...]:
+    """`explored`'s figures and summary from a kept `run`; with `page_run` (the page's name for the run), for
+    the page: lighter, leaner, and their focus says what a click must send back to `focus_views`."""
     view_filter = view_filter or Shown()
-    run = explore_run(load(session, model, progress), text, progress, reuse=shown is not None)
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
     trace = run.trace
@@ -341,6 +365,10 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     shown = shown or {}
     keys = view_keys(run, stage, layer, head, view_filter)
     focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
+    page = page_run is not None
+    if page:
+        focus.update(run=page_run, stage=stage, threshold=view_filter.threshold, hide_sink=view_filter.hide_sink,
+                     averaged=bool(averaged))
     same = {what: shown.get(what) == key for what, key in keys.items()}
     grid = gr.update() if same["grid"] else heatmap.tag_grid(
         viz.grid(trace, stage, max_cells=grid_cells(run), shown=view_filter), layers=list(trace.layers),
@@ -394,6 +422,35 @@ def hover_cell(data: Any) -> dict:
     return {} if kept is None else heatmap.hover_cell(kept, data)
 
 
+def focus_views(data: Any) -> dict:
+    """A click on Explore's grid, focused head or strip, answered straight to the page (a Gradio server function):
+    {"views": {"grid" | "head" | "strip" | "row": the figure as its slot sends it, or None where it shows the
+    same; "text": the text view}} for the click's {"run", "stage", "threshold", "hide_sink", "averaged"} (its
+    views' focus) and {"layer", "head", "query", "shown"}. The page draws them as they come, then sends the
+    click's own request (explore_click with "drawn"), which brings the sliders, predictions and summary. {} when
+    the run is no longer kept or the click is refused: the page then sends that request alone, which redraws
+    or says why."""
+    if not isinstance(data, dict) or not isinstance(data.get("run"), str):
+        return {}
+    kept = recall(("page", data["run"]))
+    run = recall(kept) if kept is not None else None
+    if run is None:
+        return {}
+    try:
+        shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
+        run = dataclasses.replace(run, notes=list(run.notes))
+        averaged, view_filter = bool(data.get("averaged")), filter_of(data.get("threshold"), data.get("hide_sink"))
+        layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
+        figures = views_of(run, data.get("stage"), layer, head, query, shown=shown, view_filter=view_filter,
+                           page_run=data["run"], averaged=averaged)
+        text, _ = text_view(run, layer, head, query, averaged, view_filter)
+    except (ValueError, KeyError, TypeError):
+        return {}
+    views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else None
+             for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
+    return {"views": {**views, "text": text}}
+
+
 def grid_cells(run: Run) -> int:
     """The grid's cell budget: about a screen's worth for the whole grid (GRID_TILE_CELLS per side per tile),
     never more than viz.grid's own."""
@@ -411,16 +468,19 @@ def clicked(data: Any, what: str, default: int) -> int:
 @friendly
 def explore_pick(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                  query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
-                 progress: gr.Progress = gr.Progress()) -> list[Any]:
+                 progress: gr.Progress = gr.Progress(), *, averaged: bool = False) -> list[Any]:
     """A click in the Explore tab: a grid tile focuses its layer and head (and the clicked query), a cell of
     the focused head or its stage strip, or a token of the text view, picks its query. Returns the layer, head
     and query sliders, then explore's views (those that would show the same again are left as they are)."""
     data = getattr(evt, "_data", None) or {}
     layer, head = clicked(data, "layer", int(layer)), clicked(data, "head", int(head))
     query = clicked(data, "query", int(query))
+    if data.get("drawn"):           # the page has its views from focus_views: the sliders and summary only
+        run = explore_run(load(session, model, progress), text, progress)
+        return [*picks(run, layer, head, query), *(gr.skip() for _ in range(4)), run.summary()]
     shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
     views = explored(session, model, text, stage, layer, head, query, progress, shown=shown,
-                     view_filter=filter_of(threshold, hide_sink), page=True)
+                     view_filter=filter_of(threshold, hide_sink), page=True, averaged=averaged)
     return [layer, head, query, *views]
 
 
@@ -430,7 +490,8 @@ def explore_click(session: Session | None, model: str, text: str, stage: str, la
                   averaged: bool = False, progress: gr.Progress = gr.Progress()) -> list[Any]:
     """explore_pick as the page runs it: the sliders, the views, then the text view and predictions of the new
     focus, then the summary, in one request (`with_text`)."""
-    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress)
+    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress,
+                         averaged=averaged)
     return [*moved[:3], *with_text(tuple(moved[3:]), session, model, text, *moved[:3], averaged, threshold, hide_sink)]
 
 
@@ -484,9 +545,12 @@ def explore_text(session: Session | None, model: str, text: str, layer: float, h
     """The text shaded by the attention the query pays each token (the focused head's, or with `averaged` the
     mean over heads; the display filter leaves hidden tokens unshaded), and the model's top-5 next tokens there."""
     run = explore_run(load(session, model, None), text)
-    layer, head, query = picks(run, layer, head, query)
-    shown = viz.token_html(run.trace, layer, query, head=None if averaged else head,
-                           shown=filter_of(threshold, hide_sink))
+    return text_view(run, *picks(run, layer, head, query), averaged, filter_of(threshold, hide_sink))
+
+
+def text_view(run: Run, layer: int, head: int, query: int, averaged: bool, view_filter: Shown) -> tuple[str, str]:
+    """explore_text from a kept `run`, at a checked focus."""
+    shown = viz.token_html(run.trace, layer, query, head=None if averaged else head, shown=view_filter)
     token = query - run.trace.memory_tokens
     label = viz.token_labels(run.trace)[query]
     table = (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0

@@ -57,6 +57,15 @@ def sliders(page: Any) -> list[int]:
             for what in ("layer", "head", "query")]
 
 
+def sliders_reach(page: Any, expected: list[int]) -> None:
+    """Wait until the layer, head (and query) number boxes read `expected`: a click's views come first
+    (views.focus_views), its sliders with the click's own request once they are drawn."""
+    page.wait_for_function("(expected) => ['layer', 'head', 'query'].slice(0, expected.length).every((what, k) => "
+                           "[...document.querySelectorAll('input')].find(i => i.getAttribute('aria-label') === "
+                           "`number input for ${what}`).value === String(expected[k]))", arg=expected,
+                           timeout=DRAW_TIMEOUT_MS)
+
+
 def local_only(requests: list[str], server: str) -> list[str]:
     """The requests that went to a host other than the app's own loopback address."""
     home = urlparse(server).hostname
@@ -103,8 +112,7 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     title_has(page, "focused-head", "layer 0 · head 2")
     title_has(page, "stage-strip", "layer 0 · head 2")
     assert page.evaluate(HEATMAPS, "focused-head")["traces"][0]["exact"] is None   # on the server till a hover asks
-    layer, head, _ = sliders(page)
-    assert (layer, head) == (0, 2)
+    sliders_reach(page, [0, 2])
     page.wait_for_function(f"() => ({STAMP})('layers-heads').focus.startsWith('0,2,')", timeout=DRAW_TIMEOUT_MS)
 
     # a click on a cell of the focused head picks its query (row 9, key 4); hover names both tokens
@@ -121,7 +129,7 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     assert f"Attention: {written}" in tip.inner_text() and "≈" not in tip.inner_text()
     page.mouse.click(x, y)
     title_has(page, "where-the-query-looks", f"Where does {labels[9]} look?")
-    assert sliders(page) == [0, 2, 9]
+    sliders_reach(page, [0, 2, 9])
     for view in ("layers-heads", "focused-head", "stage-strip", "where-the-query-looks"):
         page.wait_for_function(f"() => ({STAMP})('{view}').focus === '0,2,9'", timeout=DRAW_TIMEOUT_MS)
     # that click left the focused head as it was (nothing to redraw); the next tile click still redraws it
@@ -130,7 +138,7 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     page.mouse.click(x, y)
     title_has(page, "focused-head", "layer 1 · head 1")
     title_has(page, "stage-strip", "layer 1 · head 1")
-    assert sliders(page)[:2] == [1, 1]
+    sliders_reach(page, [1, 1])
     page.mouse.move(5, 5)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)

@@ -59,6 +59,33 @@ def test_a_grid_tile_click_focuses_its_layer_head_and_query(default: models.Load
                                                                     for h in range(default.heads)]
 
 
+def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded) -> None:
+    """views.focus_views answers a click the page makes on a view it drew (with that view's focus) with the same
+    figures and text view the click's request would bring, JSON as the slots send them; the request itself, told
+    they are drawn, then brings only the sliders and summary."""
+    opened = views.explore_page(None, *explore_args(default)[1:])
+    focus = opened[1].layout.meta["xattn"]["focus"]
+    assert focus["stage"] == "attn" and focus["threshold"] == 0.0 and focus["averaged"] is False
+    click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink", "averaged")},
+             "layer": 1, "head": 2, "query": 9, "shown": {"grid": focus["grid"], "head": focus["key"]}}
+    answer = views.focus_views(click)["views"]
+    expected = views.explore_click(*explore_args(default), event(**click))
+    assert expected[:3] == [1, 2, 9] and answer["grid"] is None                 # the grid shows the same: kept
+    sent = [PlotlyView("figure", render=False).postprocess(figure).plot for figure in expected[4:7]]
+    for role, plot in zip(("head", "strip", "row"), sent, strict=True):
+        assert json.loads(answer[role]["plot"]) == json.loads(plot), role     # hover keys and all
+    assert answer["text"] == expected[7]
+
+    drawn = views.explore_click(*explore_args(default), event(**click, drawn=True))
+    assert drawn[:3] == [1, 2, 9] and all(isinstance(v, dict) and v.get("__type__") == "update"
+                                          for v in drawn[3:7])
+    assert drawn[7:] == expected[7:]                                            # text, predictions, summary
+    # refused: a run no longer kept, a head past the model's, a malformed click (the request then says why)
+    assert views.focus_views({**click, "run": "0" * 16}) == {}
+    assert views.focus_views({**click, "head": default.heads}) == {}
+    assert views.focus_views({**click, "threshold": 2}) == {} and views.focus_views(None) == {}
+
+
 def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
     """The page's focused head and strip carry colour codes only; a hover asks for a cell's exact value and why it
     is masked (views.hover_cell), answered from what the server kept of that figure."""
