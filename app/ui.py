@@ -415,15 +415,16 @@ def build() -> gr.Blocks:
             names = models.bundled_names() + list(session)
             return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names)]
 
-        # Clicks on the Explore views move the sliders and redraw the views in one request, with a timer but
-        # no spinner over the views (a click's marks move at once: app/heatmap.js); a zoom on the focused head
-        # brings the visible region at the detail the screen shows.
+        # A click on the Explore views gets its views and text view straight from the server (views.focus_views,
+        # called by app/heatmap.js), then this request moves the sliders and brings the predictions (or, where
+        # the server no longer keeps the run, everything): no progress shown, as the click's marks move at once.
+        # A zoom on the focused head brings the visible region at the detail the screen shows.
         explore_page_inputs = [session, *explore_inputs, averaged]
         explore_page_outputs = [*explore_outputs[:-1], *text_outputs, explore_info]
         for clickable in (grid, heatmap, strip, tokens_view):
             clickable.pick(views.in_place(views.explore_click, 3 + len(explore_page_outputs)),
                            explore_page_inputs, [e_layer, e_head, e_query, *explore_page_outputs],
-                           api_visibility="private", trigger_mode="always_last", show_progress="minimal")
+                           api_visibility="private", trigger_mode="always_last", show_progress="hidden")
         heatmap.zoom(views.explore_zoom, [session, model, text, stage, e_layer, e_head, threshold, hide_sink],
                      [heatmap], api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 

@@ -70,6 +70,17 @@ DONE = """([views, before, focus, redrawn]) => {
 }"""
 
 
+# The layer, head and query boxes show the focus the views show: a click's views come first (views.focus_views),
+# its sliders with the request that follows, and the next action must not land on a page still changing.
+SETTLED = """() => {
+  const view = document.querySelector('#focused-head .xattn-view');
+  const focus = view ? view.parentElement.dataset.focus || '' : '';
+  const box = what => [...document.querySelectorAll('input')].find(i =>
+    i.getAttribute('aria-label') === `number input for ${what}`);
+  return focus === ['layer', 'head', 'query'].map(what => (box(what) || {}).value).join(',');
+}"""
+
+
 # Run in the page before its own scripts: when the views are mounted, plotly.js is ready and each view is drawn.
 MARKS = """(() => {
   const marks = window.xattnLoad = {};
@@ -105,6 +116,7 @@ def timed(page: Any, action: Any, focus: str, redrawn: list[str]) -> tuple[float
         print(f"waiting for {focus!r}, {redrawn}: before {before}, now {stamps(page)}", file=sys.stderr)
         raise
     elapsed = time.perf_counter() - start
+    page.wait_for_function(SETTLED, timeout=TIMEOUT_MS, polling=20)   # not timed: the sliders follow the views
     after = stamps(page)
     new = [v for v in VIEWS if int(after[v].get("drawn", 0)) > int(before[v].get("drawn", 0))]
     return (elapsed, sum(int(after[v].get("bytes", 0)) for v in new),
