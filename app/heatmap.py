@@ -215,24 +215,6 @@ def tag_similarity(fig: go.Figure, layers: list[int]) -> go.Figure:
     return fig
 
 
-def bars_as_steps(fig: go.Figure, keys: list[str]) -> go.Figure:
-    """viz.query_row's bars (one per head and key) as one step line per head, over key positions: a browser
-    draws a path per head instead of heads × keys bars (the query row of a long input)."""
-    steps = []
-    labels = np.asarray(keys, dtype=object)                  # plotly checks a list item by item
-    for bar in fig.data:
-        if bar.type != "bar":
-            steps.append(bar)
-            continue
-        hover = bar.hovertemplate.replace("key %{x}", "key %{text}")
-        steps.append(go.Scatter(x0=0, dx=1, y=bar.y, text=labels, name=bar.name, mode="lines",   # x: key positions
-                                line=dict(color=bar.marker.color, width=1.2, shape="hvh"), hovertemplate=hover))
-    fig.data = []
-    fig.add_traces(steps)
-    fig.update_xaxes(type="linear", range=[-0.5, len(keys) - 0.5])
-    return fig
-
-
 def lean(fig: go.Figure) -> go.Figure:
     """`fig` for the page without the label lists it would send twice (app/heatmap.js puts them back): the key
     labels when they are the query labels, and a trace's hover text when it is the key labels (the query row's

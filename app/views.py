@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
 SIZE_FIELD = "The window / prefix / block size"
 GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
-ROW_BARS = 256             # a query row over more keys is drawn as one step line per head, not bars
 STRIP_PANEL_CELLS = 256 ** 2   # cells of one stage-strip panel in Explore (~250 px wide): beyond, max-pooled
 
 
@@ -380,10 +379,8 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
     strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
         strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages, labels=labels, keys=key_labels,
         key=keys["head"], focus=focus)
-    row = viz.query_row(trace, layer, query, stage=stage, shown=view_filter)
-    if len(key_labels) > ROW_BARS:
-        row = heatmap.bars_as_steps(row, key_labels)
-    row = heatmap.tag_row(row, labels=labels, keys=key_labels, key=keys["head"], focus=focus)
+    row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage, shown=view_filter), labels=labels,
+                          keys=key_labels, key=keys["head"], focus=focus)
     if page:            # the hover's keys tell apart two models of one name (two sessions' uploads)
         own = {view: heatmap.key_of(keys["head"], id(run.loaded.model), view) for view in ("head", "strip")}
         focused, strip_fig = lighter(focused, own["head"]), lighter(strip_fig, own["strip"])

@@ -60,8 +60,6 @@ def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: 
 
     def row() -> None:
         fig = viz.query_row(now["run"].trace, layer, query, stage=stage)
-        if len(now["keys"]) > views.ROW_BARS:
-            fig = heatmap.bars_as_steps(fig, now["keys"])
         tagged("row", heatmap.tag_row(fig, labels=now["labels"], keys=now["keys"], key="k", focus={}))
 
     view = heatmap.plotly_view("bench")

@@ -15,7 +15,7 @@ import gradio as gr  # noqa: E402
 
 from app import heatmap, limits, models, views  # noqa: E402
 from app.heatmap import PlotlyView  # noqa: E402
-from xattn import masks  # noqa: E402
+from xattn import masks, viz  # noqa: E402
 
 
 def event(**data: Any) -> gr.EventData:
@@ -151,7 +151,7 @@ def test_the_page_gets_each_label_list_once() -> None:
         page = views.explore_page(session, model.name, text, "attn", 0, 1, 5)
         api_row, page_row = api[3], page[3]
         keys = api_row.layout.meta["xattn"]["keys"]
-        assert len(keys) > views.ROW_BARS                        # steps, each with the key labels as hover text
+        assert len(keys) > viz.ROW_BARS                        # steps, each with the key labels as hover text
         assert all(list(t.text) == keys for t in api_row.data if t.type == "scatter")
         assert all(t.text is None and t.meta["text"] == "keys" for t in page_row.data if t.type == "scatter")
         for figure in page[:4]:

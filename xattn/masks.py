@@ -139,12 +139,10 @@ def reasons(parts: dict[str, Tensor]) -> Tensor:
 def trace_reasons(trace: Trace) -> Tensor:
     """`reasons` over a trace's own axes [b, query, key]: the extra key columns in front are visible; in a
     cross-attention trace a hidden context position is padding. Made once per trace (every view of it asks)."""
-    if trace._reasons is None:
+    def make() -> Tensor:
         if trace.is_cross:
-            codes = torch.where(trace.visible, 0, REASONS.index("padding")).to(torch.uint8)
-        else:
-            batch, n = trace.visible.shape[0], trace.visible.shape[1]
-            codes = F.pad(reasons(each_mask(trace.config.attn_layers, batch, n, trace.mask, trace.attn_mask)),
-                          (len(trace.key_extras), 0), value=0)
-        trace._reasons = codes
-    return trace._reasons
+            return torch.where(trace.visible, 0, REASONS.index("padding")).to(torch.uint8)
+        batch, n = trace.visible.shape[0], trace.visible.shape[1]
+        return F.pad(reasons(each_mask(trace.config.attn_layers, batch, n, trace.mask, trace.attn_mask)),
+                     (len(trace.key_extras), 0), value=0)
+    return trace.derived("reasons", make)

@@ -12,7 +12,7 @@ and `key_labels`); an encoder–decoder's trace has `trace.encoder`, the encoder
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +74,7 @@ class Trace:
     mask: Tensor | None = None             # the layers' padding mask [batch, query] (memory tokens first), if any
     attn_mask: Tensor | None = None        # the layers' custom mask [(batch,) query, query], if any
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _reasons: Tensor | None = field(default=None, repr=False)   # masks.trace_reasons, made once per trace
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)   # `derived`'s
 
     def __getitem__(self, stage: str) -> Tensor:
         if stage not in self.stages:
@@ -93,7 +93,14 @@ class Trace:
     @property
     def fully_masked(self) -> Tensor:
         """[batch, query] True for queries with no visible key (their attention output is zeroed)."""
-        return ~self.visible.any(dim=-1)
+        return self.derived("fully_masked", lambda: ~self.visible.any(dim=-1))
+
+    def derived(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """`make()`, made once per trace and kept under `key`: what the views of a trace ask for again and again
+        (why each cell is masked, a layer's why-codes for hover) is made from it alone, and a trace never changes."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from .export import save_trace, to_html, to_png
 from .figures import (
     FULL_RESOLUTION,
     MAX_CELLS,
+    ROW_BARS,
     diff,
     grid,
     heatmap,
@@ -33,8 +34,8 @@ from .text import display_label, predictions_table, token_html
 __all__ = [
     "heatmap", "grid", "stages", "diff", "selection", "query_row", "layer_similarity", "mask_figure", "mask_breakdown",
     "to_html", "to_png", "save_trace", "token_labels", "js_divergence", "STAGE_STYLE", "StageStyle", "stage_style",
-    "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "heatmap_region",
-    "SCREEN", "pool_figure", "Shown", "why", "decode_why", "token_html", "predictions_table", "display_label",
-    "head_stats_figure", "STAT_STYLE", "visible_token",
+    "key_labels", "MASKED_COLOR", "Scale", "decode", "max_pool", "FULL_RESOLUTION", "MAX_CELLS", "ROW_BARS",
+    "heatmap_region", "SCREEN", "pool_figure", "Shown", "why", "decode_why", "token_html", "predictions_table",
+    "display_label", "head_stats_figure", "STAT_STYLE", "visible_token",
     "position_labels", "generation_row", "generation_candidates", "generation_memory", "generation_text", "step_row",
 ]

@@ -90,17 +90,27 @@ def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int
     `names`, sent as SAFE_CODES bytes (4/3 bytes a cell): a mask's reason, else PRUNED + F's level on [lo, hi]
     for keys pruned by F. A block takes its largest code (its first-listed mask when all are hidden, its
     strongest pruning if any). `codes[0]` holds the masks alone, then one matrix per layer of `layers` (listed)
-    where F prunes."""
-    i0, i1, j0, j1 = region or (0, trace.visible.shape[1], 0, trace.visible.shape[2])
+    where F prunes. A whole head's are made once per trace for each layer and factor (every head of a layer
+    asks the same); a zoom's region is made each time."""
+    if region is not None:
+        return _why(trace, layers, region, factor, batch)
+    key = ("why", None if layers is None else tuple(layers), factor, batch)
+    whole = (0, trace.visible.shape[1], 0, trace.visible.shape[2])
+    return dict(trace.derived(key, lambda: _why(trace, layers, whole, factor, batch)))
+
+
+def _why(trace: Trace, layers: list[int] | None, region: tuple[int, int, int, int], factor: int, batch: int) -> dict:
+    i0, i1, j0, j1 = region
     masked = trace_reasons(trace)[batch, i0:i1, j0:j1].cpu().numpy().astype(np.float32)
     codes, top = [], PRUNE_AT
-    selective = [layer for layer in (layers or []) if pruned(trace, layer, batch)[i0:i1, j0:j1].any()]
+    cuts = {layer: pruned(trace, layer, batch)[i0:i1, j0:j1] for layer in (layers or [])}
+    selective = [layer for layer, cut in cuts.items() if cut.any()]
     for layer in selective:
         top = max(top, float(trace.record("selection", trace.layer_index(layer))[batch, 0].max()))
     for layer in [None, *selective]:
         code = masked.copy()
         if layer is not None:
-            cut = pruned(trace, layer, batch)[i0:i1, j0:j1]
+            cut = cuts[layer]
             penalty = trace.record("selection", trace.layer_index(layer))[batch, 0, i0:i1, j0:j1].float().cpu().numpy()
             level = np.rint((penalty - PRUNE_AT) / max(top - PRUNE_AT, 1e-9) * (PRUNED_LEVELS - 1))
             code = np.where(cut, PRUNED + level, code)

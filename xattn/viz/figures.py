@@ -44,6 +44,7 @@ from .style import (
 FULL_RESOLUTION = 2048        # single heatmaps are max-pooled only beyond this many tokens
 MAX_CELLS = 1 << 20           # grid cell budget before max-pooling
 EXACT_HOVER_TOKENS = 256      # stage strips carry exact hover values up to this many tokens
+ROW_BARS = 256                # a query row over more keys is drawn as one step line per head, not bars
 DEFAULT_STAGES = ("scores", "scores_residual", "masked", "pre_softmax", "attn")
 TOP_CHANGES = 5               # cells circled in a diff
 COMPACT_HEADS = 6            # a grid of more heads titles its columns h0, h1 …
@@ -563,12 +564,15 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
 def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batch: int = 0,
               shown: Shown | None = None) -> go.Figure:
     """Where does one token look? Its row of `stage` over the keys, one bar per head (one bar per key for a
-    stage every head shares, such as selective attention's F). `shown` leaves out the bars the heatmaps hide
-    (cells.Shown: a head's attention below the threshold, the sink column; for a shared stage, the sink column)."""
+    stage every head shares, such as selective attention's F); over more than ROW_BARS keys, one step line per
+    head instead (a browser draws a path per head, not heads × keys bars). `shown` leaves out the bars the
+    heatmaps hide (cells.Shown: a head's attention below the threshold, the sink column; for a shared stage, the
+    sink column)."""
     row = _heads(trace, stage, layer, batch, query=query)          # [head, key]
     style, labels, keys = STAGE_STYLE[stage], token_labels(trace, batch), key_labels(trace, batch)
     names = ["every head"] if stage in HEAD_SHARED else [f"head {h}" for h in range(row.shape[0])]
     x = np.asarray(keys, dtype=object)       # an array, not a list: plotly checks a list's labels one by one
+    steps = len(keys) > ROW_BARS
     masked = int(np.isnan(row[0]).sum())
     shown = shown or Shown()
     if shown.active:
@@ -578,11 +582,17 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
         else:
             hidden = shown.hidden(trace, [layer], list(range(row.shape[0])), batch)[0, :, query]
         row = np.where(hidden, np.nan, row)
-    return go.Figure([go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                             hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-                      for h, name in enumerate(names)], layout=dict(
+    traces = [go.Scatter(x0=0, dx=1, y=row[h], text=x, name=name, mode="lines",      # x: key positions
+                         line=dict(color=HEAD_COLORS[h % len(HEAD_COLORS)], width=1.2, shape="hvh"),
+                         hovertemplate=f"{name}<br>key %{{text}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+              if steps else
+              go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                     hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+              for h, name in enumerate(names)]
+    xaxis = dict(type="linear", range=[-0.5, len(keys) - 0.5]) if steps else dict(type="category")
+    return go.Figure(traces, layout=dict(
         template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-        xaxis=dict(title=axis_titles(trace)[0], type="category"), yaxis=dict(title=style.name),
+        xaxis=dict(title=axis_titles(trace)[0], **xaxis), yaxis=dict(title=style.name),
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
             shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
             "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
