@@ -1,11 +1,13 @@
-"""Server time of one Explore page request, part by part: the bundled default model and a fresh 6 × 8 model.
+"""Server time of one Explore page request, part by part: the bundled default model, a fresh 6 × 8 model reading
+512 tokens and a fresh 2 × 4 model reading 2,048 (the issue's sizes).
 
-    python bench/bench_explore.py [--sizes 512] [--repeats 5]
+    python bench/bench_explore.py [--sizes 512 2048] [--repeats 5]
 
 Each round traces a new text (`trace`: tokenise, traced forward, overflow check), then builds what
 views.explored builds from it, in the page's order: the grid, the focused head, the stage strip and the query
 row (each tagged for the page), the text view and predictions (`text`), the four figures as the page's
-PlotlyView sends them (`json`); then the whole `views.explore_page` on another new text (`page`). Median and
+PlotlyView sends them (`json`); then the whole `views.explore_page` on another new text (`page`), and a click
+on another head's tile as the page asks for its views (`click`: views.focus_views, JSON included). Median and
 best of interleaved rounds (bench/timing.py), in ms: on a busy machine the best is the steadier. The page's
 target (issue 10): 0.3 s bundled, 1 s at 512 tokens, for the whole browser round trip (bench/bench_browser.py).
 """
@@ -26,7 +28,7 @@ from app import heatmap, models, ui, views  # noqa: E402
 from bench.timing import interleaved_times  # noqa: E402
 from xattn import viz  # noqa: E402
 
-FRESH = dict(depth=6, heads=8, dim=256, options=[], seed=0, max_seq_len=512)
+SIZES = {512: dict(depth=6, heads=8, dim=256), 2048: dict(depth=2, heads=4, dim=64)}   # tokens → fresh model
 
 
 def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: str, layer: int, head: int,
@@ -62,25 +64,35 @@ def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: 
         fig = viz.query_row(now["run"].trace, layer, query, stage=stage)
         tagged("row", heatmap.tag_row(fig, labels=now["labels"], keys=now["keys"], key="k", focus={}))
 
+    def page() -> None:
+        now["page"] = views.explore_page(session, name, next(cycle), stage, layer, head, query)
+
+    def click() -> None:
+        """A click on another head's grid tile, as the page asks for its views (views.focus_views)."""
+        focus = now["page"][1].layout.meta["xattn"]["focus"]
+        now["clicks"] = now.get("clicks", 0) + 1
+        other = (head + 1 + now["clicks"] % (loaded.heads - 1)) % loaded.heads       # never the page's head
+        assert views.focus_views({**focus, "head": other, "shown": {"grid": focus["grid"], "head": focus["key"]}})
+
     view = heatmap.plotly_view("bench")
     return {"trace": trace, "grid": grid, "head": focused, "strip": strip, "row": row,
             "text": lambda: views.explore_text(session, name, now["text"], layer, head, query),   # its trace kept
             "json": lambda: [view.postprocess(fig) for fig in now["figures"].values()],
-            "page": lambda: views.explore_page(session, name, next(cycle), stage, layer, head, query)}
+            "page": page, "click": click}
 
 
 def report(title: str, times: dict[str, list[float]]) -> None:
     """Median and best time of each part, and their sums over the parts of one request."""
     for stat, of in (("median", statistics.median), ("best", min)):
         ms = {part: 1e3 * of(t) for part, t in times.items()}
-        steps = sum(v for part, v in ms.items() if part != "page")
+        steps = sum(v for part, v in ms.items() if part not in ("page", "click"))
         print(f"{title}, {stat}:\n  " + "  ".join(f"{part} {v:.1f}" for part, v in ms.items())
               + f"  (sum of the steps {steps:.1f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[512])
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rng = random.Random(0)
@@ -92,9 +104,10 @@ def main() -> None:
            interleaved_times(parts(None, default, texts, "attn", start["layer"], start["head"], start["query"]),
                                args.repeats))
     for n in args.sizes:
-        loaded = models.fresh(**FRESH | dict(max_seq_len=max(n, 512)))
+        size = SIZES[n]
+        loaded = models.fresh(**size, options=[], seed=0, max_seq_len=n)
         texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1)) for _ in range(5)]
-        report(f"fresh {FRESH['depth']} × {FRESH['heads']}, dim {FRESH['dim']}, {n} tokens",
+        report(f"fresh {size['depth']} × {size['heads']}, dim {size['dim']}, {n} tokens",
                interleaved_times(parts({loaded.name: loaded}, loaded, texts, "attn", 0, 1, min(100, n - 1)),
                                    args.repeats))
 
