@@ -404,21 +404,54 @@ function picked(p) {
   trigger('pick', data);
 }
 
-function pick(data) {
-  // a click's views straight from the server (views.focus_views: no queue, no status updates) while the click's
-  // own request brings the sliders, text view and predictions; through that request alone when the server no
-  // longer keeps the run, or refuses the click (it then says why in place)
+const DWELL_MS = 150;       // the pointer resting this long on another head's grid tile asks for its views
+let resting = null;        // {id, timer}: the tile the pointer rests on, till its views are asked for
+
+function question(data) {
+  // what views.focus_views needs: the focus of the views shown (their run, stage, filter), then `data`
   const f = X.focus || {};
-  if (!server || !server.focus_views || !f.run) { trigger('pick', data); return; }
-  const click = X.clicks = (X.clicks || 0) + 1;
   const averaged = tab.querySelector('#text-averaged input');
-  const ask = Object.assign({run: f.run, stage: f.stage, threshold: f.threshold, hide_sink: f.hide_sink,
-                             averaged: averaged ? averaged.checked : f.averaged, layer: f.layer, head: f.head}, data);
+  return Object.assign({run: f.run, stage: f.stage, threshold: f.threshold, hide_sink: f.hide_sink,
+                        averaged: averaged ? averaged.checked : f.averaged, layer: f.layer, head: f.head}, data);
+}
+const headOf = q => [q.run, q.stage, q.threshold, q.hide_sink, q.layer, q.head].join('|');   // one head's views
+
+function rest(t) {
+  // the pointer rests on another head's grid tile: ask for that head's views now, so that a click finds them
+  const [layer, head] = tileOf(t), f = X.focus || {};
+  if (layer === undefined || !server || !server.focus_views || !f.run || (f.layer === layer && f.head === head))
+    return;
+  const q = question({layer, head, query: f.query, shown: {grid: f.grid}});
+  const id = headOf(q);
+  if ((resting && resting.id === id) || (X.early && X.early.id === id)) return;
+  stopResting();
+  resting = {id, timer: setTimeout(() => { X.early = {id, answer: server.focus_views(q)}; }, DWELL_MS)};
+}
+
+function stopResting() { if (resting) clearTimeout(resting.timer); resting = null; }
+
+function pick(data) {
+  // a click's views straight from the server (views.focus_views: no queue, no status updates), drawn as they come;
+  // then the click's own request brings the sliders and predictions. A head's views asked for while the pointer
+  // rested on its tile are drawn at once, and only the clicked query's row and text asked for. Through the
+  // click's request alone when the server no longer keeps the run, or refuses the click (it then says why).
+  stopResting();
+  if (!server || !server.focus_views || !(X.focus || {}).run) { trigger('pick', data); return; }
+  const click = X.clicks = (X.clicks || 0) + 1;
+  const ask = question(data), grid = X.focus.grid;
+  const early = X.early && X.early.id === headOf(ask) ? X.early.answer : null;
+  X.early = null;
+  const show = views => X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views}}));
   const fallBack = () => { if (click === X.clicks) trigger('pick', data); };
-  server.focus_views(ask).then(answer => {
+  const asked = !early ? server.focus_views(ask) : early.then(answer => {
+    if (click !== X.clicks || !answer || !answer.views) return server.focus_views(ask);
+    show({head: answer.views.head, strip: answer.views.strip});
+    return server.focus_views(Object.assign({}, ask, {shown: {grid, head: answer.head}}));
+  });
+  asked.then(answer => {
     if (click !== X.clicks) return;                          // a later click's views are on their way
     if (!answer || !answer.views) { fallBack(); return; }
-    X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views: answer.views}}));
+    show(answer.views);
     X.queue.then(() => trigger('pick', Object.assign({drawn: true}, data)));   // once they are drawn
   }, fallBack);
 }
@@ -465,8 +498,9 @@ function wire() {
     if (!found) return;
     showTip(describe(found[0], found[1]), ev.event);
     ask(found[0], found[1], ev.event);
+    if (role === 'grid') rest(found[0]);
   });
-  plot.on('plotly_unhover', () => { tip.style.display = 'none'; asked = null; });
+  plot.on('plotly_unhover', () => { tip.style.display = 'none'; asked = null; stopResting(); });
   plot.on('plotly_relayout', () => {
     if (quiet) return;
     relabel();

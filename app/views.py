@@ -422,11 +422,12 @@ def hover_cell(data: Any) -> dict:
 def focus_views(data: Any) -> dict:
     """A click on Explore's grid, focused head or strip, answered straight to the page (a Gradio server function):
     {"views": {"grid" | "head" | "strip" | "row": the figure as its slot sends it, or None where it shows the
-    same; "text": the text view}} for the click's {"run", "stage", "threshold", "hide_sink", "averaged"} (its
-    views' focus) and {"layer", "head", "query", "shown"}. The page draws them as they come, then sends the
-    click's own request (explore_click with "drawn"), which brings the sliders, predictions and summary. {} when
-    the run is no longer kept or the click is refused: the page then sends that request alone, which redraws
-    or says why."""
+    same; "text": the text view}, "head": the key of what the head's views show (a later question's `shown`)}
+    for the click's {"run", "stage", "threshold", "hide_sink", "averaged"} (its views' focus) and {"layer",
+    "head", "query", "shown"}. The page draws them as they come, then sends the click's own request
+    (explore_click with "drawn"), which brings the sliders, predictions and summary; it also asks while the
+    pointer rests on a tile, before the click. {} when the run is no longer kept or the click is refused: the
+    page then sends that request alone, which redraws or says why."""
     if not isinstance(data, dict) or not isinstance(data.get("run"), str):
         return {}
     kept = recall(("page", data["run"]))
@@ -445,7 +446,8 @@ def focus_views(data: Any) -> dict:
         return {}
     views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else None
              for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
-    return {"views": {**views, "text": text}}
+    return {"views": {**views, "text": text}, "head": view_keys(run, check_stage(data.get("stage")), layer, head,
+                                                                view_filter)["head"]}
 
 
 def grid_cells(run: Run) -> int:

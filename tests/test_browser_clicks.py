@@ -134,11 +134,18 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
         page.wait_for_function(f"() => ({STAMP})('{view}').focus === '0,2,9'", timeout=DRAW_TIMEOUT_MS)
     # that click left the focused head as it was (nothing to redraw); the next tile click still redraws it
     page.wait_for_timeout(400)                  # two clicks within 300 ms are a double click to plotly
+    # the pointer resting on a tile asks for that head's views before the click, which then draws them at once
     x, y = page.evaluate(TILE, [1, 1])
+    page.mouse.move(x, y)
+    page.wait_for_function("() => window.xattnViews.early", timeout=DRAW_TIMEOUT_MS)
     page.mouse.click(x, y)
     title_has(page, "focused-head", "layer 1 · head 1")
     title_has(page, "stage-strip", "layer 1 · head 1")
     sliders_reach(page, [1, 1])
+    query = sliders(page)[2]                      # the clicked row of the tile, not the query of the rest (9)
+    assert query != 9
+    page.wait_for_function(f"() => ({STAMP})('where-the-query-looks').focus === '1,1,{query}'", timeout=DRAW_TIMEOUT_MS)
+    assert page.locator("#token-text .xattn-tokens").get_attribute("data-query") == str(query)
     page.mouse.move(5, 5)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)

@@ -68,13 +68,20 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     assert focus["stage"] == "attn" and focus["threshold"] == 0.0 and focus["averaged"] is False
     click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink", "averaged")},
              "layer": 1, "head": 2, "query": 9, "shown": {"grid": focus["grid"], "head": focus["key"]}}
-    answer = views.focus_views(click)["views"]
+    whole = views.focus_views(click)
+    answer = whole["views"]
     expected = views.explore_click(*explore_args(default), event(**click))
     assert expected[:3] == [1, 2, 9] and answer["grid"] is None                 # the grid shows the same: kept
     sent = [PlotlyView("figure", render=False).postprocess(figure).plot for figure in expected[4:7]]
     for role, plot in zip(("head", "strip", "row"), sent, strict=True):
         assert json.loads(answer[role]["plot"]) == json.loads(plot), role     # hover keys and all
     assert answer["text"] == expected[7]
+    # asked again for another query of that head (the page asked while the pointer rested on the tile): its head
+    # and strip are left as they are, the row and text view follow the query
+    again = views.focus_views({**click, "query": 4, "shown": {"grid": focus["grid"], "head": whole["head"]}})
+    assert again["head"] == whole["head"] and again["views"]["head"] is None and again["views"]["strip"] is None
+    assert "·4 look?" in json.loads(again["views"]["row"]["plot"])["layout"]["title"]["text"]
+    assert 'data-query="4"' in again["views"]["text"]
 
     drawn = views.explore_click(*explore_args(default), event(**click, drawn=True))
     assert drawn[:3] == [1, 2, 9] and all(isinstance(v, dict) and v.get("__type__") == "update"
