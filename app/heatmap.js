@@ -416,16 +416,28 @@ function question(data) {
 }
 const headOf = q => [q.run, q.stage, q.threshold, q.hide_sink, q.layer, q.head].join('|');   // one head's views
 
-function rest(t) {
-  // the pointer rests on another head's grid tile: ask for that head's views now, so that a click finds them
+function rest(t, cell) {
+  // the pointer rests on another head's grid tile: ask for that head's views now (the query row and text view of
+  // the query under the pointer), so that a click finds them
   const [layer, head] = tileOf(t), f = X.focus || {};
   if (layer === undefined || !server || !server.focus_views || !f.run || (f.layer === layer && f.head === head))
     return;
-  const q = question({layer, head, query: f.query, shown: {grid: f.grid}});
+  const query = clamp(cell.q0, 0, rows() - 1);
+  const q = question({layer, head, query, key: clamp(cell.k0, 0, cols() - 1), shown: {grid: f.grid}});
   const id = headOf(q);
-  if ((resting && resting.id === id) || (X.early && X.early.id === id)) return;
+  if (resting && resting.id === id) { resting.q = q; return; }          // the same tile: its latest query
+  if (X.early && X.early.id === id) return;
   stopResting();
-  resting = {id, timer: setTimeout(() => { X.early = {id, answer: server.focus_views(q)}; }, DWELL_MS)};
+  const asking = () => {
+    X.early = {id, query: resting.q.query, answer: server.focus_views(resting.q)};
+    resting = null;
+  };
+  resting = {id, q, asking, timer: setTimeout(asking, DWELL_MS)};
+}
+
+function pressed() {
+  // a button pressed on a tile the pointer had not rested on long enough: ask now, before the click (on release)
+  if (resting) { clearTimeout(resting.timer); resting.asking(); }
 }
 
 function stopResting() { if (resting) clearTimeout(resting.timer); resting = null; }
@@ -439,15 +451,16 @@ function pick(data) {
   if (!server || !server.focus_views || !(X.focus || {}).run) { trigger('pick', data); return; }
   const click = X.clicks = (X.clicks || 0) + 1;
   const ask = question(data), grid = X.focus.grid;
-  const early = X.early && X.early.id === headOf(ask) ? X.early.answer : null;
+  const early = X.early && X.early.id === headOf(ask) ? X.early : null;
   X.early = null;
   const show = views => X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views}}));
   const fallBack = () => { if (click === X.clicks) trigger('pick', data); };
-  const asked = !early ? server.focus_views(ask) : early.then(answer => {
-    if (click !== X.clicks || !answer || !answer.views) return server.focus_views(ask);
-    show({head: answer.views.head, strip: answer.views.strip});
-    return server.focus_views(Object.assign({}, ask, {shown: {grid, head: answer.head}}));
-  });
+  const asked = !early ? server.focus_views(ask) : early.query === ask.query ? early.answer : early.answer.then(
+    answer => {                                    // the pointer moved within the tile: the clicked query's row
+      if (click !== X.clicks || !answer || !answer.views) return server.focus_views(ask);
+      show({head: answer.views.head, strip: answer.views.strip});
+      return server.focus_views(Object.assign({}, ask, {shown: {grid, head: answer.head}}));
+    });
   asked.then(answer => {
     if (click !== X.clicks) return;                          // a later click's views are on their way
     if (!answer || !answer.views) { fallBack(); return; }
@@ -498,9 +511,10 @@ function wire() {
     if (!found) return;
     showTip(describe(found[0], found[1]), ev.event);
     ask(found[0], found[1], ev.event);
-    if (role === 'grid') rest(found[0]);
+    if (role === 'grid') rest(found[0], found[1]);
   });
   plot.on('plotly_unhover', () => { tip.style.display = 'none'; asked = null; stopResting(); });
+  if (role === 'grid') plot.addEventListener('pointerdown', pressed);
   plot.on('plotly_relayout', () => {
     if (quiet) return;
     relabel();
