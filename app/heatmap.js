@@ -429,7 +429,10 @@ function rest(t, cell) {
   if (X.early && X.early.id === id) return;
   stopResting();
   const asking = () => {
-    X.early = {id, query: resting.q.query, answer: server.focus_views(resting.q)};
+    if (X.asking) { resting.timer = setTimeout(asking, DWELL_MS); return; }   // one question at a time: the server
+    const answer = X.asking = server.focus_views(resting.q);                  // is not to queue up a sweep's tiles
+    answer.finally(() => { if (X.asking === answer) X.asking = null; });
+    X.early = {id, query: resting.q.query, answer};
     resting = null;
   };
   resting = {id, q, asking, timer: setTimeout(asking, DWELL_MS)};
@@ -437,7 +440,7 @@ function rest(t, cell) {
 
 function pressed() {
   // a button pressed on a tile the pointer had not rested on long enough: ask now, before the click (on release)
-  if (resting) { clearTimeout(resting.timer); resting.asking(); }
+  if (resting && !X.asking) { clearTimeout(resting.timer); resting.asking(); }
 }
 
 function stopResting() { if (resting) clearTimeout(resting.timer); resting = null; }
