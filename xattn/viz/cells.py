@@ -101,22 +101,32 @@ def why(trace: Trace, layers: list[int] | None = None, *, region: tuple[int, int
 
 def _why(trace: Trace, layers: list[int] | None, region: tuple[int, int, int, int], factor: int, batch: int) -> dict:
     i0, i1, j0, j1 = region
-    masked = trace_reasons(trace)[batch, i0:i1, j0:j1].cpu().numpy().astype(np.float32)
-    codes, top = [], PRUNE_AT
-    cuts = {layer: pruned(trace, layer, batch)[i0:i1, j0:j1] for layer in (layers or [])}
+    masked = trace.derived(("why masked", batch),                    # the masks' codes, every layer's the same
+                           lambda: trace_reasons(trace)[batch].cpu().numpy().astype(np.float32))[i0:i1, j0:j1]
+    cuts = {layer: _cut(trace, layer, batch)[i0:i1, j0:j1] for layer in (layers or [])}
     selective = [layer for layer, cut in cuts.items() if cut.any()]
-    for layer in selective:
-        top = max(top, float(trace.record("selection", trace.layer_index(layer))[batch, 0].max()))
+    top = float(max([PRUNE_AT, *(_selection(trace, layer, batch).max() for layer in selective)]))
+    codes = []
     for layer in [None, *selective]:
         code = masked.copy()
-        if layer is not None:
-            cut = cuts[layer]
-            penalty = trace.record("selection", trace.layer_index(layer))[batch, 0, i0:i1, j0:j1].float().cpu().numpy()
-            level = np.rint((penalty - PRUNE_AT) / max(top - PRUNE_AT, 1e-9) * (PRUNED_LEVELS - 1))
-            code = np.where(cut, PRUNED + level, code)
+        if layer is not None:                        # pruned cells only: PRUNED + F's level on [PRUNE_AT, top]
+            cut = np.nonzero(cuts[layer])
+            penalty = _selection(trace, layer, batch)[i0:i1, j0:j1][cut]
+            code[cut] = PRUNED + np.rint((penalty - PRUNE_AT) / max(top - PRUNE_AT, 1e-9) * (PRUNED_LEVELS - 1))
         codes.append(SAFE_CODES[max_pool(code, factor).astype(np.int64)])
     return dict(names=[*REASONS, "pruned by F"], codes=np.stack(codes), layers=selective,
                 region=[i0, i1, j0, j1], factor=factor, pruned=PRUNED, f=[PRUNE_AT, top], levels=PRUNED_LEVELS)
+
+
+def _selection(trace: Trace, layer: int, batch: int) -> np.ndarray:
+    """F [query, key] of `layer` as float32, made once per trace."""
+    return trace.derived(("selection", layer, batch), lambda: trace.record(
+        "selection", trace.layer_index(layer))[batch, 0].float().cpu().numpy())
+
+
+def _cut(trace: Trace, layer: int, batch: int) -> np.ndarray:
+    """`pruned`, made once per trace."""
+    return trace.derived(("pruned", layer, batch), lambda: pruned(trace, layer, batch))
 
 
 def decode_why(meta: dict, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
