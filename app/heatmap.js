@@ -3,8 +3,8 @@ const view = element.querySelector('.xattn-view');
 const plot = element.querySelector('.xattn-plot');
 const tip = element.querySelector('.xattn-tip');
 const role = props.role || 'plot';
-const X = window.xattnViews || (window.xattnViews = {});     // the page's views share: (the text view's too)
-X.bus = X.bus || new EventTarget();                          // focus, key, marks, a click's views
+const X = window.xattnViews || (window.xattnViews = {});     // what the page's views share (the text view too):
+X.bus = X.bus || new EventTarget();                          // news of the focus, key, marks and a click's views
 X.marked = X.marked || new Map();
 const tab = element.closest('[role="tabpanel"]') || document.body;   // a 'pick' view marks clicks in its tab
 const LEVEL = new Int16Array(256).fill(-1);      // code -> level (see xattn/viz/payload.py), -1 = masked

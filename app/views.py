@@ -439,15 +439,15 @@ def focus_views(data: Any) -> dict:
         run = dataclasses.replace(run, notes=list(run.notes))
         averaged, view_filter = bool(data.get("averaged")), filter_of(data.get("threshold"), data.get("hide_sink"))
         layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
-        figures = views_of(run, data.get("stage"), layer, head, query, shown=shown, view_filter=view_filter,
+        stage = check_stage(data.get("stage"))
+        figures = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter,
                            page_run=data["run"], averaged=averaged)
-        text, _ = text_view(run, layer, head, query, averaged, view_filter)
+        text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}
     views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else None
              for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
-    return {"views": {**views, "text": text}, "head": view_keys(run, check_stage(data.get("stage")), layer, head,
-                                                                view_filter)["head"]}
+    return {"views": {**views, "text": text}, "head": view_keys(run, stage, layer, head, view_filter)["head"]}
 
 
 def grid_cells(run: Run) -> int:
@@ -549,12 +549,17 @@ def explore_text(session: Session | None, model: str, text: str, layer: float, h
 
 def text_view(run: Run, layer: int, head: int, query: int, averaged: bool, view_filter: Shown) -> tuple[str, str]:
     """explore_text from a kept `run`, at a checked focus."""
-    shown = viz.token_html(run.trace, layer, query, head=None if averaged else head, shown=view_filter)
+    shown = shaded_text(run, layer, head, query, averaged, view_filter)
     token = query - run.trace.memory_tokens
     label = viz.token_labels(run.trace)[query]
     table = (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0
              else f"*{label} is a memory token: the model predicts nothing there.*")
     return shown, table
+
+
+def shaded_text(run: Run, layer: int, head: int, query: int, averaged: bool, view_filter: Shown) -> str:
+    """The text view alone: shaded by the focused head, or with `averaged` the mean over the layer's heads."""
+    return viz.token_html(run.trace, layer, query, head=None if averaged else head, shown=view_filter)
 
 
 @friendly
