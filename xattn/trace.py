@@ -74,7 +74,7 @@ class Trace:
     mask: Tensor | None = None             # the layers' padding mask [batch, query] (memory tokens first), if any
     attn_mask: Tensor | None = None        # the layers' custom mask [(batch,) query, query], if any
     _drawable: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)   # `derived`'s
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)   # what `derived` made
 
     def __getitem__(self, stage: str) -> Tensor:
         if stage not in self.stages:
