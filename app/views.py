@@ -419,6 +419,11 @@ def hover_cell(data: Any) -> dict:
     return {} if kept is None else heatmap.hover_cell(kept, data)
 
 
+# focus_views runs outside Gradio's queue (a server function): at most this many at once, as the queue's own
+# limit; a click finding none free goes through the queue instead (the page's fallback).
+FOCUS_SLOTS = threading.BoundedSemaphore(limits.CONCURRENCY)
+
+
 def focus_views(data: Any) -> dict:
     """A click on Explore's grid, focused head or strip, answered straight to the page (a Gradio server function):
     {"views": {"grid" | "head" | "strip" | "row": the figure as its slot sends it, or None where it shows the
@@ -426,10 +431,18 @@ def focus_views(data: Any) -> dict:
     for the click's {"run", "stage", "threshold", "hide_sink", "averaged"} (its views' focus) and {"layer",
     "head", "query", "shown"}. The page draws them as they come, then sends the click's own request
     (explore_click with "drawn"), which brings the sliders, predictions and summary; it also asks while the
-    pointer rests on a tile, before the click. {} when the run is no longer kept or the click is refused: the
-    page then sends that request alone, which redraws or says why."""
-    if not isinstance(data, dict) or not isinstance(data.get("run"), str):
+    pointer rests on a tile, before the click. {} when the run is no longer kept, the click is refused or
+    FOCUS_SLOTS are all taken: the page then sends that request alone, which redraws or says why."""
+    if not isinstance(data, dict) or not isinstance(data.get("run"), str) or not FOCUS_SLOTS.acquire(blocking=False):
         return {}
+    try:
+        return focus_answer(data)
+    finally:
+        FOCUS_SLOTS.release()
+
+
+def focus_answer(data: dict) -> dict:
+    """focus_views' answer, within a slot."""
     kept = recall(("page", data["run"]))
     run = recall(kept) if kept is not None else None
     if run is None:

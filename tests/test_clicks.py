@@ -91,6 +91,14 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     assert views.focus_views({**click, "run": "0" * 16}) == {}
     assert views.focus_views({**click, "head": default.heads}) == {}
     assert views.focus_views({**click, "threshold": 2}) == {} and views.focus_views(None) == {}
+    # outside Gradio's queue, but no more at once than it runs: a click finding no slot goes through the queue
+    taken = [views.FOCUS_SLOTS.acquire(blocking=False) for _ in range(limits.CONCURRENCY)]
+    try:
+        assert all(taken) and views.focus_views(click) == {}
+    finally:
+        for _ in taken:
+            views.FOCUS_SLOTS.release()
+    assert views.focus_views(click)["views"]["head"] is not None
 
 
 def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
