@@ -44,13 +44,17 @@ def need_browser() -> Any:
 
 
 @contextmanager
-def opened_page(server: str, width: int = 1500, height: int = 1100) -> Iterator[Any]:
-    """The app's page open in headless chromium at a window of `width` × `height`; the browser closes on exit."""
+def opened_page(server: str, width: int = 1500, height: int = 1100,
+                requests: list[str] | None = None) -> Iterator[Any]:
+    """The app's page open in headless chromium at a window of `width` × `height`, each URL it asks for added to
+    `requests` if given; the browser closes on exit."""
     sync_api = need_browser()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            if requests is not None:
+                page.on("request", lambda request: requests.append(request.url))
             page.goto(server)
             yield page
         finally:
@@ -102,50 +106,44 @@ def drawn_heatmap(page: Any, elem_id: str, shots: Path) -> dict:
 
 
 def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path) -> None:
-    sync_api = need_browser()
+    need_browser()                         # skip before tracing, not at the page
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     default = models.bundled(models.default_name())
     ids = default.tokenizer.encode(default.example)
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(server)
-            page.get_by_role("button", name="Run").first.click()       # the default example, explicitly
-            shown = drawn_heatmap(page, "focused-head", shots)
-            assert shown["painted"] > 100, "the heatmap image is empty"
-            assert (shown["rows"], shown["cols"]) == (len(ids), len(ids))
-            notable = default.card["notable_heads"][0]                  # the page opens on the card's first head
-            layer, head = notable["layer"], notable["head"]
-            assert f"layer {layer} · head {head}" in shown["title"]
-            scale = viz.Scale(shown["lo"], shown["hi"])                 # exact values come on hover (views.lighter)
-            np.testing.assert_allclose(scale.decode(np.array(shown["codes"])),
-                                       trace.drawable("attn")[layer, 0, head].numpy(), atol=scale.step / 2 + 1e-6)
-            page.screenshot(path=str(shots / "explore.png"), full_page=True)
+    with opened_page(server) as page:
+        page.get_by_role("button", name="Run").first.click()       # the default example, explicitly
+        shown = drawn_heatmap(page, "focused-head", shots)
+        assert shown["painted"] > 100, "the heatmap image is empty"
+        assert (shown["rows"], shown["cols"]) == (len(ids), len(ids))
+        notable = default.card["notable_heads"][0]                  # the page opens on the card's first head
+        layer, head = notable["layer"], notable["head"]
+        assert f"layer {layer} · head {head}" in shown["title"]
+        scale = viz.Scale(shown["lo"], shown["hi"])                 # exact values come on hover (views.lighter)
+        np.testing.assert_allclose(scale.decode(np.array(shown["codes"])),
+                                   trace.drawable("attn")[layer, 0, head].numpy(), atol=scale.step / 2 + 1e-6)
+        page.screenshot(path=str(shots / "explore.png"), full_page=True)
 
-            both = richest_model()                                      # residual and selective: every view has content
-            page.get_by_label("model", exact=True).click()
-            page.get_by_role("option", name=both.name, exact=True).click()
-            page.get_by_text(f"{both.name} — causal").first.wait_for(timeout=DRAW_TIMEOUT_MS)  # re-explored
-            ids = both.tokenizer.encode(both.example)
-            for tab, (elem_id, name) in list(TABS.items())[1:]:
-                page.get_by_role("tab", name=tab).click()
-                shown = drawn_heatmap(page, elem_id, shots)
-                assert shown["painted"] > 100 and shown["rows"] >= len(ids), f"{tab}: nothing drawn"
-                if name == "realformer":                                # layer 0 has nothing carried in: the last layer
-                    box = page.locator("input[aria-label='number input for layer']:visible")
-                    box.fill(str(both.depth - 1))
-                    box.press("Enter")
-                    page.wait_for_function("(t) => document.querySelector('#scores-residual-sum .js-plotly-plot')"
-                                           "._fullLayout.title.text.includes(t)", arg=f"layer {both.depth - 1} ·",
-                                           timeout=DRAW_TIMEOUT_MS)
-                page.wait_for_timeout(500)                              # let the other plots of the tab settle
-                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
-        finally:
-            browser.close()
+        both = richest_model()                                      # residual and selective: every view has content
+        page.get_by_label("model", exact=True).click()
+        page.get_by_role("option", name=both.name, exact=True).click()
+        page.get_by_text(f"{both.name} — causal").first.wait_for(timeout=DRAW_TIMEOUT_MS)  # re-explored
+        ids = both.tokenizer.encode(both.example)
+        for tab, (elem_id, name) in list(TABS.items())[1:]:
+            page.get_by_role("tab", name=tab).click()
+            shown = drawn_heatmap(page, elem_id, shots)
+            assert shown["painted"] > 100 and shown["rows"] >= len(ids), f"{tab}: nothing drawn"
+            if name == "realformer":                                # layer 0 has nothing carried in: the last layer
+                box = page.locator("input[aria-label='number input for layer']:visible")
+                box.fill(str(both.depth - 1))
+                box.press("Enter")
+                page.wait_for_function("(t) => document.querySelector('#scores-residual-sum .js-plotly-plot')"
+                                       "._fullLayout.title.text.includes(t)", arg=f"layer {both.depth - 1} ·",
+                                       timeout=DRAW_TIMEOUT_MS)
+            page.wait_for_timeout(500)                              # let the other plots of the tab settle
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     assert len(list(shots.glob("*.png"))) >= len(TABS)
 
 

@@ -19,7 +19,7 @@ import torch
 from app import heatmap, models
 from xattn import viz
 
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, fill_fields, need_browser
+from test_browser import DRAW_TIMEOUT_MS, fill_fields, opened_page
 
 # Page-side helpers: where to point the mouse, and what a view holds.
 TILE = """([layer, head]) => {
@@ -75,17 +75,9 @@ def local_only(requests: list[str], server: str) -> list[str]:
 @pytest.fixture
 def browser_page(server: str) -> Iterator[tuple[Any, list[str]]]:
     """A chromium page on the app, with every request it makes recorded."""
-    sync_api = need_browser()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(server)
-            yield page, requests
-        finally:
-            browser.close()
+    requests: list[str] = []
+    with opened_page(server, requests=requests) as page:
+        yield page, requests
 
 
 def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]], server: str,

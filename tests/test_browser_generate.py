@@ -18,7 +18,7 @@ import xattn
 from app import generate, models
 from xattn import viz
 
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, need_browser
+from test_browser import DRAW_TIMEOUT_MS, need_browser, opened_page
 
 ROW = "#where-the-new-token-looks .js-plotly-plot"
 BARS = f"() => {{ const gd = document.querySelector('{ROW}'); " \
@@ -32,7 +32,7 @@ def row_title_has(page: Any, text: str) -> None:
 
 
 def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
-    sync_api = need_browser()
+    need_browser()                         # skip before generating, not at the page
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     default = models.bundled(models.default_name())
@@ -40,39 +40,33 @@ def test_generate_scrub_and_play(server: str, tmp_path: Path) -> None:
     gen = default.model.generate(torch.tensor(default.tokenizer.encode(default.example)), steps,
                                  prune=xattn.Prune(budget=generate.DEFAULT_BUDGET))
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.goto(server)
-            page.get_by_role("tab", name="Generate").click()              # opening the tab generates
-            row_title_has(page, f"Step {steps - 1}:")
-            tab = page.locator("#generate-tab")                            # the layer and head the tab opened on
-            layer, head = (int(tab.get_by_label(f"number input for {what}", exact=True).input_value())
-                           for what in ("layer", "head"))
-            page.get_by_label("budget", exact=True).check()
-            page.get_by_role("button", name="Generate", exact=True).click()
-            page.wait_for_selector("#generated-text [data-pruned]", timeout=DRAW_TIMEOUT_MS)
-            struck = page.eval_on_selector_all("#generated-text [data-pruned]",
-                                               "spans => spans.map(s => Number(s.dataset.position))")
-            assert struck == gen.dropped[steps - 1][layer, 0].nonzero().flatten().tolist()
+    with opened_page(server, 1200, 1000) as page:
+        page.get_by_role("tab", name="Generate").click()              # opening the tab generates
+        row_title_has(page, f"Step {steps - 1}:")
+        tab = page.locator("#generate-tab")                            # the layer and head the tab opened on
+        layer, head = (int(tab.get_by_label(f"number input for {what}", exact=True).input_value())
+                       for what in ("layer", "head"))
+        page.get_by_label("budget", exact=True).check()
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.wait_for_selector("#generated-text [data-pruned]", timeout=DRAW_TIMEOUT_MS)
+        struck = page.eval_on_selector_all("#generated-text [data-pruned]",
+                                           "spans => spans.map(s => Number(s.dataset.position))")
+        assert struck == gen.dropped[steps - 1][layer, 0].nonzero().flatten().tolist()
 
-            before = page.evaluate(BARS)
-            box = page.get_by_label("number input for step", exact=True)
-            box.fill("2")
-            box.press("Enter")                                             # the scrubber moves: step 2 is drawn
-            row_title_has(page, "Step 2:")
-            after = page.evaluate(BARS)
-            np.testing.assert_allclose(np.array(after["y"], dtype=float), viz.step_row(gen, 2, layer, head),
-                                       rtol=1e-5, atol=1e-6)
-            assert len(after["y"]) == len(before["y"]) - (steps - 1 - 2), "step 2 reads fewer keys"
-            page.wait_for_timeout(500)
-            path = shots / "generate.png"
-            page.locator("#generate-tab").screenshot(path=str(path))
-            Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)   # a small PNG
+        before = page.evaluate(BARS)
+        box = page.get_by_label("number input for step", exact=True)
+        box.fill("2")
+        box.press("Enter")                                             # the scrubber moves: step 2 is drawn
+        row_title_has(page, "Step 2:")
+        after = page.evaluate(BARS)
+        np.testing.assert_allclose(np.array(after["y"], dtype=float), viz.step_row(gen, 2, layer, head),
+                                   rtol=1e-5, atol=1e-6)
+        assert len(after["y"]) == len(before["y"]) - (steps - 1 - 2), "step 2 reads fewer keys"
+        page.wait_for_timeout(500)
+        path = shots / "generate.png"
+        page.locator("#generate-tab").screenshot(path=str(path))
+        Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)   # a small PNG
 
-            page.get_by_role("button", name=generate.PLAY).click()         # Play: one step per tick
-            row_title_has(page, "Step 3:")
-            page.get_by_role("button", name=generate.PAUSE).click()
-        finally:
-            browser.close()
+        page.get_by_role("button", name=generate.PLAY).click()         # Play: one step per tick
+        row_title_has(page, "Step 3:")
+        page.get_by_role("button", name=generate.PAUSE).click()

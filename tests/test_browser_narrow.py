@@ -16,7 +16,7 @@ import pytest
 
 from app import models
 
-from test_browser import CHROMIUM, DRAW_TIMEOUT_MS, FLAGS, fill_fields, need_browser
+from test_browser import DRAW_TIMEOUT_MS, fill_fields, opened_page
 
 WIDTH = 820
 # Every plot's boxes that must not overlap one another: the title, subplot titles and other annotations, colour
@@ -78,16 +78,9 @@ TABS = {
 @pytest.fixture(scope="module")
 def narrow(server: str) -> Iterator[Any]:
     """One chromium page on the app, 820 px wide, for the whole module."""
-    sync_api = need_browser()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-            page.goto(server)
-            page.wait_for_function(PAINTED, arg="focused-head", timeout=DRAW_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with opened_page(server, WIDTH, 1000) as page:
+        page.wait_for_function(PAINTED, arg="focused-head", timeout=DRAW_TIMEOUT_MS)
+        yield page
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,17 @@ PANEL = """([id, query, key]) => {
 
 
 def hover_tip(page: Any, query: int, key: int) -> str:
-    """The focused head's tooltip over cell (query, key)."""
+    """The focused head's tooltip over cell (query, key), once it shows the server's answer (the exact value and
+    why the cell is hidden: views.hover_cell) rather than the value its colour stands for."""
     page.mouse.move(5, 5)
     x, y = page.evaluate(CELL, [query, key])
     page.mouse.move(x, y)
     tip = page.locator("#focused-head .xattn-tip")
     tip.wait_for(state="visible", timeout=5_000)
+    page.wait_for_function("([q, k]) => { const asked = document.querySelector('#focused-head .xattn-view')"
+                           ".parentElement.dataset.hovered; if (!asked) return false;"
+                           " const cell = JSON.parse(asked); return cell.query === q && cell.key === k; }",
+                           arg=[query, key], timeout=5_000)
     return tip.inner_text()
 
 

@@ -186,16 +186,9 @@ HEAD = """([stat, layer, head]) => {
 
 @pytest.fixture
 def page(server: str) -> Iterator[Any]:
-    from test_browser import CHROMIUM, FLAGS, need_browser
-    sync_api = need_browser()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(server)
-            yield page
-        finally:
-            browser.close()
+    from test_browser import opened_page
+    with opened_page(server) as page:
+        yield page
 
 
 def test_a_click_on_a_head_opens_explore_on_its_example(page: Any, default: models.Loaded, direct: xattn.HeadStats,
