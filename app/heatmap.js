@@ -454,6 +454,7 @@ function pick(data) {
   if (!server || !server.focus_views || !(X.focus || {}).run) { trigger('pick', data); return; }
   const click = X.clicks = (X.clicks || 0) + 1;
   const ask = question(data), grid = X.focus.grid;
+  data = Object.assign({}, data, {layer: ask.layer, head: ask.head});   // the head shown, not the sliders' yet
   const early = X.early && X.early.id === headOf(ask) ? X.early : null;
   X.early = null;
   const show = views => X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views}}));

@@ -24,8 +24,10 @@ CEILING = {"layer": 63, "head": 63, "query": 4095}
 PLOT_HEIGHT = 420
 TEXT_ROW_PX = 300       # Explore's text view and predictions: room for the table, so the views below do not jump
 PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower window stacks them
-# Page CSS (passed to launch): gr.HTML drops min_width, so the pairs' least width is set here, for both kinds.
-CSS = f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}"
+# Page CSS (passed to launch): gr.HTML drops min_width, so the pairs' least width is set here, for both kinds; and
+# it drops min_height while a request is on its way, so the text view's is too (the views below would jump).
+CSS = (f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}\n"
+       f"#token-text .html-container {{ min-height: {TEXT_ROW_PX}px !important; }}")
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 

@@ -99,12 +99,17 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     tip.wait_for(state="visible", timeout=5_000)
     assert "layer 0 · head 2" in tip.inner_text() and "Attention:" in tip.inner_text()
 
-    # a click on tile (layer 0, head 2) focuses that head: sliders, focused head and its values follow
+    # a click on tile (layer 0, head 2) focuses that head: sliders, focused head and its values follow, and the
+    # views stay where they are on the page while the click's own request is on its way
+    where = "() => Math.round(document.querySelector('#focused-head').getBoundingClientRect().top + window.scrollY)"
+    before = page.evaluate(where)
     page.mouse.click(x, y)
     title_has(page, "focused-head", "layer 0 · head 2")
     title_has(page, "stage-strip", "layer 0 · head 2")
+    drawn = page.evaluate(where)
     assert page.evaluate(HEATMAPS, "focused-head")["traces"][0]["exact"] is None   # on the server till a hover asks
     sliders_reach(page, [0, 2])
+    assert before == drawn == page.evaluate(where)
     page.wait_for_function(f"() => ({STAMP})('layers-heads').focus.startsWith('0,2,')", timeout=DRAW_TIMEOUT_MS)
 
     # a click on a cell of the focused head picks its query (row 9, key 4); hover names both tokens
@@ -223,3 +228,32 @@ def models_options() -> list[str]:
     """The fresh-model form's options as the page starts with them (app/ui.py FRESH_OPTIONS)."""
     from app.ui import FRESH_OPTIONS
     return list(FRESH_OPTIONS)
+
+
+def test_rapid_clicks_leave_sliders_views_and_text_agreeing(browser_page: tuple[Any, list[str]]) -> None:
+    """Clicks on tiles and cells in quick succession (each click's views come first, its sliders after): once the
+    page settles, the sliders, every view and the text view show one and the same focus."""
+    page, _ = browser_page
+    default = models.bundled(models.default_name())
+    title_has(page, "focused-head", "layer")
+    moves = [("tile", 1, 2), ("cell", 5, 3), ("tile", 0, 1), ("cell", 9, 2), ("tile", 2, 3), ("cell", 14, 0)]
+    for kind, a, b in moves:
+        x, y = page.evaluate(TILE if kind == "tile" else CELL, [a % default.depth, b] if kind == "tile" else [a, b])
+        page.mouse.click(x, y)
+        page.wait_for_timeout(60)                  # faster than a click's sliders arrive
+    layer, head = 1, 0                             # then a tile, and a cell of its head as soon as it is drawn
+    x, y = page.evaluate(TILE, [layer, head])
+    page.mouse.click(x, y)
+    title_has(page, "focused-head", f"layer {layer} · head {head}")
+    x, y = page.evaluate(CELL, [3, 1])
+    page.mouse.click(x, y)
+    page.wait_for_function("([layer, head]) => ['layer', 'head'].every((what, k) => [...document.querySelectorAll("
+                           "'input')].find(i => i.getAttribute('aria-label') === `number input for ${what}`).value"
+                           " === String([layer, head][k]))", arg=[layer, head], timeout=DRAW_TIMEOUT_MS)
+    page.wait_for_timeout(1500)
+    focus = ",".join(str(v) for v in sliders(page))
+    assert focus == f"{layer},{head},3"
+    for view in ("layers-heads", "focused-head", "stage-strip", "where-the-query-looks"):
+        assert page.evaluate(STAMP, view)["focus"] == focus, view
+    assert page.locator("#token-text .xattn-tokens").get_attribute("data-query") == "3"
+
