@@ -28,8 +28,7 @@ def pruned(trace: Trace, layer: int, batch: int = 0) -> np.ndarray:
     """[query, key] True where selective attention's F prunes a visible key in `layer` (F ≥ PRUNE_AT)."""
     if "selection" not in trace:
         return np.zeros(tuple(trace.visible.shape[1:]), dtype=bool)
-    penalty = trace.record("selection", trace.layer_index(layer))[batch, 0].float().cpu().numpy()
-    return trace.visible[batch].cpu().numpy() & (penalty >= PRUNE_AT)
+    return trace.visible[batch].cpu().numpy() & (_selection(trace, layer, batch) >= PRUNE_AT)
 
 
 @dataclass(frozen=True)

@@ -459,8 +459,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
 @functools.lru_cache(maxsize=32)
 def _strip_axes(titles: tuple[str, ...], xy: tuple[str, str]) -> str:
     """A stage strip's subplot layout (one row of panels sharing the query axis, reversed; the panels' titles and
-    the x and y axis titles `xy`) as JSON, made by make_subplots once per set of titles, as _grid_axes does for
-    the grid."""
+    the x and y axis titles `xy`) as JSON, made by make_subplots once per set of titles: building it is most of a
+    strip's time otherwise."""
     fig = make_subplots(rows=1, cols=len(titles), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text=xy[0])
