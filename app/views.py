@@ -207,15 +207,21 @@ def trace_key(loaded: Loaded, text: str) -> tuple:
     return ("trace", id(loaded.model), text)
 
 
+def kept_run(key: tuple) -> Run | None:
+    """The run kept under `key` (`trace_key`), with notes of its own for the caller to add to; None if not kept."""
+    run = recall(key)
+    return None if run is None else dataclasses.replace(run, notes=list(run.notes))
+
+
 def explore_run(loaded: Loaded, text: str, progress: gr.Progress | None = None, *, reuse: bool = True) -> Run:
     """`trace_text(loaded, text)`, kept among the recent ones (at most limits.RECENT_RUNS, counting twice the
     recorded stages for the drawable copies made from them); with `reuse`, a kept one is used again. Each
     caller gets its own notes."""
     key = trace_key(loaded, text)
     if reuse:
-        run = recall(key)
+        run = kept_run(key)
         if run is not None and run.loaded.model is loaded.model:     # the same model, not one reusing its id
-            return dataclasses.replace(run, notes=list(run.notes))
+            return run
     run = trace_text(loaded, text, progress=progress)
     remember(key, dataclasses.replace(run, notes=list(run.notes)), 2 * run.trace.nbytes(), limits.RECENT_RUNS)
     return run
@@ -444,12 +450,11 @@ def focus_views(data: Any) -> dict:
 def focus_answer(data: dict) -> dict:
     """focus_views' answer, within a slot."""
     kept = recall(("page", data["run"]))
-    run = recall(kept) if kept is not None else None
+    run = kept_run(kept) if kept is not None else None
     if run is None:
         return {}
     try:
         shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
-        run = dataclasses.replace(run, notes=list(run.notes))
         averaged, view_filter = bool(data.get("averaged")), filter_of(data.get("threshold"), data.get("hide_sink"))
         layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
         stage = check_stage(data.get("stage"))
