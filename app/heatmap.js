@@ -408,11 +408,12 @@ const DWELL_MS = 150;       // the pointer resting this long on another head's g
 let resting = null;        // {id, timer}: the tile the pointer rests on, till its views are asked for
 
 function question(data) {
-  // what views.focus_views needs: the focus of the views shown (their run, stage, filter), then `data`
+  // what views.focus_views needs: the focus of the views shown (their run, stage, filter), the text view's switch,
+  // then `data`
   const f = X.focus || {};
   const averaged = tab.querySelector('#text-averaged input');
   return Object.assign({run: f.run, stage: f.stage, threshold: f.threshold, hide_sink: f.hide_sink,
-                        averaged: averaged ? averaged.checked : f.averaged, layer: f.layer, head: f.head}, data);
+                        averaged: Boolean(averaged && averaged.checked), layer: f.layer, head: f.head}, data);
 }
 const headOf = q => [q.run, q.stage, q.threshold, q.hide_sink, q.layer, q.head].join('|');   // one head's views
 

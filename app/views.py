@@ -305,7 +305,7 @@ def explore_page(session: Session | None, model: str, text: str, stage: str, lay
     """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
     then the summary, in one request (`with_text`)."""
     figures = explored(session, model, text, stage, layer, head, query, progress,
-                       view_filter=filter_of(threshold, hide_sink), page=True, averaged=averaged)
+                       view_filter=filter_of(threshold, hide_sink), page=True)
     return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
 
 
@@ -342,24 +342,23 @@ def view_keys(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -
 
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
              progress: gr.Progress | None = None, *, shown: dict | None = None,
-             view_filter: Shown | None = None, page: bool = False, averaged: bool = False) -> tuple[Any, ...]:
+             view_filter: Shown | None = None, page: bool = False) -> tuple[Any, ...]:
     """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
     of the heatmaps. For the `page`, the focused head and the strip leave their exact hover values on the server
-    (`lighter`), and the focus names the run and the text view's `averaged` for `focus_views`."""
+    (`lighter`), and the focus names the run, stage and filter for `focus_views`."""
     loaded = load(session, model, progress)
     run = explore_run(loaded, text, progress, reuse=shown is not None)
     page_run = None
     if page:            # the page's clicks may ask for their views straight away (`focus_views`)
         page_run = heatmap.key_of("run", id(loaded.model), run.ids)
         remember(("page", page_run), trace_key(loaded, text), 0, limits.RECENT_RUNS)
-    return views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run,
-                    averaged=averaged)
+    return views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run)
 
 
 def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, shown: dict | None = None,
-             view_filter: Shown | None = None, page_run: str | None = None, averaged: bool = False) -> tuple[Any, ...]:
+             view_filter: Shown | None = None, page_run: str | None = None) -> tuple[Any, ...]:
     """`explored`'s figures and summary from a kept `run`; with `page_run` (the page's name for the run), for
     the page: lighter, leaner, and their focus says what a click must send back to `focus_views`."""
     view_filter = view_filter or Shown()
@@ -372,8 +371,7 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
     focus = {"layer": layer, "head": head, "query": query, "key": keys["head"], "grid": keys["grid"]}
     page = page_run is not None
     if page:
-        focus.update(run=page_run, stage=stage, threshold=view_filter.threshold, hide_sink=view_filter.hide_sink,
-                     averaged=bool(averaged))
+        focus.update(run=page_run, stage=stage, threshold=view_filter.threshold, hide_sink=view_filter.hide_sink)
     same = {what: shown.get(what) == key for what, key in keys.items()}
     grid = gr.update() if same["grid"] else heatmap.tag_grid(
         viz.grid(trace, stage, max_cells=grid_cells(run), shown=view_filter), layers=list(trace.layers),
@@ -434,10 +432,10 @@ def focus_views(data: Any) -> dict:
     """A click on Explore's grid, focused head or strip, answered straight to the page (a Gradio server function):
     {"views": {"grid" | "head" | "strip" | "row": the figure as its slot sends it, or None where it shows the
     same; "text": the text view}, "head": the key of what the head's views show (a later question's `shown`)}
-    for the click's {"run", "stage", "threshold", "hide_sink", "averaged"} (its views' focus) and {"layer",
-    "head", "query", "shown"}. The page draws them as they come, then sends the click's own request
-    (explore_click with "drawn"), which brings the sliders, predictions and summary; it also asks while the
-    pointer rests on a tile, before the click. {} when the run is no longer kept, the click is refused or
+    for the click's {"run", "stage", "threshold", "hide_sink"} (its views' focus), {"layer", "head", "query",
+    "shown"} and "averaged" (the text view's switch). The page draws them as they come, then sends the click's
+    own request (explore_click with "drawn"), which brings the sliders, predictions and summary; it also asks
+    while the pointer rests on a tile, before the click. {} when the run is no longer kept, the click is refused or
     FOCUS_SLOTS are all taken: the page then sends that request alone, which redraws or says why."""
     if not isinstance(data, dict) or not isinstance(data.get("run"), str) or not FOCUS_SLOTS.acquire(blocking=False):
         return {}
@@ -459,7 +457,7 @@ def focus_answer(data: dict) -> dict:
         layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
         stage = check_stage(data.get("stage"))
         figures = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter,
-                           page_run=data["run"], averaged=averaged)
+                           page_run=data["run"])
         text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}
@@ -485,7 +483,7 @@ def clicked(data: Any, what: str, default: int) -> int:
 @friendly
 def explore_pick(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                  query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
-                 progress: gr.Progress = gr.Progress(), *, averaged: bool = False) -> list[Any]:
+                 progress: gr.Progress = gr.Progress()) -> list[Any]:
     """A click in the Explore tab: a grid tile focuses its layer and head (and the clicked query), a cell of
     the focused head or its stage strip, or a token of the text view, picks its query. Returns the layer, head
     and query sliders, then explore's views (those that would show the same again are left as they are)."""
@@ -497,7 +495,7 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
         return [*picks(run, layer, head, query), *(gr.skip() for _ in range(4)), run.summary()]
     shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
     views = explored(session, model, text, stage, layer, head, query, progress, shown=shown,
-                     view_filter=filter_of(threshold, hide_sink), page=True, averaged=averaged)
+                     view_filter=filter_of(threshold, hide_sink), page=True)
     return [layer, head, query, *views]
 
 
@@ -507,8 +505,7 @@ def explore_click(session: Session | None, model: str, text: str, stage: str, la
                   averaged: bool = False, progress: gr.Progress = gr.Progress()) -> list[Any]:
     """explore_pick as the page runs it: the sliders, the views, then the text view and predictions of the new
     focus, then the summary, in one request (`with_text`)."""
-    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress,
-                         averaged=averaged)
+    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress)
     return [*moved[:3], *with_text(tuple(moved[3:]), session, model, text, *moved[:3], averaged, threshold, hide_sink)]
 
 

@@ -65,8 +65,8 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     they are drawn, then brings only the sliders and summary."""
     opened = views.explore_page(None, *explore_args(default)[1:])
     focus = opened[1].layout.meta["xattn"]["focus"]
-    assert focus["stage"] == "attn" and focus["threshold"] == 0.0 and focus["averaged"] is False
-    click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink", "averaged")},
+    assert focus["stage"] == "attn" and focus["threshold"] == 0.0 and focus["hide_sink"] is False
+    click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink")}, "averaged": False,
              "layer": 1, "head": 2, "query": 9, "shown": {"grid": focus["grid"], "head": focus["key"]}}
     whole = views.focus_views(click)
     answer = whole["views"]
