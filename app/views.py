@@ -504,8 +504,12 @@ def explore_click(session: Session | None, model: str, text: str, stage: str, la
                   query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
                   averaged: bool = False, progress: gr.Progress = gr.Progress()) -> list[Any]:
     """explore_pick as the page runs it: the sliders, the views, then the text view and predictions of the new
-    focus, then the summary, in one request (`with_text`)."""
+    focus, then the summary, in one request (`with_text`). A click whose views the page has drawn already
+    (focus_views, "drawn") gets the predictions alone: it has the text view too."""
     moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress)
+    if (getattr(evt, "_data", None) or {}).get("drawn"):
+        table = next_table(explore_run(load(session, model, None), text), moved[2])
+        return [*moved[:-1], gr.skip(), table, moved[-1]]
     return [*moved[:3], *with_text(tuple(moved[3:]), session, model, text, *moved[:3], averaged, threshold, hide_sink)]
 
 
@@ -564,12 +568,15 @@ def explore_text(session: Session | None, model: str, text: str, layer: float, h
 
 def text_view(run: Run, layer: int, head: int, query: int, averaged: bool, view_filter: Shown) -> tuple[str, str]:
     """explore_text from a kept `run`, at a checked focus."""
-    shown = shaded_text(run, layer, head, query, averaged, view_filter)
+    return shaded_text(run, layer, head, query, averaged, view_filter), next_table(run, query)
+
+
+def next_table(run: Run, query: int) -> str:
+    """The predictions alone: the model's top-5 next tokens after (checked) position `query`."""
     token = query - run.trace.memory_tokens
     label = viz.token_labels(run.trace)[query]
-    table = (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0
-             else f"*{label} is a memory token: the model predicts nothing there.*")
-    return shown, table
+    return (predictions(run, token, f"next token after `{viz.display_label(label)}`") if token >= 0
+            else f"*{label} is a memory token: the model predicts nothing there.*")
 
 
 def shaded_text(run: Run, layer: int, head: int, query: int, averaged: bool, view_filter: Shown) -> str:
