@@ -139,6 +139,35 @@ def plot_value(fig: go.Figure) -> dict[str, str]:
     return {"type": "plotly", "plot": fig.to_json()}
 
 
+def as_data(fig: go.Figure) -> dict:
+    """`fig` as JSON data (plotly's own encoding: arrays as base64), to keep and send later (`refocused`)."""
+    return json.loads(fig.to_json())
+
+
+def refocused(figure: dict, focus: dict) -> dict[str, str]:
+    """A figure kept `as_data`, as a PlotlyView's value (plot_value) whose meta carries `focus`: a head's views made
+    once, sent with whichever query the click picked."""
+    layout = figure["layout"]
+    meta = {**layout["meta"], "xattn": {**layout["meta"]["xattn"], "focus": focus}}
+    return {"type": "plotly", "plot": json.dumps({**figure, "layout": {**layout, "meta": meta}}, separators=(",", ":"))}
+
+
+def is_plot_value(value: Any) -> bool:
+    """Whether `value` is a figure as a PlotlyView's value (plot_value, refocused), not a gr.update()."""
+    return isinstance(value, dict) and isinstance(value.get("plot"), str)
+
+
+def as_figure(value: Any) -> go.Figure:
+    """A figure, or a plot value (as a PlotlyView's value), as a go.Figure: a view's output for a reader."""
+    return go.Figure(json.loads(value["plot"])) if is_plot_value(value) else value
+
+
+def meta_of(figure: Any) -> dict:
+    """What a figure or plot value says of itself (layout.meta.xattn); {} for anything else."""
+    meta = as_figure(figure).layout.meta if is_plot_value(figure) or isinstance(figure, go.Figure) else None
+    return meta.get("xattn", {}) if isinstance(meta, dict) else {}
+
+
 def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
                 elem_classes: list[str] | None = None, value: Any = None,
                 server: list[Callable[[Any], dict]] | None = None) -> PlotlyView:

@@ -29,6 +29,8 @@ CONCURRENCY = 2                       # requests computed at once (the machine's
 QUEUE_SIZE = 64                       # requests waiting beyond those; one more gets "Queue is full"
 RECENT_RUNS = 2                       # traces kept for clicks and zooms on the Explore tab (app/views.py RECENT)
 RECENT_HOVERS = 16                    # focused heads' and strips' exact hover values kept for pages (views.lighter)
+AHEAD_HEADS = 64                      # heads' Explore views kept for clicks, made by them or ahead (views.head_views;
+                                      # about 2 MB a head at 2,048 tokens): a Run plans at most this many ahead
 RECENT_GENERATIONS = 8                # generations kept for the Generate tab's scrubber (app/generate.py)
 RECENT_BYTES = 2048 * MIB             # … counting twice their recorded stages; a bigger one is not kept
 CACHE_CLEANUP = (3600, 3600)          # uploaded files are deleted from the server's cache after an hour

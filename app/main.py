@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xattn.memory import reuse_freed_memory
 
-from . import heatmap, limits
+from . import heatmap, limits, views
 from .ui import CSS, build
 
 
@@ -67,6 +67,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
         print(f"xattn-app: reachable from other machines ({'public share link' if share else host}); "
               f"limits: {limits.MAX_UPLOAD_BYTES // limits.MIB} MiB uploads, {concurrency} requests at once, "
               f"{queue_size} queued.")
+    views.AHEAD.start()        # served: each head's views are made while the server is idle (app/ahead.py)
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
                             allowed_paths=heatmap.static_paths(), show_error=True, css=CSS,

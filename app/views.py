@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import threading
@@ -28,6 +29,7 @@ from xattn.predictions import next_tokens
 from xattn.viz.cells import Shown
 
 from . import heatmap, limits, models, texts
+from .ahead import Ahead
 from .models import Loaded, Session
 
 Figure = go.Figure
@@ -66,14 +68,19 @@ class Run:
         return "\n\n".join(lines + [f"**Note:** {note}" for note in self.notes])
 
 
+# Work the server does while idle (app/ahead.py): the app's launch starts it; every request marks itself served.
+AHEAD = Ahead(quiet_s=0.3, most=limits.RECENT_RUNS)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What every handler shares: its ValueErrors and KeyErrors become a `gr.Error` with their sentence, any
     other failure a short `gr.Error` (the details go to the server log, never to the client), and the
-    figures it returns fill the width of their slot."""
+    figures it returns fill the width of their slot. Work ahead waits while it runs (AHEAD.serving)."""
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
-            result = fn(*args, **kwargs)
+            with AHEAD.serving():
+                result = fn(*args, **kwargs)
         except gr.Error:
             raise
         except (ValueError, KeyError) as err:
@@ -179,13 +186,14 @@ RECENT: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
 RECENT_LOCK = threading.Lock()
 
 
-def recall(key: tuple) -> Any | None:
-    """The value kept under `key` (now the most recent), or None."""
+def recall(key: tuple, *, touch: bool = True) -> Any | None:
+    """The value kept under `key` (now the most recent, unless not to `touch` it: work ahead's look), or None."""
     with RECENT_LOCK:
         entry = RECENT.get(key)
         if entry is None:
             return None
-        RECENT.move_to_end(key)
+        if touch:
+            RECENT.move_to_end(key)
         return entry[0]
 
 
@@ -354,7 +362,10 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     if page:            # the page's clicks may ask for their views straight away (`focus_views`)
         page_run = heatmap.key_of("run", id(loaded.model), run.ids)
         remember(("page", page_run), trace_key(loaded, text), 0, limits.RECENT_RUNS)
-    return views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run)
+    views = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run)
+    if page_run is not None and shown is None:       # a Run: the other heads' views, made ahead of their clicks
+        plan_ahead(run, stage, *picks(run, layer, head), view_filter or Shown(), page_run)
+    return views
 
 
 def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, shown: dict | None = None,
@@ -377,30 +388,94 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
         viz.grid(trace, stage, max_cells=grid_cells(run), shown=view_filter), layers=list(trace.layers),
         heads=list(range(run.loaded.heads)), stage=stage, labels=labels, keys=key_labels, key=keys["grid"],
         focus=focus)
-    focused = gr.update() if same["head"] else heatmap.tag_head(
-        viz.heatmap_region(trace, layer, head, stage, shown=view_filter), stage=stage, key=keys["head"], focus=focus)
-    stages = strip_stages(run.loaded)
-    strip_fig = gr.update() if same["head"] else heatmap.tag_strip(
-        strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages, labels=labels, keys=key_labels,
-        key=keys["head"], focus=focus)
+    if same["head"]:
+        focused = strip_fig = gr.update()
+    elif page:
+        focused, strip_fig = head_views(run, stage, layer, head, view_filter, page_run).sent(focus)
+    else:
+        focused, strip_fig = head_figures(run, stage, layer, head, view_filter, focus)
     row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage, shown=view_filter), labels=labels,
                           keys=key_labels, key=keys["head"], focus=focus)
-    if page:            # the hover's keys tell apart two models of one name (two sessions' uploads)
-        own = {view: heatmap.key_of(keys["head"], id(run.loaded.model), view) for view in ("head", "strip")}
-        focused, strip_fig = lighter(focused, own["head"]), lighter(strip_fig, own["strip"])
-        grid, focused, strip_fig, row = (heatmap.lean(f) if isinstance(f, Figure) else f
-                                         for f in (grid, focused, strip_fig, row))
+    if page:
+        grid, row = (heatmap.lean(f) if isinstance(f, Figure) else f for f in (grid, row))
     return grid, focused, strip_fig, row, run.summary()
 
 
-def lighter(figure: Any, key: str) -> Any:
-    """A figure for the page without its exact hover values and why-codes, which stay here under `key` for the
-    hover's questions (`hover_cell`): a focused head sends a byte and a third a cell instead of eight."""
-    if not isinstance(figure, Figure):
-        return figure                                 # gr.update(): the page keeps what it shows
-    figure, kept = heatmap.on_demand(figure, key)
-    remember(("hover", key), kept, kept.nbytes, limits.RECENT_HOVERS)
-    return figure
+def head_figures(run: Run, stage: str, layer: int, head: int, view_filter: Shown, focus: dict) -> tuple[Figure, Figure]:
+    """Explore's focused head and its stage strip."""
+    keys, stages = view_keys(run, stage, layer, head, view_filter), strip_stages(run.loaded)
+    labels, key_labels = viz.token_labels(run.trace), viz.key_labels(run.trace)
+    focused = heatmap.tag_head(viz.heatmap_region(run.trace, layer, head, stage, shown=view_filter), stage=stage,
+                               key=keys["head"], focus=focus)
+    strip_fig = heatmap.tag_strip(strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages,
+                                  labels=labels, keys=key_labels, key=keys["head"], focus=focus)
+    return focused, strip_fig
+
+
+@dataclass(frozen=True)
+class HeadViews:
+    """A head's focused heatmap and stage strip as the page gets them (`lighter`, `heatmap.lean`, kept as JSON data
+    without a focus), and what `lighter` took out of them for the hover ({its key: heatmap.Kept})."""
+
+    figures: tuple[dict, dict]
+    kept: dict[str, heatmap.Kept]
+    nbytes: int
+
+    def sent(self, focus: dict) -> tuple[dict, dict]:
+        """The two views for the page with `focus`; their exact values are kept among the recent hovers again."""
+        for key, kept in self.kept.items():
+            remember(("hover", key), kept, kept.nbytes, limits.RECENT_HOVERS)
+        return heatmap.refocused(self.figures[0], focus), heatmap.refocused(self.figures[1], focus)
+
+
+MAKING: dict[tuple, threading.Lock] = {}       # head_views being made: a second asker waits for the first
+
+
+def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> HeadViews:
+    """`head_figures` for the page of `page_run`, made once for each stage, head and filter and kept (at most
+    limits.AHEAD_HEADS): by the first click that asks, or while the server is idle (`plan_ahead`)."""
+    key = ("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"])
+    with RECENT_LOCK:
+        making = MAKING.setdefault(key, threading.Lock())
+    try:
+        with making:
+            made = recall(key)
+            if made is None:
+                made = make_head_views(run, stage, layer, head, view_filter)
+                remember(key, made, made.nbytes, limits.AHEAD_HEADS)
+            return made
+    finally:
+        with RECENT_LOCK:
+            MAKING.pop(key, None)
+
+
+def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -> HeadViews:
+    """head_views' figures, made: each lighter under a hover key of its own (the model object's identity tells
+    apart two models of one name, two sessions' uploads), lean, filling its slot's width."""
+    head_key = view_keys(run, stage, layer, head, view_filter)["head"]
+    figures, kept = [], {}
+    for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}), strict=True):
+        figure, kept[key] = heatmap.on_demand(figure, key := heatmap.key_of(head_key, id(run.loaded.model), view))
+        figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
+    held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
+    return HeadViews((figures[0], figures[1]), kept, held)
+
+
+def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> None:
+    """Make every other head's `head_views` while the server is idle (app/ahead.py), the heads after the focused
+    one first, at most limits.AHEAD_HEADS of them; each task finds the run among the kept ones (it is dropped when
+    they let go of it)."""
+    heads = [(layer_, head_) for layer_ in run.trace.layers for head_ in range(run.loaded.heads)]
+    start = heads.index((layer, head)) + 1 if (layer, head) in heads else 0
+    later = [at for at in heads[start:] + heads[:start] if at != (layer, head)][: limits.AHEAD_HEADS - 1]
+
+    def task(layer: int, head: int) -> None:
+        kept = recall(("page", page_run), touch=False)
+        run = recall(kept, touch=False) if kept is not None else None
+        if run is not None:
+            head_views(run, stage, layer, head, view_filter, page_run)
+
+    AHEAD.plan(page_run, [functools.partial(task, *at) for at in later])
 
 
 PINNED: dict[str, heatmap.Kept] = {}      # `lighter` figures kept for good: the views every page opens on
@@ -409,7 +484,7 @@ PINNED: dict[str, heatmap.Kept] = {}      # `lighter` figures kept for good: the
 def pin_hovers(figures: list[Any]) -> None:
     """Keep what `lighter` took out of these figures for as long as the app runs (not among the recent ones)."""
     for figure in figures:
-        key = figure.layout.meta["xattn"].get("hover") if isinstance(figure, Figure) else None
+        key = heatmap.meta_of(figure).get("hover")
         kept = recall(("hover", key)) if key else None
         if kept is not None:
             PINNED[key] = kept
@@ -419,8 +494,9 @@ def hover_cell(data: Any) -> dict:
     """A page's hover on a figure sent `lighter`: {"hover": its key, "trace", "row", "col", "query", "key",
     "layer"} → the cell's exact value and why (heatmap.hover_cell); {} once the figure is no longer kept."""
     key = data.get("hover") if isinstance(data, dict) else None
-    kept = PINNED.get(key) or recall(("hover", key)) if isinstance(key, str) else None
-    return {} if kept is None else heatmap.hover_cell(kept, data)
+    with AHEAD.serving():
+        kept = PINNED.get(key) or recall(("hover", key)) if isinstance(key, str) else None
+        return {} if kept is None else heatmap.hover_cell(kept, data)
 
 
 # focus_views runs outside Gradio's queue (a server function): at most this many at once, as the queue's own
@@ -440,7 +516,8 @@ def focus_views(data: Any) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("run"), str) or not FOCUS_SLOTS.acquire(blocking=False):
         return {}
     try:
-        return focus_answer(data)
+        with AHEAD.serving():
+            return focus_answer(data)
     finally:
         FOCUS_SLOTS.release()
 
@@ -461,7 +538,8 @@ def focus_answer(data: dict) -> dict:
         text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}
-    views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else None
+    views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else
+             figure if heatmap.is_plot_value(figure) else None       # a kept head's views (head_views), or gr.update()
              for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
     return {"views": {**views, "text": text}, "head": view_keys(run, stage, layer, head, view_filter)["head"]}
 

@@ -53,9 +53,11 @@ def tokens() -> torch.Tensor:
 def server():
     """The app on a free loopback port, for one test module."""
     from app import main as app_main
+    from app import views
     demo, url = app_main.launch(port=None, block=False)
     yield url
     demo.close()
+    views.AHEAD.stop()              # the next module's views, called directly, make no work ahead
 
 
 @pytest.fixture

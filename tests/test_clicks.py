@@ -49,6 +49,9 @@ def test_a_grid_tile_click_focuses_its_layer_head_and_query(default: models.Load
     ids = default.tokenizer.encode(default.example)
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
     assert "customdata" not in heat(focused)            # exact values stay on the server: see the next test
+    focused, strip = heatmap.as_figure(focused), heatmap.as_figure(strip)     # kept JSON (views.head_views)
+    assert focused.layout.meta["xattn"]["focus"] == strip.layout.meta["xattn"]["focus"] == \
+        row.layout.meta["xattn"]["focus"]                # sent with the click's focus, its query too
     assert "layer 0 · head 3" in focused.layout.title.text and "layer 0 · head 3" in strip.layout.title.text
     assert "Where does" in row.layout.title.text and "·9 look" in row.layout.title.text
     assert row.layout.meta["xattn"]["focus"] == {**row.layout.meta["xattn"]["focus"], "layer": 0, "head": 3,
@@ -64,7 +67,7 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     figures and text view the click's request would bring, JSON as the slots send them; the request itself, told
     they are drawn, then brings only the sliders and summary."""
     opened = views.explore_page(None, *explore_args(default)[1:])
-    focus = opened[1].layout.meta["xattn"]["focus"]
+    focus = heatmap.meta_of(opened[1])["focus"]
     assert focus["stage"] == "attn" and focus["threshold"] == 0.0 and focus["hide_sink"] is False
     click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink")}, "averaged": False,
              "layer": 1, "head": 2, "query": 9, "shown": {"grid": focus["grid"], "head": focus["key"]}}
@@ -109,6 +112,7 @@ def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded)
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
     reasons = masks.trace_reasons(trace)[0]
     for figure, stages in ((focused, ["attn"]), (strip, views.strip_stages(default))):
+        figure = heatmap.as_figure(figure)
         meta = figure.layout.meta["xattn"]
         assert "why" not in meta and all(t.customdata is None for t in figure.data if t.type == "heatmap")
         heatmaps = [k for k, t in enumerate(figure.data) if t.type == "heatmap"]
@@ -131,7 +135,7 @@ def test_the_opening_views_answer_hovers_for_good(default: models.Loaded) -> Non
     """Every page opens on the views ui.build made once: what their hover asks for is pinned, never let go."""
     opening = views.explore_page(None, default.name, default.example, "attn", 0, 1, 4)
     views.pin_hovers(list(opening[:4]))
-    question = {"hover": opening[1].layout.meta["xattn"]["hover"], "trace": 0, "row": 4, "col": 2, "query": 4,
+    question = {"hover": heatmap.meta_of(opening[1])["hover"], "trace": 0, "row": 4, "col": 2, "query": 4,
                 "key": 2, "layer": 0}
     for k in range(limits.RECENT_HOVERS + 2):              # more figures than the recent ones kept (each threshold's)
         views.explore_page(None, default.name, default.example, "attn", 2, 3, 5, 0.01 * (k + 1))
@@ -147,7 +151,7 @@ def test_hovers_tell_two_models_of_one_name_apart() -> None:
     b = dataclasses.replace(models.fresh(1, 2, 16, [], 1, 64), name=a.name)          # other weights, same name
     question = {"trace": 0, "row": 3, "col": 1, "query": 3, "key": 1, "layer": 0}
     pages = [views.explore_page({m.name: m}, m.name, "hello", "attn", 0, 1, 3)[1] for m in (a, b)]   # both shown
-    answers = [views.hover_cell({"hover": page.layout.meta["xattn"]["hover"], **question})["value"] for page in pages]
+    answers = [views.hover_cell({"hover": heatmap.meta_of(page)["hover"], **question})["value"] for page in pages]
     for loaded, answer in zip((a, b), answers, strict=True):                   # then hovered
         _, trace = loaded.model.run_with_trace(torch.tensor([loaded.tokenizer.encode("hello")]))
         assert answer == pytest.approx(float(trace.drawable("attn")[0, 0, 1, 3, 1]), rel=1e-6)
@@ -170,7 +174,7 @@ def test_the_page_gets_each_label_list_once() -> None:
         assert all(list(t.text) == keys for t in api_row.data if t.type == "scatter")
         assert all(t.text is None and t.meta["text"] == "keys" for t in page_row.data if t.type == "scatter")
         for figure in page[:4]:
-            meta = figure.layout.meta["xattn"]
+            meta = heatmap.meta_of(figure)
             assert ("keys" in meta) != same and (same or expand(meta["keys"]) == keys)
             assert expand(meta["labels"]) == api_row.layout.meta["xattn"]["labels"]
         assert page[0].layout.meta["xattn"]["labels"]["tokens"][:3] == ["<bos>", "a", "b"]   # positions implied
@@ -300,7 +304,7 @@ def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:
     session, text = {loaded.name: loaded}, "hello there"
     args = [session, loaded.name, text, "attn", 0, 1, 3]
     _, _, query, _, focused, _, row, _ = views.explore_pick(*args, event(query=13, key=16))
-    meta = focused.layout.meta["xattn"]
+    meta = heatmap.meta_of(focused)
     assert (meta["n"], meta["n_keys"]) == (14, 17) and query == 13
     assert expand(row.layout.meta["xattn"]["keys"])[:4] == ["mem kv 0", "mem kv 1", "mem kv 2", "mem 0"]
     detail = views.explore_zoom(session, *args[1:6], event(region=[10, 99, 12, 99], px=600, head=meta["key"]))

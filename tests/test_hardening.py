@@ -441,6 +441,7 @@ def test_overload_gets_a_busy_answer_and_big_uploads_are_refused(default: models
         assert call(1) == "ok"
     finally:
         demo.close()
+        views.AHEAD.stop()
 
 
 # Network
