@@ -1,10 +1,10 @@
 """Work done while the server is idle: views made ahead of the clicks that will ask for them.
 
 A Run draws one head; a click on another head's tile then waits while the server makes that head's views (at
-2,048 tokens, pooling five stages of 2,048² cells to the screen takes 0.1–0.25 s). Between requests the server has
+2,048 tokens, pooling five stages of 2,048² cells to the screen takes about 0.13 s). Between requests the server has
 time for that. After a Run, the page's views `plan` one task per head. A thread runs the tasks one at a time, and
-only once no request has been served for `quiet_s` (`serving` marks each one), so a task never slows a request
-down; at most one task's time (about 0.2 s at 2,048 tokens) runs beside a request that arrives meanwhile.
+only once no request has been served for `quiet_s` (`serving` marks each one), so no task starts while a request
+is served; one task at most (about 0.13 s at 2,048 tokens) runs on beside a request that arrives meanwhile.
 
 Nothing runs until `start` (the served app calls it): views called from a notebook, a test or the API client's
 examples make no threads.

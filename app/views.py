@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ class Run:
 
 
 # Work the server does while idle (app/ahead.py): the app's launch starts it; every request marks itself served.
-AHEAD = Ahead(quiet_s=0.3, most=limits.RECENT_RUNS)
+# A click's last request (its sliders and predictions) leaves once its views are drawn: 0.1 s after, the page is
+# idle too. The latest Run's plan only: an older run's heads are unlikely to be clicked.
+AHEAD = Ahead(quiet_s=0.1, most=1)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -420,6 +423,7 @@ class HeadViews:
     figures: tuple[dict, dict]
     kept: dict[str, heatmap.Kept]
     nbytes: int
+    seconds: float                                   # how long making them took
 
     def sent(self, focus: dict) -> tuple[dict, dict]:
         """The two views for the page with `focus`; their exact values are kept among the recent hovers again."""
@@ -428,6 +432,7 @@ class HeadViews:
         return heatmap.refocused(self.figures[0], focus), heatmap.refocused(self.figures[1], focus)
 
 
+WORTH_AHEAD_S = 0.08     # a head's views taking this long to make are made ahead for the others (plan_ahead)
 MAKING: dict[tuple, threading.Lock] = {}       # head_views being made: a second asker waits for the first
 
 
@@ -453,18 +458,23 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
     """head_views' figures, made: each lighter under a hover key of its own (the model object's identity tells
     apart two models of one name, two sessions' uploads), lean, filling its slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
+    started = time.perf_counter()
     figures, kept = [], {}
     for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}), strict=True):
         figure, kept[key] = heatmap.on_demand(figure, key := heatmap.key_of(head_key, id(run.loaded.model), view))
         figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
     held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
-    return HeadViews((figures[0], figures[1]), kept, held)
+    return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started)
 
 
 def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> None:
     """Make every other head's `head_views` while the server is idle (app/ahead.py), the heads after the focused
-    one first, at most limits.AHEAD_HEADS of them; each task finds the run among the kept ones (it is dropped when
-    they let go of it)."""
+    one first, at most limits.AHEAD_HEADS of them, where the focused head's took WORTH_AHEAD_S or longer to make
+    (quicker ones are made at the click: work ahead would only compete with the page drawing); each task finds the
+    run among the kept ones (it is dropped when they let go of it)."""
+    focused = recall(("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"]), touch=False)
+    if focused is None or focused.seconds < WORTH_AHEAD_S:
+        return
     heads = [(layer_, head_) for layer_ in run.trace.layers for head_ in range(run.loaded.heads)]
     start = heads.index((layer, head)) + 1 if (layer, head) in heads else 0
     later = [at for at in heads[start:] + heads[:start] if at != (layer, head)][: limits.AHEAD_HEADS - 1]

@@ -54,6 +54,7 @@ def ahead(monkeypatch: pytest.MonkeyPatch) -> Ahead:
     started = Ahead(quiet_s=0.0, most=2)
     started.start()
     monkeypatch.setattr(views, "AHEAD", started)
+    monkeypatch.setattr(views, "WORTH_AHEAD_S", 0.0)          # these small heads' views are quick to make
     return started
 
 
@@ -135,3 +136,16 @@ def test_two_asking_for_one_heads_views_make_them_once(monkeypatch: pytest.Monke
     for asker in askers:
         asker.join()
     assert len(made) == 1 and answers[0] is answers[1]
+
+
+def test_heads_quick_to_make_are_made_at_the_click_not_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = Ahead(quiet_s=0.0, most=1)
+    started.start()
+    monkeypatch.setattr(views, "AHEAD", started)
+    monkeypatch.setattr(views, "WORTH_AHEAD_S", 60.0)         # no head's views take a minute to make
+    loaded = models.fresh(1, 3, 24, [], 0, 64)
+    opened = views.explore_page({loaded.name: loaded}, loaded.name, "quick to make", "attn", 0, 1, 2)
+    run_key = heatmap.meta_of(opened[1])["focus"]["run"]
+    assert started.idle(60) and not started.plans
+    with views.RECENT_LOCK:
+        assert len([key for key in views.RECENT if key[0] == "ahead" and key[1] == run_key]) == 1

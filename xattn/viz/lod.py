@@ -145,6 +145,7 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
         notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
     notes.append(DESCRIPTIONS[stage])                   # the description last: a title too long cuts it first
     ranges = {} if whole else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
+    cut_to = None if whole else (box.i0, box.i1, box.j0, box.j1)          # why: a whole head's is kept per layer
     x_title, y_title = axis_titles(trace)
     kind = "cross-attention layer" if trace.is_cross else "layer"
     fig = go.Figure(heat, layout=dict(       # the layout at once: update_layout checks it leaf by leaf, far slower
@@ -155,8 +156,8 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
                    autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
         meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1], factor=factor, labels=labels,
                              keys=keys, stage=stage, layer=layer, head=head, hidden_keys=shown.sink_columns(trace),
-                             threshold=shown.threshold, why=why(trace, [layer], region=(box.i0, box.i1, box.j0, box.j1),
-                                                                factor=factor, batch=batch)))))
+                             threshold=shown.threshold,
+                             why=why(trace, [layer], factor=factor, batch=batch, region=cut_to)))))
     _legend_masked(fig, drawn)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
     return fig
