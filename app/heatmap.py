@@ -149,7 +149,7 @@ def refocused(figure: dict, focus: dict) -> dict[str, str]:
     once, sent with whichever query the click picked."""
     layout = figure["layout"]
     meta = {**layout["meta"], "xattn": {**layout["meta"]["xattn"], "focus": focus}}
-    return {"type": "plotly", "plot": json.dumps({**figure, "layout": {**layout, "meta": meta}}, separators=(",", ":"))}
+    return {"type": "plotly", "plot": plotly.io.json.to_json_plotly({**figure, "layout": {**layout, "meta": meta}})}
 
 
 def is_plot_value(value: Any) -> bool:

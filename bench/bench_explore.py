@@ -7,7 +7,8 @@ Each round traces a new text (`trace`: tokenise, traced forward, overflow check)
 views.explored builds from it, in the page's order: the grid, the focused head, the stage strip and the query
 row (each tagged for the page), the text view and predictions (`text`), the four figures as the page's
 PlotlyView sends them (`json`); then the whole `views.explore_page` on another new text (`page`), and a click
-on another head's tile as the page asks for its views (`click`: views.focus_views, JSON included). Median and
+on another head's tile as the page asks for its views (`click`: views.focus_views, JSON included), and what the
+server makes while idle after that Run (`ahead`: every other head's views but the click's, app/ahead.py). Median and
 best of interleaved rounds (bench/timing.py), in ms: on a busy machine the best is the steadier. The page's
 target (issue 10): 0.3 s bundled, 1 s at 512 tokens, for the whole browser round trip (bench/bench_browser.py).
 """
@@ -65,27 +66,35 @@ def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: 
         tagged("row", heatmap.tag_row(fig, labels=now["labels"], keys=now["keys"], key="k", focus={}))
 
     def page() -> None:
-        now["page"] = views.explore_page(session, name, next(cycle), stage, layer, head, query)
+        now["page_text"] = next(cycle)
+        now["page"] = views.explore_page(session, name, now["page_text"], stage, layer, head, query)
 
     def click() -> None:
         """A click on another head's grid tile, as the page asks for its views (views.focus_views)."""
-        focus = now["page"][1].layout.meta["xattn"]["focus"]
+        focus = heatmap.meta_of(now["page"][1])["focus"]
         now["clicks"] = now.get("clicks", 0) + 1
         other = (head + 1 + now["clicks"] % (loaded.heads - 1)) % loaded.heads       # never the page's head
         assert views.focus_views({**focus, "head": other, "shown": {"grid": focus["grid"], "head": focus["key"]}})
+
+    def ahead() -> None:
+        """What the server makes while idle after a Run (app/ahead.py): every other head's views, one by one."""
+        focus = heatmap.meta_of(now["page"][1])["focus"]
+        run = views.explore_run(views.load(session, name, None), now["page_text"])
+        for other in [(lr, h) for lr in run.trace.layers for h in range(loaded.heads) if (lr, h) != (layer, head)]:
+            views.head_views(run, stage, *other, views.Shown(), focus["run"])
 
     view = heatmap.plotly_view("bench")
     return {"trace": trace, "grid": grid, "head": focused, "strip": strip, "row": row,
             "text": lambda: views.explore_text(session, name, now["text"], layer, head, query),   # its trace kept
             "json": lambda: [view.postprocess(fig) for fig in now["figures"].values()],
-            "page": page, "click": click}
+            "page": page, "click": click, "ahead": ahead}
 
 
 def report(title: str, times: dict[str, list[float]]) -> None:
     """Median and best time of each part, and their sums over the parts of one request."""
     for stat, of in (("median", statistics.median), ("best", min)):
         ms = {part: 1e3 * of(t) for part, t in times.items()}
-        steps = sum(v for part, v in ms.items() if part not in ("page", "click"))
+        steps = sum(v for part, v in ms.items() if part not in ("page", "click", "ahead"))
         print(f"{title}, {stat}:\n  " + "  ".join(f"{part} {v:.1f}" for part, v in ms.items())
               + f"  (sum of the steps {steps:.1f})")
 
