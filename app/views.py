@@ -432,7 +432,7 @@ class HeadViews:
         return heatmap.refocused(self.figures[0], focus), heatmap.refocused(self.figures[1], focus)
 
 
-WORTH_AHEAD_S = 0.08     # a head's views taking this long to make are made ahead for the others (plan_ahead)
+WORTH_AHEAD_S = 0.06     # a head's views taking this long to make are made ahead for the others (plan_ahead)
 MAKING: dict[tuple, threading.Lock] = {}       # head_views being made: a second asker waits for the first
 
 

@@ -35,7 +35,7 @@ SIZES = {512: dict(depth=6, heads=8, dim=256), 2048: dict(depth=2, heads=4, dim=
 def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: str, layer: int, head: int,
           query: int) -> dict:
     """{part: callable}: one Explore request step by step, each round on a new text."""
-    cycle, name, stages = iter(texts * 1000), loaded.name, views.strip_stages(loaded)
+    cycle, name, stages = iter(texts * 1000), loaded.name, views.strip_stages(loaded)     # a new text each time
     now: dict = {}
 
     def trace() -> None:
@@ -108,14 +108,14 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; {args.repeats} interleaved rounds; ms")
     default = models.bundled(models.default_name())
     start = ui.Controls(default).start(default)
-    texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(5)]
+    texts = ["".join(rng.sample(default.example, len(default.example))) for _ in range(2 * args.repeats + 2)]
     report(f"bundled {default.name} ({default.depth} × {default.heads}, {len(texts[0])} characters)",
            interleaved_times(parts(None, default, texts, "attn", start["layer"], start["head"], start["query"]),
                                args.repeats))
     for n in args.sizes:
         size = SIZES[n]
         loaded = models.fresh(**size, options=[], seed=0, max_seq_len=n)
-        texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1)) for _ in range(5)]
+        texts = ["".join(rng.choice(models.ASCII) for _ in range(n - 1)) for _ in range(2 * args.repeats + 2)]
         report(f"fresh {size['depth']} × {size['heads']}, dim {size['dim']}, {n} tokens",
                interleaved_times(parts({loaded.name: loaded}, loaded, texts, "attn", 0, 1, min(100, n - 1)),
                                    args.repeats))
