@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -424,6 +425,7 @@ class HeadViews:
     kept: dict[str, heatmap.Kept]
     nbytes: int
     seconds: float                                   # how long making them took
+    model: weakref.ref                               # whose: keys hold the model's id, which a new one may reuse
 
     def sent(self, focus: dict) -> tuple[dict, dict]:
         """The two views for the page with `focus`; their exact values are kept among the recent hovers again."""
@@ -445,7 +447,7 @@ def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, 
     try:
         with making:
             made = recall(key)
-            if made is None:
+            if made is None or made.model() is not run.loaded.model:
                 made = make_head_views(run, stage, layer, head, view_filter)
                 remember(key, made, made.nbytes, limits.AHEAD_HEADS)
             return made
@@ -464,7 +466,7 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
         figure, kept[key] = heatmap.on_demand(figure, key := heatmap.key_of(head_key, id(run.loaded.model), view))
         figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
     held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
-    return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started)
+    return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started, weakref.ref(run.loaded.model))
 
 
 def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> None:

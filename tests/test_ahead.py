@@ -2,6 +2,7 @@
 that ask for them (views.plan_ahead, views.head_views)."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -149,3 +150,15 @@ def test_heads_quick_to_make_are_made_at_the_click_not_ahead(monkeypatch: pytest
     assert started.idle(60) and not started.plans
     with views.RECENT_LOCK:
         assert len([key for key in views.RECENT if key[0] == "ahead" and key[1] == run_key]) == 1
+
+
+def test_kept_head_views_are_the_same_models() -> None:
+    """Kept views are keyed by the model's id, which a later model may reuse: another model object under the same
+    key gets views of its own."""
+    a = models.fresh(1, 2, 16, [], 0, 64)
+    b = dataclasses.replace(models.fresh(1, 2, 16, [], 1, 64), name=a.name)    # other weights, the same name
+    text = "same key, other model"
+    made = [views.head_views(views.explore_run(m, text), "attn", 0, 1, views.Shown(), "one page run key")
+            for m in (a, b)]
+    assert made[0] is not made[1] and made[0].figures != made[1].figures
+    assert views.head_views(views.explore_run(b, text), "attn", 0, 1, views.Shown(), "one page run key") is made[1]
