@@ -384,8 +384,18 @@ async function draw() {
   element.dataset.cells = String(fig.data.reduce((sum, t) => sum + (t.type === 'heatmap' ? cells(t) : 0), 0));
   element.dataset.ms = String(Math.round(performance.now() - started));   // parse and draw, in the page
   element.dataset.drawn = String(++drawn);
+  measure();
   await remark();
   if (role === 'head' && !isDetail) zoomed();                // a redraw of a zoomed head: ask for its detail
+}
+
+function measure() {
+  // how many pixels across this view draws a head in (the focused head's plot, a stage-strip panel), for the
+  // server's first views of the next Run or click (views.Screen): the page's screen component sends them. A change
+  // under a tenth (another figure's tick labels) is not news: the views made ahead for a Run stay the ones clicks ask for
+  if ((role !== 'head' && role !== 'strip') || !plot._fullLayout || !plot._fullLayout.xaxis) return;
+  const px = Math.round(plot._fullLayout.xaxis._length), was = (X.pixels = X.pixels || {})[role];
+  if (px > 0 && (!was || Math.abs(px - was) > was / 10)) { X.pixels[role] = px; X.bus.dispatchEvent(new Event('pixels')); }
 }
 
 function picked(p) {
@@ -413,7 +423,8 @@ function question(data) {
   const f = X.focus || {};
   const averaged = tab.querySelector('#text-averaged input');
   return Object.assign({run: f.run, stage: f.stage, threshold: f.threshold, hide_sink: f.hide_sink,
-                        averaged: Boolean(averaged && averaged.checked), layer: f.layer, head: f.head}, data);
+                        averaged: Boolean(averaged && averaged.checked), layer: f.layer, head: f.head,
+                        pixels: X.pixels}, data);
 }
 const headOf = q => [q.run, q.stage, q.threshold, q.hide_sink, q.layer, q.head].join('|');   // one head's views
 
@@ -527,7 +538,8 @@ function wire() {
     timer = setTimeout(zoomed, 200);
   });
   for (const what of ['focus', 'key', 'marked']) X.bus.addEventListener(what, () => { if (plot._fullLayout) remark(); });
-  new ResizeObserver(() => { if (plot._fullLayout) Plotly.Plots.resize(plot); }).observe(view);
+  new ResizeObserver(() => { if (plot._fullLayout) Promise.resolve(Plotly.Plots.resize(plot)).then(measure); })
+    .observe(view);
 }
 
 // every view of the page draws in turn (one queue): plotly measures as it draws, and measuring while another plot

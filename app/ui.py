@@ -27,7 +27,8 @@ PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower wi
 # Page CSS (passed to launch): gr.HTML drops min_width, so the pairs' least width is set here, for both kinds; and
 # it drops min_height while a request is on its way, so the text view's is too (the views below would jump).
 CSS = (f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}\n"
-       f"#token-text .html-container {{ min-height: {TEXT_ROW_PX}px !important; }}")
+       f"#token-text .html-container {{ min-height: {TEXT_ROW_PX}px !important; }}\n"
+       "#screen { display: none !important; }")
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -124,6 +125,22 @@ def token_text_view(value: str = "") -> gr.HTML:
     return gr.HTML(value, label="the text, shaded by where the query looks (click a token to make it the query)",
                    show_label=True, container=True, padding=True, scale=3, min_height=TEXT_ROW_PX, elem_id="token-text",
                    css_template=".xattn-tokens { padding-top: 1.8em; }", js_on_load=TOKEN_CLICKS)
+
+
+# The page's pixels across a head in the focused head and a stage-strip panel (app/heatmap.js measures them as it
+# draws), as this hidden component's value: an input of Explore's page requests (views.Screen).
+SCREEN = """
+const X = window.xattnViews || (window.xattnViews = {});
+X.bus = X.bus || new EventTarget();
+const tell = () => { if (X.pixels && X.pixels.head && X.pixels.strip) props.value = JSON.stringify(X.pixels); };
+X.bus.addEventListener('pixels', tell);
+tell();
+"""
+
+
+def screen_component() -> gr.HTML:
+    """Hidden: its value is what `SCREEN` measures ("" until the views are drawn: the server's defaults)."""
+    return gr.HTML("", elem_id="screen", js_on_load=SCREEN, container=False, padding=False)
 
 
 TOKEN_CLICKS = """
@@ -249,6 +266,7 @@ def build() -> gr.Blocks:
                                    server=[views.hover_cell, views.focus_views])
                 strip = view("stage strip", "strip", value=first_views[2], server=[views.hover_cell, views.focus_views])
                 query_row = view("where the query looks", "row", value=first_views[3])
+                screen = screen_component()
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
             with gr.Tab("RealFormer") as real_tab:
@@ -340,7 +358,7 @@ def build() -> gr.Blocks:
         # On the page, Explore's views, text view and predictions come in one request (views.explore_page).
         wire("explore", views.explore, None, explore_button, explore_inputs, explore_outputs,
              [stage, e_layer, e_head, e_query, threshold, hide_sink], page=views.explore_page,
-             extra=([averaged], text_outputs))
+             extra=([averaged, screen], text_outputs))
         text_inputs = [session, model, text, e_layer, e_head, e_query, averaged, threshold, hide_sink]
         gr.on([], views.explore_text, text_inputs, text_outputs, api_name="explore_text")
         averaged.input(views.in_place(views.explore_text, len(text_outputs)), text_inputs, text_outputs,
@@ -421,7 +439,7 @@ def build() -> gr.Blocks:
         # called by app/heatmap.js), then this request moves the sliders and brings the predictions (or, where
         # the server no longer keeps the run, everything): no progress shown, as the click's marks move at once.
         # A zoom on the focused head brings the visible region at the detail the screen shows.
-        explore_page_inputs = [session, *explore_inputs, averaged]
+        explore_page_inputs = [session, *explore_inputs, averaged, screen]
         explore_page_outputs = [*explore_outputs[:-1], *text_outputs, explore_info]
         for clickable in (grid, heatmap, strip, tokens_view):
             clickable.pick(views.in_place(views.explore_click, 3 + len(explore_page_outputs)),
@@ -439,7 +457,7 @@ def build() -> gr.Blocks:
         explore_again = views.in_place(views.explore_page, len(explore_page_outputs))
 
         def explore_select(first: bool, session: Session, *args: Any) -> list[Any]:
-            if first and list(args) == opens_on:
+            if first and list(args[:len(opens_on)]) == opens_on:      # the screen (last) aside
                 return [False, *(gr.skip() for _ in explore_page_outputs)]
             return [False, *explore_again(session, *args)]
 

@@ -39,7 +39,30 @@ log = logging.getLogger(__name__)
 PAD_SIDES = ("right", "left")
 SIZE_FIELD = "The window / prefix / block size"
 GRID_TILE_CELLS = 96       # cells per side of one grid tile, about what a tile shows on screen
-STRIP_PANEL_CELLS = 256 ** 2   # cells of one stage-strip panel in Explore (~250 px wide): beyond, max-pooled
+
+
+@dataclass(frozen=True)
+class Screen:
+    """How many pixels across the page's Explore views draw a head in: the focused head and one stage-strip panel
+    (app/heatmap.js measures them and sends them with each request). A first view has at most a cell per pixel, its
+    blocks max-pooled: more would be drawn over each other, costing the page time for cells nobody sees. The defaults
+    (a notebook's, an API caller's) are viz.SCREEN and a panel's 256."""
+
+    head: int = viz.SCREEN
+    strip: int = 256
+
+    @classmethod
+    def of(cls, value: Any) -> Screen:
+        """From the page's {"head": px, "strip": px} (or its JSON), each kept within heatmap.ZOOM_PIXELS; the
+        defaults for anything else."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, dict) or not all(k in value for k in ("head", "strip")):
+            return cls()
+        return cls(heatmap.zoom_pixels(value["head"]), heatmap.zoom_pixels(value["strip"]))
 
 
 @dataclass
@@ -312,24 +335,25 @@ def explore(session: Session | None, model: str, text: str, stage: str, layer: f
 
 @friendly
 def explore_page(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
-                 threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False,
+                 threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False, screen: Any = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
     """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
-    then the summary, in one request (`with_text`)."""
+    then the summary, in one request (`with_text`); the first views pooled to the page's `screen` (Screen.of)."""
     figures = explored(session, model, text, stage, layer, head, query, progress,
-                       view_filter=filter_of(threshold, hide_sink), page=True)
+                       view_filter=filter_of(threshold, hide_sink), page=True, screen=Screen.of(screen))
     return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
 
 
 @friendly
 def explore_loaded(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                    query: float, threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False,
-                   progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+                   screen: Any = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
     """explore_page, as the page runs it after a model is chosen, built or uploaded; an encoder–decoder is left as
     it is (its views are on the Cross-attention tab), instead of answering with an error."""
     if models.resolve(model, session).encdec:
         return tuple(gr.skip() for _ in range(7))
-    return explore_page(session, model, text, stage, layer, head, query, threshold, hide_sink, averaged, progress)
+    return explore_page(session, model, text, stage, layer, head, query, threshold, hide_sink, averaged, screen,
+                        progress)
 
 
 def with_text(figures: tuple[Any, ...], session: Session | None, model: str, text: str, layer: float, head: float,
@@ -354,8 +378,9 @@ def view_keys(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -
 
 def explored(session: Session | None, model: str, text: str, stage: str, layer: float, head: float, query: float,
              progress: gr.Progress | None = None, *, shown: dict | None = None,
-             view_filter: Shown | None = None, page: bool = False) -> tuple[Any, ...]:
-    """explore's figures, tagged for the page (what each shows, the focus, the token labels). `shown` names what
+             view_filter: Shown | None = None, page: bool = False, screen: Screen = Screen()) -> tuple[Any, ...]:
+    """explore's figures, tagged for the page (what each shows, the focus, the token labels), the first views of the
+    focused head and strip pooled to `screen`. `shown` names what
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
     of the heatmaps. For the `page`, the focused head and the strip leave their exact hover values on the server
@@ -366,14 +391,16 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     if page:            # the page's clicks may ask for their views straight away (`focus_views`)
         page_run = heatmap.key_of("run", id(loaded.model), run.ids)
         remember(("page", page_run), trace_key(loaded, text), 0, limits.RECENT_RUNS)
-    views = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run)
+    views = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter, page_run=page_run,
+                     screen=screen)
     if page_run is not None and shown is None:       # a Run: the other heads' views, made ahead of their clicks
-        plan_ahead(run, stage, *picks(run, layer, head), view_filter or Shown(), page_run)
+        plan_ahead(run, stage, *picks(run, layer, head), view_filter or Shown(), page_run, screen)
     return views
 
 
 def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, shown: dict | None = None,
-             view_filter: Shown | None = None, page_run: str | None = None) -> tuple[Any, ...]:
+             view_filter: Shown | None = None, page_run: str | None = None,
+             screen: Screen = Screen()) -> tuple[Any, ...]:
     """`explored`'s figures and summary from a kept `run`; with `page_run` (the page's name for the run), for
     the page: lighter, leaner, and their focus says what a click must send back to `focus_views`."""
     view_filter = view_filter or Shown()
@@ -395,9 +422,9 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
     if same["head"]:
         focused = strip_fig = gr.update()
     elif page:
-        focused, strip_fig = head_views(run, stage, layer, head, view_filter, page_run).sent(focus)
+        focused, strip_fig = head_views(run, stage, layer, head, view_filter, page_run, screen).sent(focus)
     else:
-        focused, strip_fig = head_figures(run, stage, layer, head, view_filter, focus)
+        focused, strip_fig = head_figures(run, stage, layer, head, view_filter, focus, screen)
     row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage, shown=view_filter), labels=labels,
                           keys=key_labels, key=keys["head"], focus=focus)
     if page:
@@ -405,13 +432,14 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
     return grid, focused, strip_fig, row, run.summary()
 
 
-def head_figures(run: Run, stage: str, layer: int, head: int, view_filter: Shown, focus: dict) -> tuple[Figure, Figure]:
-    """Explore's focused head and its stage strip."""
+def head_figures(run: Run, stage: str, layer: int, head: int, view_filter: Shown, focus: dict,
+                 screen: Screen = Screen()) -> tuple[Figure, Figure]:
+    """Explore's focused head and its stage strip, their first views pooled to `screen`."""
     keys, stages = view_keys(run, stage, layer, head, view_filter), strip_stages(run.loaded)
     labels, key_labels = viz.token_labels(run.trace), viz.key_labels(run.trace)
-    focused = heatmap.tag_head(viz.heatmap_region(run.trace, layer, head, stage, shown=view_filter), stage=stage,
-                               key=keys["head"], focus=focus)
-    strip_fig = heatmap.tag_strip(strip(run, layer, head, stages, STRIP_PANEL_CELLS, view_filter), stages=stages,
+    first_view = viz.heatmap_region(run.trace, layer, head, stage, shown=view_filter, max_cells=screen.head ** 2)
+    focused = heatmap.tag_head(first_view, stage=stage, key=keys["head"], focus=focus)
+    strip_fig = heatmap.tag_strip(strip(run, layer, head, stages, screen.strip ** 2, view_filter), stages=stages,
                                   labels=labels, keys=key_labels, key=keys["head"], focus=focus)
     return focused, strip_fig
 
@@ -438,17 +466,18 @@ WORTH_AHEAD_S = 0.06     # a head's views taking this long to make are made ahea
 MAKING: dict[tuple, threading.Lock] = {}       # head_views being made: a second asker waits for the first
 
 
-def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> HeadViews:
-    """`head_figures` for the page of `page_run`, made once for each stage, head and filter and kept (at most
-    limits.AHEAD_HEADS): by the first click that asks, or while the server is idle (`plan_ahead`)."""
-    key = ("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"])
+def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str,
+               screen: Screen = Screen()) -> HeadViews:
+    """`head_figures` for the page of `page_run`, made once for each stage, head, filter and screen and kept (at
+    most limits.AHEAD_HEADS): by the first click that asks, or while the server is idle (`plan_ahead`)."""
+    key = ("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"], screen)
     with RECENT_LOCK:
         making = MAKING.setdefault(key, threading.Lock())
     try:
         with making:
             made = recall(key)
             if made is None or made.model() is not run.loaded.model:
-                made = make_head_views(run, stage, layer, head, view_filter)
+                made = make_head_views(run, stage, layer, head, view_filter, screen)
                 remember(key, made, made.nbytes, limits.AHEAD_HEADS)
             return made
     finally:
@@ -456,25 +485,28 @@ def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, 
             MAKING.pop(key, None)
 
 
-def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown) -> HeadViews:
+def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown,
+                    screen: Screen = Screen()) -> HeadViews:
     """head_views' figures, made: each lighter under a hover key of its own (the model object's identity tells
     apart two models of one name, two sessions' uploads), lean, filling its slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
     started = time.perf_counter()
     figures, kept = [], {}
-    for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}), strict=True):
+    for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}, screen),
+                                strict=True):
         figure, kept[key] = heatmap.on_demand(figure, key := heatmap.key_of(head_key, id(run.loaded.model), view))
         figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
     held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
     return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started, weakref.ref(run.loaded.model))
 
 
-def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str) -> None:
+def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str,
+               screen: Screen = Screen()) -> None:
     """Make every other head's `head_views` while the server is idle (app/ahead.py), the heads after the focused
     one first, at most limits.AHEAD_HEADS of them, where the focused head's took WORTH_AHEAD_S or longer to make
     (quicker ones are made at the click: work ahead would only compete with the page drawing); each task finds the
     run among the kept ones (it is dropped when they let go of it)."""
-    focused = recall(("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"]), touch=False)
+    focused = recall(("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"], screen), touch=False)
     if focused is None or focused.seconds < WORTH_AHEAD_S:
         return
     heads = [(layer_, head_) for layer_ in run.trace.layers for head_ in range(run.loaded.heads)]
@@ -485,7 +517,7 @@ def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, 
         kept = recall(("page", page_run), touch=False)
         run = recall(kept, touch=False) if kept is not None else None
         if run is not None:
-            head_views(run, stage, layer, head, view_filter, page_run)
+            head_views(run, stage, layer, head, view_filter, page_run, screen)
 
     AHEAD.plan(page_run, [functools.partial(task, *at) for at in later])
 
@@ -546,7 +578,7 @@ def focus_answer(data: dict) -> dict:
         layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
         stage = check_stage(data.get("stage"))
         figures = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter,
-                           page_run=data["run"])
+                           page_run=data["run"], screen=Screen.of(data.get("pixels")))
         text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}
@@ -573,10 +605,11 @@ def clicked(data: Any, what: str, default: int) -> int:
 @friendly
 def explore_pick(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                  query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
-                 progress: gr.Progress = gr.Progress()) -> list[Any]:
+                 screen: Any = None, progress: gr.Progress = gr.Progress()) -> list[Any]:
     """A click in the Explore tab: a grid tile focuses its layer and head (and the clicked query), a cell of
     the focused head or its stage strip, or a token of the text view, picks its query. Returns the layer, head
-    and query sliders, then explore's views (those that would show the same again are left as they are)."""
+    and query sliders, then explore's views (those that would show the same again are left as they are), pooled
+    to the page's `screen` (Screen.of)."""
     data = getattr(evt, "_data", None) or {}
     layer, head = clicked(data, "layer", int(layer)), clicked(data, "head", int(head))
     query = clicked(data, "query", int(query))
@@ -585,18 +618,18 @@ def explore_pick(session: Session | None, model: str, text: str, stage: str, lay
         return [*picks(run, layer, head, query), *(gr.skip() for _ in range(4)), run.summary()]
     shown = data.get("shown") if isinstance(data.get("shown"), dict) else {}
     views = explored(session, model, text, stage, layer, head, query, progress, shown=shown,
-                     view_filter=filter_of(threshold, hide_sink), page=True)
+                     view_filter=filter_of(threshold, hide_sink), page=True, screen=Screen.of(screen))
     return [layer, head, query, *views]
 
 
 @friendly
 def explore_click(session: Session | None, model: str, text: str, stage: str, layer: float, head: float,
                   query: float, evt: gr.EventData, threshold: float = 0.0, hide_sink: bool = False,
-                  averaged: bool = False, progress: gr.Progress = gr.Progress()) -> list[Any]:
+                  averaged: bool = False, screen: Any = None, progress: gr.Progress = gr.Progress()) -> list[Any]:
     """explore_pick as the page runs it: the sliders, the views, then the text view and predictions of the new
     focus, then the summary, in one request (`with_text`). A click whose views the page has drawn already
     (focus_views, "drawn") gets the predictions alone: it has the text view too."""
-    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, progress)
+    moved = explore_pick(session, model, text, stage, layer, head, query, evt, threshold, hide_sink, screen, progress)
     if (getattr(evt, "_data", None) or {}).get("drawn"):
         table = next_table(explore_run(load(session, model, None), text), moved[2])
         return [*moved[:-1], gr.skip(), table, moved[-1]]

@@ -58,7 +58,7 @@ def parts(session: dict | None, loaded: models.Loaded, texts: list[str], stage: 
                                         key="k", focus={}))
 
     def strip() -> None:
-        tagged("strip", heatmap.tag_strip(views.strip(now["run"], layer, head, stages, views.STRIP_PANEL_CELLS),
+        tagged("strip", heatmap.tag_strip(views.strip(now["run"], layer, head, stages, views.Screen().strip ** 2),
                                           stages=stages, labels=now["labels"], keys=now["keys"], key="k", focus={}))
 
     def row() -> None:

@@ -68,8 +68,8 @@ def test_a_run_makes_the_other_heads_views_ahead_and_a_click_sends_them(ahead: A
     assert ahead.idle(60)
     run = views.explore_run(loaded, text)
     made = {(layer, head) for layer in range(2) for head in range(3)
-            if views.recall(("ahead", focus["run"], views.view_keys(run, "attn", layer, head,
-                                                                     views.Shown())["head"])) is not None}
+            if views.recall(("ahead", focus["run"], views.view_keys(run, "attn", layer, head, views.Shown())["head"],
+                             views.Screen())) is not None}
     assert made == {(layer, head) for layer in range(2) for head in range(3)}      # the Run's head, and each other
 
     def click(layer: int, head: int, query: int) -> dict:

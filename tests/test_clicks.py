@@ -313,3 +313,32 @@ def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:
     _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
     np.testing.assert_allclose(exact(heat(detail)), trace.drawable("attn")[0, 0, 1, 10:14, 12:17].numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_first_views_are_pooled_to_the_pages_pixels() -> None:
+    """The page sends how many pixels across its focused head and a strip panel are (views.Screen): their first
+    views have at most a cell per pixel, max-pooled; without them, the defaults (viz.SCREEN, 256)."""
+    loaded, text = long_model()                                                     # 900 tokens
+    session = {loaded.name: loaded}
+    page = views.explore_page(session, loaded.name, text, "attn", 0, 1, 5, 0.0, False, False,
+                              json.dumps({"head": 300, "strip": 100}))
+    head, strip = heatmap.as_figure(page[1]), heatmap.as_figure(page[2])
+    assert head.layout.meta["xattn"]["factor"] == 3                                # ⌈900 / 300⌉
+    panels = [t for t in strip.data if t.type == "heatmap"]
+    assert all(t.dx == 9 for t in panels) and "max-pooled 9×9" in strip.layout.title.text   # ⌈900 / 100⌉
+    ids = loaded.tokenizer.encode(text)
+    _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
+    pooled = viz.max_pool(trace.drawable("attn")[0, 0, 1].numpy(), 3)
+    for row, col in [(100, 40), (299, 0), (150, 150)]:
+        answer = views.hover_cell({"hover": head.layout.meta["xattn"]["hover"], "trace": 0, "row": row, "col": col,
+                                   "query": 3 * row, "key": 3 * col, "layer": 0})
+        expected = pooled[row, col]
+        assert (answer["value"] is None) if np.isnan(expected) else answer["value"] == pytest.approx(float(expected))
+    # a click asks with the page's pixels too; an API caller, or a page before its first draw, gets the defaults
+    focus = head.layout.meta["xattn"]["focus"]
+    click = {**{k: focus[k] for k in ("run", "stage", "threshold", "hide_sink")}, "layer": 0, "head": 0, "query": 5,
+             "pixels": {"head": 450, "strip": 100}, "shown": {"grid": focus["grid"], "head": focus["key"]}}
+    assert heatmap.meta_of(views.focus_views(click)["views"]["head"])["factor"] == 2
+    assert views.explore(session, loaded.name, text, "attn", 0, 1, 5)[1].layout.meta["xattn"]["factor"] == 2
+    assert views.Screen.of("") == views.Screen.of({"head": 1}) == views.Screen() == views.Screen(512, 256)
+    assert views.Screen.of('{"head": 5, "strip": 1e9}') == views.Screen(64, 1024)        # within ZOOM_PIXELS
