@@ -154,7 +154,7 @@ function describe(t, cell) {
 let asked = null;       // the cell the hover last asked the server about
 
 async function ask(t, cell, ev) {
-  // a figure sent without its exact values (layout.meta.xattn.hover: views.lighter): the tip shows the value its
+  // a figure sent without its exact values (layout.meta.xattn.hover: views.make_head_views): the tip shows the value its
   // colour code stands for, then the server's exact value and why the cell is masked or pruned
   if (!info.hover || cell.exact !== undefined || !server || !server.hover_cell) return;
   const layer = tileOf(t)[0];

@@ -28,7 +28,8 @@ SESSION_TTL_S = 3600                  # a session's own models are freed an hour
 CONCURRENCY = 2                       # requests computed at once (the machine's cores share the rest)
 QUEUE_SIZE = 64                       # requests waiting beyond those; one more gets "Queue is full"
 RECENT_RUNS = 2                       # traces kept for clicks and zooms on the Explore tab (app/views.py RECENT)
-RECENT_HOVERS = 16                    # focused heads' and strips' exact hover values kept for pages (views.lighter)
+RECENT_HOVERS = 16                    # focused heads' and strips' exact hover values kept for pages
+                                      # (views.make_head_views)
 AHEAD_HEADS = 64                      # heads' Explore views kept for clicks, made by them or ahead (views.head_views;
                                       # about 2 MB a head at 2,048 tokens): a Run plans at most this many ahead
 RECENT_GENERATIONS = 8                # generations kept for the Generate tab's scrubber (app/generate.py)

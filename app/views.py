@@ -384,7 +384,7 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
     the page shows now ({"grid": key, "head": key}, from a click): a view that would show the same again is
     left as it is (`gr.update()`), so a click on a cell redraws only the query row. `view_filter` hides cells
     of the heatmaps. For the `page`, the focused head and the strip leave their exact hover values on the server
-    (`lighter`), and the focus names the run, stage and filter for `focus_views`."""
+    (`make_head_views`), and the focus names the run, stage and filter for `focus_views`."""
     loaded = load(session, model, progress)
     run = explore_run(loaded, text, progress, reuse=shown is not None)
     page_run = None
@@ -446,8 +446,8 @@ def head_figures(run: Run, stage: str, layer: int, head: int, view_filter: Shown
 
 @dataclass(frozen=True)
 class HeadViews:
-    """A head's focused heatmap and stage strip as the page gets them (`lighter`, `heatmap.lean`, kept as JSON data
-    without a focus), and what `lighter` took out of them for the hover ({its key: heatmap.Kept})."""
+    """A head's focused heatmap and stage strip as the page gets them (`make_head_views`: without their exact hover
+    values, lean, kept as JSON data without a focus), and what was taken out for the hover ({its key: heatmap.Kept})."""
 
     figures: tuple[dict, dict]
     kept: dict[str, heatmap.Kept]
@@ -487,8 +487,10 @@ def head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown, 
 
 def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Shown,
                     screen: Screen = Screen()) -> HeadViews:
-    """head_views' figures, made: each lighter under a hover key of its own (the model object's identity tells
-    apart two models of one name, two sessions' uploads), lean, filling its slot's width."""
+    """head_views' figures, made: each without its exact hover values and why-codes, which stay here for the hover's
+    questions (`hover_cell`: a focused head sends a byte and a third a cell instead of eight) under a key of its own
+    (the model object's identity tells apart two models of one name, two sessions' uploads), lean, filling its
+    slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
     started = time.perf_counter()
     figures, kept = [], {}
@@ -522,11 +524,12 @@ def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, 
     AHEAD.plan(page_run, [functools.partial(task, *at) for at in later])
 
 
-PINNED: dict[str, heatmap.Kept] = {}      # `lighter` figures kept for good: the views every page opens on
+PINNED: dict[str, heatmap.Kept] = {}      # hover values kept for good: those of the views every page opens on
 
 
 def pin_hovers(figures: list[Any]) -> None:
-    """Keep what `lighter` took out of these figures for as long as the app runs (not among the recent ones)."""
+    """Keep the hover values taken out of these figures (make_head_views) for as long as the app runs (not among the
+    recent ones)."""
     for figure in figures:
         key = heatmap.meta_of(figure).get("hover")
         kept = recall(("hover", key)) if key else None
@@ -535,8 +538,9 @@ def pin_hovers(figures: list[Any]) -> None:
 
 
 def hover_cell(data: Any) -> dict:
-    """A page's hover on a figure sent `lighter`: {"hover": its key, "trace", "row", "col", "query", "key",
-    "layer"} → the cell's exact value and why (heatmap.hover_cell); {} once the figure is no longer kept."""
+    """A page's hover on a figure sent without its exact values (make_head_views): {"hover": its key, "trace", "row",
+    "col", "query", "key", "layer"} → the cell's exact value and why (heatmap.hover_cell); {} once the figure is no
+    longer kept."""
     key = data.get("hover") if isinstance(data, dict) else None
     with AHEAD.serving():
         kept = PINNED.get(key) or recall(("hover", key)) if isinstance(key, str) else None
