@@ -365,7 +365,9 @@ async function draw() {
       && plot.layout.xaxis.autorange === false;                       // the same head again: plotly keeps the user's zoom
     detail = null;
     info = Object.assign({}, meta, {title: layout.title, whyCodes: whyOf(meta)});
-    for (const t of fig.data) if (t.meta && t.meta.text === 'keys') t.text = keys();   // sent once (heatmap.lean)
+    for (const t of fig.data) {                     // the key labels, sent once (heatmap.lean): a run of them from
+      if (t.meta && t.meta.text === 'keys') t.text = keys().slice(t.meta.from || 0);   // the trace's first key
+    }
     if (meta.focus) X.focus = meta.focus;
     const unmarked = role === 'pick' && X.marked.delete(tab);    // marks last till a redraw
     // one draw: the marks of the focus and a head's token labels go in with the figure, not in relayouts after

@@ -253,8 +253,9 @@ def lean(fig: go.Figure) -> go.Figure:
         return fig
     keys = list(meta["keys"])
     for trace in fig.data:
-        if trace.type == "scatter" and trace.text is not None and list(trace.text) == keys:
-            trace.update(text=None, meta={**(trace.meta or {}), "text": "keys"})
+        start = int(trace.x0 or 0) if trace.type == "scatter" and trace.text is not None else -1
+        if start >= 0 and list(trace.text) == keys[start:start + len(trace.text)]:     # a run of them, from x0
+            trace.update(text=None, meta={**(trace.meta or {}), "text": "keys", "from": start})
     sent = {k: v for k, v in meta.items() if k != "keys"}
     if "labels" in sent:
         sent["labels"] = compact(sent["labels"])

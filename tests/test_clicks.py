@@ -291,10 +291,12 @@ def test_a_long_query_row_is_one_step_line_per_head() -> None:
     _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
     lines = [t for t in row.data if t.type == "scatter" and t.mode == "lines"]
     assert len(lines) == loaded.heads and not [t for t in row.data if t.type == "bar"]
-    for h, line in enumerate(lines):
-        np.testing.assert_allclose(np.asarray(line.y, dtype=float), trace.drawable("attn")[0, 0, h, 500].numpy(),
-                                   rtol=1e-5, atol=1e-6)
-        assert (line.x0, line.dx, len(line.y)) == (0, 1, len(ids)) and line.text[500].endswith("·500")
+    for h, line in enumerate(lines):               # causal: keys after the query are masked, and left out
+        full = trace.drawable("attn")[0, 0, h, 500].numpy()
+        assert np.isnan(full[501:]).all() and not np.isnan(full[:501]).any()
+        np.testing.assert_allclose(np.asarray(line.y, dtype=float), full[:501], rtol=1e-5, atol=1e-6)
+        assert (line.x0, line.dx, len(line.y), len(line.text)) == (0, 1, 501, 501) and line.text[500].endswith("·500")
+    assert list(row.layout.xaxis.range) == [-0.5, len(ids) - 0.5]                # the axis still spans every key
 
 
 def test_clicks_and_zooms_on_a_head_with_memory_rows_and_key_columns() -> None:

@@ -582,13 +582,14 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
         else:
             hidden = shown.hidden(trace, [layer], list(range(row.shape[0])), batch)[0, :, query]
         row = np.where(hidden, np.nan, row)
-    traces = [go.Scatter(x0=0, dx=1, y=row[h], text=x, name=name, mode="lines",      # x: key positions
+    spans = [_shown_span(row[h]) for h in range(len(names))]
+    traces = [go.Scatter(x0=start, dx=1, y=row[h, start:stop], text=x[start:stop], name=name, mode="lines",
                          line=dict(color=HEAD_COLORS[h % len(HEAD_COLORS)], width=1.2, shape="hvh"),
                          hovertemplate=f"{name}<br>key %{{text}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
               if steps else
               go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
                      hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
-              for h, name in enumerate(names)]
+              for (h, name), (start, stop) in zip(enumerate(names), spans, strict=True)]
     xaxis = dict(type="linear", range=[-0.5, len(keys) - 0.5]) if steps else dict(type="category")
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
@@ -596,6 +597,13 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
             shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
             "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
+
+
+def _shown_span(values: np.ndarray) -> tuple[int, int]:
+    """(first, last + 1) of the keys a step line draws: NaN keys (masked, hidden) before and after them draw nothing
+    and have no hover, so the line leaves them out (a causal query's later keys: half a row, on average)."""
+    drawn = np.flatnonzero(~np.isnan(values))
+    return (int(drawn[0]), int(drawn[-1]) + 1) if drawn.size else (0, 0)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
