@@ -37,8 +37,16 @@ const fmt = v => (v === null || v === undefined || Number.isNaN(v) ? 'masked'
                   : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toPrecision(4));
 
 function expand(labels) {
-  // axis labels as app/heatmap.py `compact` sends them: the head, then 'token·position' for each token
+  // axis labels as app/heatmap.py `compact` sends them: the head, then 'token·position' for each token; or those
+  // of the query row its answer brought (heatmap.ROW_LABELS: views.focus_views sends one list, not three)
+  if (labels && labels.as === 'row') return X.rowLabels || [];
   return labels && labels.tokens ? labels.head.concat(labels.tokens.map((t, i) => `${t}\u00b7${i}`)) : labels;
+}
+
+function rowLabels(row) {
+  // the token labels a focus_views answer's query row carries (the head's and strip's are those), expanded
+  const meta = row && row.plot ? ((parse(row).layout || {}).meta || {}).xattn : null;
+  return meta && meta.labels && !meta.labels.as ? expand(meta.labels) : null;
 }
 
 function parse(value) {
@@ -471,12 +479,16 @@ function pick(data) {
   data = Object.assign({}, data, {layer: ask.layer, head: ask.head});   // the head shown, not the sliders' yet
   const early = X.early && X.early.id === headOf(ask) ? X.early : null;
   X.early = null;
-  const show = views => X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views}}));
+  const show = (views, row) => {                 // `row`: the answer's query row, whose labels the others take
+    const labels = rowLabels(row || views.row);
+    if (labels) X.rowLabels = labels;
+    X.bus.dispatchEvent(new CustomEvent('views', {detail: {tab, views}}));
+  };
   const fallBack = () => { if (click === X.clicks) trigger('pick', data); };
   const asked = !early ? server.focus_views(ask) : early.query === ask.query ? early.answer : early.answer.then(
     answer => {                                    // the pointer moved within the tile: the clicked query's row
       if (click !== X.clicks || !answer || !answer.views) return server.focus_views(ask);
-      show({head: answer.views.head, strip: answer.views.strip});
+      show({head: answer.views.head, strip: answer.views.strip}, answer.views.row);
       return server.focus_views(Object.assign({}, ask, {shown: {grid, head: answer.head}}));
     });
   asked.then(answer => {

@@ -144,11 +144,18 @@ def as_data(fig: go.Figure) -> dict:
     return json.loads(fig.to_json())
 
 
-def refocused(figure: dict, focus: dict) -> dict[str, str]:
+ROW_LABELS = {"as": "row"}      # a view's labels that are its answer's query row's (app/heatmap.js `expand`)
+
+
+def refocused(figure: dict, focus: dict, *, labels_in_row: bool = False) -> dict[str, str]:
     """A figure kept `as_data`, as a PlotlyView's value (plot_value) whose meta carries `focus`: a head's views made
-    once, sent with whichever query the click picked."""
+    once, sent with whichever query the click picked. With `labels_in_row`, its token labels are those of the query
+    row sent with it (ROW_LABELS): one list per answer, not three."""
     layout = figure["layout"]
-    meta = {**layout["meta"], "xattn": {**layout["meta"]["xattn"], "focus": focus}}
+    xattn = {**layout["meta"]["xattn"], "focus": focus}
+    if labels_in_row and "labels" in xattn:
+        xattn["labels"] = ROW_LABELS
+    meta = {**layout["meta"], "xattn": xattn}
     return {"type": "plotly", "plot": plotly.io.json.to_json_plotly({**figure, "layout": {**layout, "meta": meta}})}
 
 

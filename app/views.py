@@ -400,9 +400,10 @@ def explored(session: Session | None, model: str, text: str, stage: str, layer: 
 
 def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, shown: dict | None = None,
              view_filter: Shown | None = None, page_run: str | None = None,
-             screen: Screen = Screen()) -> tuple[Any, ...]:
+             screen: Screen = Screen(), labels_in_row: bool = False) -> tuple[Any, ...]:
     """`explored`'s figures and summary from a kept `run`; with `page_run` (the page's name for the run), for
-    the page: lighter, leaner, and their focus says what a click must send back to `focus_views`."""
+    the page: lighter, leaner, and their focus says what a click must send back to `focus_views`; with
+    `labels_in_row`, the focused head and strip take their token labels from the query row (one answer's)."""
     view_filter = view_filter or Shown()
     layer, head, query = picks(run, layer, head, query)
     stage = check_stage(stage)
@@ -422,7 +423,8 @@ def views_of(run: Run, stage: str, layer: float, head: float, query: float, *, s
     if same["head"]:
         focused = strip_fig = gr.update()
     elif page:
-        focused, strip_fig = head_views(run, stage, layer, head, view_filter, page_run, screen).sent(focus)
+        focused, strip_fig = head_views(run, stage, layer, head, view_filter, page_run, screen).sent(
+            focus, labels_in_row)
     else:
         focused, strip_fig = head_figures(run, stage, layer, head, view_filter, focus, screen)
     row = heatmap.tag_row(viz.query_row(trace, layer, query, stage=stage, shown=view_filter), labels=labels,
@@ -455,11 +457,13 @@ class HeadViews:
     seconds: float                                   # how long making them took
     model: weakref.ref                               # whose: keys hold the model's id, which a new one may reuse
 
-    def sent(self, focus: dict) -> tuple[dict, dict]:
-        """The two views for the page with `focus`; their exact values are kept among the recent hovers again."""
+    def sent(self, focus: dict, labels_in_row: bool = False) -> tuple[dict, dict]:
+        """The two views for the page with `focus` (heatmap.refocused); their exact values are kept among the recent
+        hovers again."""
         for key, kept in self.kept.items():
             remember(("hover", key), kept, kept.nbytes, limits.RECENT_HOVERS)
-        return heatmap.refocused(self.figures[0], focus), heatmap.refocused(self.figures[1], focus)
+        return (heatmap.refocused(self.figures[0], focus, labels_in_row=labels_in_row),
+                heatmap.refocused(self.figures[1], focus, labels_in_row=labels_in_row))
 
 
 WORTH_AHEAD_S = 0.06     # a head's views taking this long to make are made ahead for the others (plan_ahead)
@@ -582,7 +586,7 @@ def focus_answer(data: dict) -> dict:
         layer, head, query = picks(run, *(clicked(data, what, -1) for what in ("layer", "head", "query")))
         stage = check_stage(data.get("stage"))
         figures = views_of(run, stage, layer, head, query, shown=shown, view_filter=view_filter,
-                           page_run=data["run"], screen=Screen.of(data.get("pixels")))
+                           page_run=data["run"], screen=Screen.of(data.get("pixels")), labels_in_row=True)
         text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}

@@ -109,6 +109,9 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     title_has(page, "stage-strip", "layer 0 · head 2")
     drawn = page.evaluate(where)
     assert page.evaluate(HEATMAPS, "focused-head")["traces"][0]["exact"] is None   # on the server till a hover asks
+    # its token labels came once, with the query row of the same answer (heatmap.ROW_LABELS)
+    ticks = page.evaluate("() => document.querySelector('#focused-head .js-plotly-plot')._fullLayout.xaxis.ticktext")
+    assert ticks and set(ticks) <= set(labels) and labels[0] in ticks
     sliders_reach(page, [0, 2])
     assert before == drawn == page.evaluate(where)
     page.wait_for_function(f"() => ({STAMP})('layers-heads').focus.startsWith('0,2,')", timeout=DRAW_TIMEOUT_MS)
