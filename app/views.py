@@ -493,14 +493,15 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
                     screen: Screen = Screen()) -> HeadViews:
     """head_views' figures, made: each without its exact hover values and why-codes, which stay here for the hover's
     questions (`hover_cell`: a focused head sends a byte and a third a cell instead of eight) under a key of its own
-    (the model object's identity tells apart two models of one name, two sessions' uploads), lean, filling its
-    slot's width."""
+    (the model object's identity tells apart two models of one name, two sessions' uploads; the screen, two poolings
+    of one head), lean, filling its slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
     started = time.perf_counter()
     figures, kept = [], {}
     for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}, screen),
                                 strict=True):
-        figure, kept[key] = heatmap.on_demand(figure, key := heatmap.key_of(head_key, id(run.loaded.model), view))
+        key = heatmap.key_of(head_key, id(run.loaded.model), screen.head, screen.strip, view)
+        figure, kept[key] = heatmap.on_demand(figure, key)
         figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
     held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
     return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started, weakref.ref(run.loaded.model))

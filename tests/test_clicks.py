@@ -349,3 +349,20 @@ def test_first_views_are_pooled_to_the_pages_pixels() -> None:
     assert views.explore(session, loaded.name, text, "attn", 0, 1, 5)[1].layout.meta["xattn"]["factor"] == 2
     assert views.Screen.of("") == views.Screen.of({"head": 1}) == views.Screen() == views.Screen(512, 256)
     assert views.Screen.of('{"head": 5, "strip": 1e9}') == views.Screen(64, 1024)        # within ZOOM_PIXELS
+
+
+def test_one_head_pooled_for_two_screens_answers_each_hover_from_its_own() -> None:
+    """Two pages of different widths on one run (two windows): each first view's hover keeps its own values."""
+    loaded, text = long_model()                                                     # 900 tokens
+    session = {loaded.name: loaded}
+    heads = [heatmap.as_figure(views.explore_page(session, loaded.name, text, "attn", 0, 1, 5, 0.0, False, False,
+                                                  json.dumps({"head": px, "strip": 100}))[1]) for px in (300, 450)]
+    assert [h.layout.meta["xattn"]["factor"] for h in heads] == [3, 2]
+    ids = loaded.tokenizer.encode(text)
+    _, trace = loaded.model.run_with_trace(torch.tensor([ids]))
+    values = trace.drawable("attn")[0, 0, 1].numpy()
+    for head, factor in zip(heads, (3, 2), strict=True):
+        expected = viz.max_pool(values, factor)[200, 10]
+        answer = views.hover_cell({"hover": head.layout.meta["xattn"]["hover"], "trace": 0, "row": 200, "col": 10,
+                                   "query": 200 * factor, "key": 10 * factor, "layer": 0})
+        assert answer["value"] == pytest.approx(float(expected))
