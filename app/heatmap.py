@@ -139,18 +139,13 @@ def plot_value(fig: go.Figure) -> dict[str, str]:
     return {"type": "plotly", "plot": fig.to_json()}
 
 
-def as_data(fig: go.Figure) -> dict:
-    """`fig` as JSON data (plotly's own encoding: arrays as base64), to keep and send later (`refocused`)."""
-    return json.loads(fig.to_json())
-
-
 ROW_LABELS = {"as": "row"}      # a view's labels that are its answer's query row's (app/heatmap.js `expand`)
 
 
 def refocused(figure: dict, focus: dict, *, labels_in_row: bool = False) -> dict[str, str]:
-    """A figure kept `as_data`, as a PlotlyView's value (plot_value) whose meta carries `focus`: a head's views made
-    once, sent with whichever query the click picked. With `labels_in_row`, its token labels are those of the query
-    row sent with it (ROW_LABELS): one list per answer, not three."""
+    """A figure kept as JSON data (its plotly JSON, parsed), as a PlotlyView's value (plot_value) whose meta carries
+    `focus`: a head's views made once, sent with whichever query the click picked. With `labels_in_row`, its token
+    labels are those of the query row sent with it (ROW_LABELS): one list per answer, not three."""
     layout = figure["layout"]
     xattn = {**layout["meta"]["xattn"], "focus": focus}
     if labels_in_row and "labels" in xattn:
@@ -347,7 +342,8 @@ def hover_cell(kept: Kept, data: Any) -> dict:
 
 
 def zoom_pixels(value: Any) -> int:
-    """A zoom request's claimed plot width, as cells per side within ZOOM_PIXELS."""
+    """A page's claimed plot width (a zoom request's, or its views' for their first views: views.Screen), as cells
+    per side within ZOOM_PIXELS."""
     low, high = ZOOM_PIXELS
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return low

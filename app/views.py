@@ -497,13 +497,15 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
     of one head), lean, filling its slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
     started = time.perf_counter()
-    figures, kept = [], {}
+    figures, kept, held = [], {}, 0
     for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}, screen),
                                 strict=True):
         key = heatmap.key_of(head_key, id(run.loaded.model), screen.head, screen.strip, view)
         figure, kept[key] = heatmap.on_demand(figure, key)
-        figures.append(heatmap.as_data(fitted(heatmap.lean(figure))))
-    held = sum(k.nbytes for k in kept.values()) + sum(len(json.dumps(f)) for f in figures)
+        sent = fitted(heatmap.lean(figure)).to_json()          # plotly's JSON, kept as data (heatmap.refocused)
+        figures.append(json.loads(sent))
+        held += len(sent)
+    held += sum(k.nbytes for k in kept.values())
     return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started, weakref.ref(run.loaded.model))
 
 
