@@ -63,6 +63,13 @@ class Controls:
         return {"layer": notable.get("layer", loaded.depth - 1), "head": notable.get("head", 0),
                 "query": min(last, self.top(loaded)["query"])}
 
+    def ranges(self, loaded: Loaded) -> list[dict[str, Any]]:
+        """Updates that range the layer and head sliders to `loaded` and move nothing (the query sliders follow the
+        text: `fit_text`)."""
+        top = self.top(loaded)
+        return [gr.update(maximum=max(top[what], 1), interactive=top[what] > 0) if what != "query" else gr.update()
+                for what, _ in self.sliders]
+
     def fit(self, loaded: Loaded, text: str | None = None) -> list[dict[str, Any]]:
         """Updates that range each slider to `loaded`, the query slider landing on the last token of `text`."""
         top, start = self.top(loaded), self.start(loaded, text)
@@ -73,10 +80,11 @@ class Controls:
     def queries(self) -> list[gr.Slider]:
         return [slider for what, slider in self.sliders if what == "query"]
 
-    def fit_text(self, n: int | None) -> list[dict[str, Any]]:
-        """Updates that range each query slider to a text of `n` tokens, on its last token (no change when `n` is
-        None): a value left past the new maximum would be refused by the slider before any view could run."""
-        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), value=n - 1, interactive=n > 1)
+    def fit_text(self, n: int | None, *, move: bool = True) -> list[dict[str, Any]]:
+        """Updates that range each query slider to a text of `n` tokens, on its last token (with `move`; no change
+        when `n` is None): a value left past the new maximum would be refused by the slider before any view ran."""
+        moved = {"value": n - 1} if move and n is not None else {}
+        return [gr.update() if n is None else gr.update(maximum=max(n - 1, 1), interactive=n > 1, **moved)
                 for _ in self.queries()]
 
 
@@ -474,11 +482,18 @@ def build() -> gr.Blocks:
         model.input(chosen, open_inputs, open_outputs, api_visibility="private").success(
             explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
         # The page opens with the default model's card, text, sliders and Explore views already in place: the load
-        # only narrows the stage lists, and writes nothing else (a person may be typing by the time it answers).
+        # only narrows the stage lists and the sliders' ranges (from the static ceilings API callers are checked
+        # against), the query sliders' to the text as it is once the load has answered; it moves nothing and writes
+        # nothing else (a person may be typing by the time it answers).
         def narrowed(session: Session, model: str, *current: str) -> list[dict[str, Any]]:
-            return stage_updates(views.friendly(models.resolve)(model, session), current)
+            loaded = views.friendly(models.resolve)(model, session)
+            return [*stage_updates(loaded, current), *controls.ranges(loaded)]
 
-        demo.load(narrowed, [session, model, *stages], stages, api_visibility="private")
+        def text_ranges(session: Session, model: str, text: str) -> list[dict[str, Any]]:
+            return controls.fit_text(views.token_count(session, model, text), move=False)
+
+        demo.load(narrowed, [session, model, *stages], [*stages, *sliders], api_visibility="private").then(
+            text_ranges, [session, model, text], controls.queries(), api_visibility="private")
 
         @views.friendly
         def fresh(session: Session, depth: float, heads: float, dim: float, options: list[str], seed: float,

@@ -148,8 +148,9 @@ def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: 
 
 
 def test_text_typed_before_the_page_load_answers_is_kept(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page's load narrows the stage lists and writes nothing else: a text typed while it is on its way (held
-    here for a second) is still there once it has answered."""
+    """The page's load narrows the stage lists and the sliders' ranges and writes nothing else: a text typed while
+    it is on its way (held here for a second) is still there once it has answered, the layer and head sliders span
+    the model's, the query sliders the typed text's tokens (not the ceilings API callers are checked against)."""
     import threading
     import time
 
@@ -168,7 +169,12 @@ def test_text_typed_before_the_page_load_answers_is_kept(server: str, monkeypatc
         box = page.get_by_label("text", exact=True)
         box.fill("a=1;b=2;?a")
         assert answered.wait(30), "the page's load never asked for its stage lists"
-        page.wait_for_timeout(500)                            # the answer reaches the page
+        default = models.bundled(models.default_name())
+        tops = {"layer": default.depth - 1, "head": default.heads - 1,
+                "query": len(default.tokenizer.encode("a=1;b=2;?a")) - 1}
+        page.wait_for_function("(tops) => Object.entries(tops).every(([what, top]) => document.querySelector("
+                               "`input[aria-label='range slider for ${what}']`).max === String(top))", arg=tops,
+                               timeout=DRAW_TIMEOUT_MS)
         assert box.input_value() == "a=1;b=2;?a"
 
 
