@@ -4,7 +4,8 @@ A Run draws one head; a click on another head's tile then waits while the server
 2,048 tokens, pooling five stages of 2,048² cells to the screen takes about 0.13 s). Between requests the server has
 time for that. After a Run, the page's views `plan` one task per head. A thread runs the tasks one at a time, and
 only once no request has been served for `quiet_s` (`serving` marks each one), so no task starts while a request
-is served; one task at most (about 0.13 s at 2,048 tokens) runs on beside a request that arrives meanwhile.
+is served; one task at most (about 0.13 s at 2,048 tokens) runs on beside a request that arrives meanwhile. The
+thread runs niced (`NICE`): on a machine that also runs the browser, the page drawing the Run comes first.
 
 Nothing runs until `start` (the served app calls it): views called from a notebook, a test or the API client's
 examples make no threads.
@@ -12,6 +13,7 @@ examples make no threads.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -19,6 +21,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
+NICE = 10       # the worker thread's niceness (Linux): background work, but not starved while it holds the GIL
 
 
 class Ahead:
@@ -103,6 +106,10 @@ class Ahead:
                 self.changed.wait(None if self.busy else wait)
 
     def _work(self) -> None:
+        try:                # this thread's CPU yields to the rest of the machine's: the page drawing a Run's views
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)       # Linux: one thread's niceness
+        except (AttributeError, OSError):
+            pass
         while (task := self._next()) is not None:
             try:
                 task()

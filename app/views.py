@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -454,7 +453,6 @@ class HeadViews:
     figures: tuple[dict, dict]
     kept: dict[str, heatmap.Kept]
     nbytes: int
-    seconds: float                                   # how long making them took
     model: weakref.ref                               # whose: keys hold the model's id, which a new one may reuse
 
     def sent(self, focus: dict, labels_in_row: bool = False) -> tuple[dict, dict]:
@@ -466,7 +464,10 @@ class HeadViews:
                 heatmap.refocused(self.figures[1], focus, labels_in_row=labels_in_row))
 
 
-WORTH_AHEAD_S = 0.06     # a head's views taking this long to make are made ahead for the others (plan_ahead)
+# A head of this many query × key cells or more: the other heads' views are made ahead (plan_ahead). A count, not
+# a time: 2,048 tokens (4.2 M, 0.09-0.2 s to make a head's views) yes, 512 (0.26 M, 0.03-0.07 s) and the bundled
+# models no; there a click makes its head at once, and work ahead only competes with the page drawing the Run.
+WORTH_AHEAD_CELLS = 1024 * 1024
 MAKING: dict[tuple, threading.Lock] = {}       # head_views being made: a second asker waits for the first
 
 
@@ -496,7 +497,6 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
     (the model object's identity tells apart two models of one name, two sessions' uploads; the screen, two poolings
     of one head), lean, filling its slot's width."""
     head_key = view_keys(run, stage, layer, head, view_filter)["head"]
-    started = time.perf_counter()
     figures, kept, held = [], {}, 0
     for view, figure in zip(("head", "strip"), head_figures(run, stage, layer, head, view_filter, {}, screen),
                                 strict=True):
@@ -506,17 +506,15 @@ def make_head_views(run: Run, stage: str, layer: int, head: int, view_filter: Sh
         figures.append(json.loads(sent))
         held += len(sent)
     held += sum(k.nbytes for k in kept.values())
-    return HeadViews((figures[0], figures[1]), kept, held, time.perf_counter() - started, weakref.ref(run.loaded.model))
+    return HeadViews((figures[0], figures[1]), kept, held, weakref.ref(run.loaded.model))
 
 
 def plan_ahead(run: Run, stage: str, layer: int, head: int, view_filter: Shown, page_run: str,
                screen: Screen = Screen()) -> None:
     """Make every other head's `head_views` while the server is idle (app/ahead.py), the heads after the focused
-    one first, at most limits.AHEAD_HEADS of them, where the focused head's took WORTH_AHEAD_S or longer to make
-    (quicker ones are made at the click: work ahead would only compete with the page drawing); each task finds the
-    run among the kept ones (it is dropped when they let go of it)."""
-    focused = recall(("ahead", page_run, view_keys(run, stage, layer, head, view_filter)["head"], screen), touch=False)
-    if focused is None or focused.seconds < WORTH_AHEAD_S:
+    one first, at most limits.AHEAD_HEADS of them, where a head has WORTH_AHEAD_CELLS or more (smaller heads' are
+    made at the click); each task finds the run among the kept ones (it is dropped when they let go of it)."""
+    if run.queries * run.trace.visible.shape[-1] < WORTH_AHEAD_CELLS:
         return
     heads = [(layer_, head_) for layer_ in run.trace.layers for head_ in range(run.loaded.heads)]
     start = heads.index((layer, head)) + 1 if (layer, head) in heads else 0

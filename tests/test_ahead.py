@@ -55,7 +55,7 @@ def ahead(monkeypatch: pytest.MonkeyPatch) -> Ahead:
     started = Ahead(quiet_s=0.0, most=2)
     started.start()
     monkeypatch.setattr(views, "AHEAD", started)
-    monkeypatch.setattr(views, "WORTH_AHEAD_S", 0.0)          # these small heads' views are quick to make
+    monkeypatch.setattr(views, "WORTH_AHEAD_CELLS", 0)          # these small heads are made ahead too
     return started
 
 
@@ -139,11 +139,11 @@ def test_two_asking_for_one_heads_views_make_them_once(monkeypatch: pytest.Monke
     assert len(made) == 1 and answers[0] is answers[1]
 
 
-def test_heads_quick_to_make_are_made_at_the_click_not_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_heads_are_made_at_the_click_not_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     started = Ahead(quiet_s=0.0, most=1)
     started.start()
     monkeypatch.setattr(views, "AHEAD", started)
-    monkeypatch.setattr(views, "WORTH_AHEAD_S", 60.0)         # no head's views take a minute to make
+    monkeypatch.setattr(views, "WORTH_AHEAD_CELLS", 64 * 64)          # more than a head of this text has
     loaded = models.fresh(1, 3, 24, [], 0, 64)
     opened = views.explore_page({loaded.name: loaded}, loaded.name, "quick to make", "attn", 0, 1, 2)
     run_key = heatmap.meta_of(opened[1])["focus"]["run"]
