@@ -137,6 +137,14 @@ def test_mask_figure_states(trace):
 
 # grid and pooling
 
+def test_grid_figure_is_what_plotly_checks(trace):
+    """viz.grid builds its figure unchecked (for speed): plotly, checking every property, makes the same figure."""
+    fig = viz.grid(trace, "attn", max_cells=4 * 64)
+    sent = json.loads(fig.to_json())
+    assert json.loads(go.Figure(sent).to_json()) == sent
+    assert len(heatmaps(fig)) == trace.shape[0] * trace.shape[2]
+
+
 def test_grid_full_resolution_panels(trace):
     fig = viz.grid(trace, "pre_softmax", layers=[2, 0], heads=[3, 1], batch=1)
     panels = heatmaps(fig)
