@@ -29,6 +29,10 @@ PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower wi
 CSS = (f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}\n"
        f"#token-text .html-container {{ min-height: {TEXT_ROW_PX}px !important; }}\n"
        "#screen { display: none !important; }")
+# How the views show a request on its way: its time and progress bar (gr.Progress) over each, without Gradio's
+# spinner, whose animation runs script every frame for each view: at 512 tokens the page and the server share two
+# cores, and with it a Run's views took 0.2 s longer to make (bench/bench_browser.py).
+PROGRESS = "minimal"
 # The fresh-model form starts on a causal RealFormer with selective attention, pre-norm and absolute positions.
 FRESH_OPTIONS = ("causal", "residual_attn", "attn_selective", "pre_norm", "use_abs_pos_emb")
 
@@ -366,7 +370,7 @@ def build() -> gr.Blocks:
             page_outputs = [*outputs[:-1], *more_out, outputs[-1]]
             gr.on([button.click] + ([tab.select] if tab else []) + [c.input for c in live],
                   views.in_place(page or fn, len(page_outputs)), [session, *inputs, *more_in], page_outputs,
-                  api_visibility="private", trigger_mode="always_last")
+                  api_visibility="private", trigger_mode="always_last", show_progress=PROGRESS)
 
         explore_inputs = [model, text, stage, e_layer, e_head, e_query, threshold, hide_sink]
         explore_outputs = [grid, heatmap, strip, query_row, explore_info]
@@ -478,9 +482,9 @@ def build() -> gr.Blocks:
             return [False, *explore_again(session, *args)]
 
         explore_tab.select(explore_select, [unopened, *explore_page_inputs], [unopened, *explore_page_outputs],
-                           api_visibility="private", trigger_mode="always_last")
+                           api_visibility="private", trigger_mode="always_last", show_progress=PROGRESS)
         model.input(chosen, open_inputs, open_outputs, api_visibility="private").success(
-            explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
+            explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private", show_progress=PROGRESS)
         # The page opens with the default model's card, text, sliders and Explore views already in place: the load
         # only narrows the stage lists and the sliders' ranges (from the static ceilings API callers are checked
         # against), the query sliders' to the text as it is once the load has answered; it moves nothing and writes
@@ -529,5 +533,6 @@ def build() -> gr.Blocks:
                         upload_button.click(upload, [session, checkpoint, config, alphabet], load_outputs,
                                             api_name="upload_model")):
             loading.success(chosen, open_inputs, open_outputs, api_visibility="private").success(
-                explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private")
+                explore_page, explore_page_inputs, explore_page_outputs, api_visibility="private",
+                show_progress=PROGRESS)
     return demo
