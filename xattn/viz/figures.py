@@ -30,6 +30,7 @@ from .style import (
     DIVERGENCE_STYLE,
     FLAG_COLOR,
     HEAD_COLORS,
+    HEATMAP_AXIS,
     HIDDEN_COLOR,
     MASK_COLORS,
     MASKED_COLOR,
@@ -355,7 +356,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     # the figure is built without plotly's property-by-property checks (its own `_validate` switch): a third of a
     # 48-tile grid's build time, checking tiles already checked; tests/test_viz.py checks a grid's figure in full
     fig = go.Figure(data=tiles, _validate=False)
-    axis = dict(showgrid=False, zeroline=False, ticks="", tickmode="array")
+    axis = dict(HEATMAP_AXIS, ticks="", tickmode="array")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
                       margin=dict(t=110),
                       xaxis=dict(axis, tickvals=[x + (width - 1) / 2 for x in xs], ticktext=columns, side="top",
@@ -464,8 +465,10 @@ def _strip_axes(titles: tuple[str, ...], xy: tuple[str, str]) -> str:
     the x and y axis titles `xy`) as JSON, made by make_subplots once per set of titles: building it is most of a
     strip's time otherwise."""
     fig = make_subplots(rows=1, cols=len(titles), shared_yaxes=True, subplot_titles=titles, horizontal_spacing=0.02)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text=xy[0])
+    fig.update_xaxes(**HEATMAP_AXIS)
+    fig.update_yaxes(autorange="reversed", **HEATMAP_AXIS)
+    fig.update_xaxes(title_text=xy[0], col=1)                       # the panels share their keys: named once
+    fig.update_xaxes(showticklabels=False, col=None, selector=lambda axis: axis.anchor != "y")
     fig.update_yaxes(title_text=xy[1], col=1)
     fig.update_annotations(font_size=SUBPLOT_TITLE_SIZE)
     return json.dumps({k: v for k, v in fig.to_plotly_json()["layout"].items() if k != "template"})

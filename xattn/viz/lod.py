@@ -35,7 +35,7 @@ from .figures import (
     token_labels,
 )
 from .payload import Scale, max_pool
-from .style import STAGE_STYLE, TEMPLATE
+from .style import HEATMAP_AXIS, STAGE_STYLE, TEMPLATE
 
 SCREEN = 512                  # cells per side of a first view; beyond it, blocks are max-pooled
 SCREEN_CELLS = SCREEN * SCREEN
@@ -151,8 +151,9 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     fig = go.Figure(heat, layout=dict(       # the layout at once: update_layout checks it leaf by leaf, far slower
         template=TEMPLATE, width=760, height=720, title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
         coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
-        xaxis=dict(title=x_title, constrain="domain", range=ranges.get("x"), **_ticks(keys, box.j0, box.j1)),
-        yaxis=dict(title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
+        xaxis=dict(HEATMAP_AXIS, title=x_title, constrain="domain", range=ranges.get("x"),
+                   **_ticks(keys, box.j0, box.j1)),
+        yaxis=dict(HEATMAP_AXIS, title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
                    autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
         meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1], factor=factor, labels=labels,
                              keys=keys, stage=stage, layer=layer, head=head, hidden_keys=shown.sink_columns(trace),

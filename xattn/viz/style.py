@@ -74,6 +74,9 @@ TEMPLATE = go.layout.Template(layout=dict(
     xaxis=dict(ticklabeloverflow="allow"), yaxis=dict(ticklabeloverflow="allow"),
 ))
 
+# A heatmap's axes: no grid or zero lines, which the cells would cover anyway (each is an element drawn per tick)
+HEATMAP_AXIS = dict(showgrid=False, zeroline=False)
+
 
 def stage_style(stage: str) -> StageStyle:
     """The style of a stage; ValueError for an unknown name."""
