@@ -283,7 +283,11 @@ def main() -> None:
             start_at = ui.Controls(default).start(default)              # the card's notable head
             opening = f"{start_at['layer']},{start_at['head']},"
             if args.load_only:
-                loads = [page_load(browser, url, opening)[1:] for _ in range(args.repeats + 1)]
+                loads = []
+                for _ in range(args.repeats + 1):          # one page at a time: an open one's timers run on
+                    page, *timing = page_load(browser, url, opening)
+                    page.context.close()
+                    loads.append(tuple(timing))
                 times = [t for t, _ in loads]
                 print(f"page load: first {times[0]:.2f} s, warm server median of {args.repeats} "
                       f"{statistics.median(times[1:]):.2f} s ({', '.join(f'{t:.2f}' for t in times[1:])})")
