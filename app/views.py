@@ -337,10 +337,58 @@ def explore_page(session: Session | None, model: str, text: str, stage: str, lay
                  threshold: float = 0.0, hide_sink: bool = False, averaged: bool = False, screen: Any = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
     """Explore as the page runs it (its Run, its tab, its controls): the views, then the text view and predictions,
-    then the summary, in one request (`with_text`); the first views pooled to the page's `screen` (Screen.of)."""
+    then the summary, in one request (`with_text`); the first views pooled to the page's `screen` (Screen.of). Where
+    the page has drawn this request's views and text view already (`run_views`: the screen says so), the predictions
+    and summary alone."""
+    if drawn_of(screen) == ran_key(model, text, stage, layer, head, query, threshold, hide_sink, averaged):
+        run = explore_run(load(session, model, progress), text, progress)
+        for note in run.notes:              # said here: run_views ran outside any request that could show them
+            gr.Warning(note)
+        return (*(gr.skip() for _ in range(5)), next_table(run, picks(run, layer, head, query)[2]), run.summary())
     figures = explored(session, model, text, stage, layer, head, query, progress,
                        view_filter=filter_of(threshold, hide_sink), page=True, screen=Screen.of(screen))
     return with_text(figures, session, model, text, layer, head, query, averaged, threshold, hide_sink)
+
+
+def drawn_of(screen: Any) -> str | None:
+    """The `ran_key` a page request's screen carries where the page has drawn its views already (`run_views`)."""
+    try:
+        value = json.loads(screen) if isinstance(screen, str) else screen
+    except ValueError:
+        return None
+    return value.get("drawn") if isinstance(value, dict) else None
+
+
+def ran_key(model: str, text: str, *controls: Any) -> str:
+    """What a page request asks for (model, text, stage, layer, head, query, filter, the text view's switch), as a
+    key: `run_views` answers with it, and the request that follows sends it back in its screen."""
+    return heatmap.key_of("ran", model, text, *(float(c) if isinstance(c, (int, float)) else c for c in controls))
+
+
+def run_views(data: Any) -> dict:
+    """A Run of a bundled model on the page, answered straight (a Gradio server function, as `focus_views`): {"views":
+    {"grid" | "head" | "strip" | "row": the figure as its slot sends it, "text": the text view}, "drawn": `ran_key`}
+    for the page's Explore inputs {"model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink",
+    "averaged", "screen"}. The page draws them, then sends the Run's own request with "drawn" in its screen, which
+    brings the predictions and summary. {} for a model of the session's own (a server function has no gr.State: the
+    request does everything, with its progress), a refusal (the request says why) or no free slot."""
+    names = ("model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged")
+    if (not isinstance(data, dict) or not all(k in data for k in names)
+            or data["model"] not in models.bundled_names() or not FOCUS_SLOTS.acquire(blocking=False)):
+        return {}
+    try:
+        with AHEAD.serving():
+            model, text, stage, layer, head, query, threshold, hide_sink, averaged = (data[k] for k in names)
+            figures = explored(None, model, text, stage, layer, head, query, page=True,
+                               view_filter=filter_of(threshold, hide_sink), screen=Screen.of(data.get("screen")))
+            text_view = explore_text(None, model, text, layer, head, query, averaged, threshold, hide_sink)[0]
+    except (gr.Error, ValueError, KeyError, TypeError):
+        return {}
+    finally:
+        FOCUS_SLOTS.release()
+    sent = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else figure
+            for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
+    return {"views": {**sent, "text": text_view}, "drawn": ran_key(*(data[k] for k in names))}
 
 
 @friendly

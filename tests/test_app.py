@@ -291,6 +291,18 @@ def test_the_page_names_plotly_js_for_preloading(server: str) -> None:
         assert script.read() == heatmap.PLOTLY_JS.read_bytes()
 
 
+def test_no_view_config_carries_an_event_listener() -> None:
+    """Gradio takes a word in quotes in a gr.HTML script for an event of the component, and the component's
+    config then carries that event's listener where a prop of that name is looked for (`inputs`): every page
+    load deep-copies the config, and copying those took 2.5 s a page here. Every prop is plain data."""
+    from app import ui
+    demo = ui.build()
+    plain = (str, int, float, bool, list, dict, type(None))
+    odd = {(c["props"].get("elem_id"), k) for c in demo.config["components"] if c.get("type") == "html"
+           for k, v in (c.get("props") or {}).items() if not isinstance(v, plain)}
+    assert not odd
+
+
 def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() -> None:
     """The page's plotly.js is the cartesian bundle when it is the installed plotly's own version (else the
     package's full bundle), and it has every trace type the app's figures use (heatmap.TRACES) — which are all the

@@ -6,6 +6,7 @@ Screenshots go to a temporary folder, or to $XATTN_SCREENSHOTS (the README's com
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,8 +106,12 @@ def drawn_heatmap(page: Any, elem_id: str, shots: Path) -> dict:
     }""", elem_id)
 
 
-def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path) -> None:
+def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     need_browser()                         # skip before tracing, not at the page
+    from app import views
+    explored, made = views.explored, []
+    monkeypatch.setattr(views, "explored", lambda *args, **kwargs: made.append(args[2]) or explored(*args, **kwargs))
     shots = Path(os.environ.get("XATTN_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     default = models.bundled(models.default_name())
@@ -114,7 +119,20 @@ def test_page_runs_the_default_example_and_switches_tabs(server: str, tmp_path: 
     _, trace = default.model.run_with_trace(torch.tensor([ids]))
 
     with opened_page(server) as page:
+        asked: list[str] = []                                       # the server functions the page calls
+        page.on("request", lambda r: asked.append(json.loads(r.post_data or "{}").get("fn_name", ""))
+                if r.url.rstrip("/").endswith("component_server") else None)
+        page.get_by_label("text", exact=True).fill(default.example[:-2])
+        rows = ("(n) => document.querySelector('#focused-head .js-plotly-plot')._fullData.find(d => d.type === "
+                "'heatmap').z.length === n")
+        page.get_by_role("button", name="Run").first.click()       # its views first, straight from the server
+        page.wait_for_function(rows, arg=len(ids) - 2, timeout=DRAW_TIMEOUT_MS)
+        page.get_by_text(f"Read {len(ids) - 2} tokens").wait_for(timeout=DRAW_TIMEOUT_MS)   # then its request's
+        assert asked.count("run_views") == 1 and made == [default.example[:-2]]            # summary: the
+        # views made once, by run_views: the request, told they are drawn, made none
+        page.get_by_label("text", exact=True).fill(default.example)
         page.get_by_role("button", name="Run").first.click()       # the default example, explicitly
+        page.wait_for_function(rows, arg=len(ids), timeout=DRAW_TIMEOUT_MS)
         shown = drawn_heatmap(page, "focused-head", shots)
         assert shown["painted"] > 100, "the heatmap image is empty"
         assert (shown["rows"], shown["cols"]) == (len(ids), len(ids))

@@ -109,6 +109,37 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     assert views.focus_views(click)["views"]["head"] is not None
 
 
+def test_a_run_of_a_bundled_model_gets_its_views_straight_from_the_server(default: models.Loaded) -> None:
+    """views.run_views answers the page's Run of a bundled model with the views and text view its request would
+    bring, JSON as the slots send them; the request, its screen naming what was drawn, then brings the predictions
+    and summary alone. A session's own model, a refusal or no free slot: {} (the request does everything)."""
+    text = default.example[:-3]
+    inputs = [default.name, text, "attn", 1, 2, 7, 0.0, False, True]
+    asked = dict(zip(("model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged"),
+                     inputs, strict=True), screen='{"head": 300, "strip": 120}')
+    answer = views.run_views(asked)
+    expected = views.explore_page(None, *inputs, asked["screen"])
+    sent = [json.loads(PlotlyView("figure", render=False).postprocess(figure).plot) for figure in expected[:4]]
+    for role, plot in zip(("grid", "head", "strip", "row"), sent, strict=True):
+        assert json.loads(answer["views"][role]["plot"]) == plot, role
+    assert answer["views"]["text"] == expected[4] and "the mean of" in expected[4]
+    screen = json.dumps({"head": 300, "strip": 120, "drawn": answer["drawn"]})
+    drawn = views.explore_page(None, *inputs, screen)
+    assert all(v.get("__type__") == "update" for v in drawn[:5]) and drawn[5:] == expected[5:]
+    moved = views.explore_page(None, *inputs[:5], 8, *inputs[6:], screen)     # another query than drawn: all
+    assert heatmap.meta_of(moved[1])["focus"]["query"] == 8 and isinstance(moved[4], str)
+    fresh = models.fresh(1, 2, 16, ["causal"], 0, 64)                     # a session's model: not reachable here
+    assert views.run_views({**asked, "model": fresh.name}) == {}
+    assert views.run_views({**asked, "query": 99}) == {} and views.run_views({**asked, "text": ""}) == {}
+    assert views.run_views(None) == {} and views.run_views({"model": default.name}) == {}
+    taken = [views.FOCUS_SLOTS.acquire(blocking=False) for _ in range(limits.CONCURRENCY)]
+    try:
+        assert all(taken) and views.run_views(asked) == {}
+    finally:
+        for _ in taken:
+            views.FOCUS_SLOTS.release()
+
+
 def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
     """The page's focused head and strip carry colour codes only; a hover asks for a cell's exact value and why it
     is masked (views.hover_cell), answered from what the server kept of that figure."""
