@@ -2,8 +2,10 @@
 (app/heatmap.js) does to the sliders and the views, and what a zoom brings back."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,18 @@ def exact(trace: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def default() -> models.Loaded:
     return models.bundled(models.default_name())
+
+
+@contextlib.contextmanager
+def no_free_slot() -> Iterator[None]:
+    """Every slot outside Gradio's queue taken (views.FOCUS_SLOTS), as by as many requests as the queue runs."""
+    taken = [views.FOCUS_SLOTS.acquire(blocking=False) for _ in range(limits.CONCURRENCY)]
+    try:
+        assert all(taken)
+        yield
+    finally:
+        for _ in taken:
+            views.FOCUS_SLOTS.release()
 
 
 def explore_args(loaded: models.Loaded, layer: int = 2, head: int = 0, query: int = 5) -> list[Any]:
@@ -100,12 +114,8 @@ def test_a_click_gets_its_views_straight_from_the_server(default: models.Loaded)
     assert views.focus_views({**click, "head": default.heads}) == {}
     assert views.focus_views({**click, "threshold": 2}) == {} and views.focus_views(None) == {}
     # outside Gradio's queue, but no more at once than it runs: a click finding no slot goes through the queue
-    taken = [views.FOCUS_SLOTS.acquire(blocking=False) for _ in range(limits.CONCURRENCY)]
-    try:
-        assert all(taken) and views.focus_views(click) == {}
-    finally:
-        for _ in taken:
-            views.FOCUS_SLOTS.release()
+    with no_free_slot():
+        assert views.focus_views(click) == {}
     assert views.focus_views(click)["views"]["head"] is not None
 
 
@@ -132,12 +142,8 @@ def test_a_run_of_a_bundled_model_gets_its_views_straight_from_the_server(defaul
     assert views.run_views({**asked, "model": fresh.name}) == {}
     assert views.run_views({**asked, "query": 99}) == {} and views.run_views({**asked, "text": ""}) == {}
     assert views.run_views(None) == {} and views.run_views({"model": default.name}) == {}
-    taken = [views.FOCUS_SLOTS.acquire(blocking=False) for _ in range(limits.CONCURRENCY)]
-    try:
-        assert all(taken) and views.run_views(asked) == {}
-    finally:
-        for _ in taken:
-            views.FOCUS_SLOTS.release()
+    with no_free_slot():
+        assert views.run_views(asked) == {}
 
 
 def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
