@@ -591,7 +591,8 @@ const redraw = value => {
     if (--X.pending === 0 && X.refocus) { X.refocus = false; X.bus.dispatchEvent(new Event('focus')); }
   });
 };
-const idle = fn => (window.requestIdleCallback ? requestIdleCallback(fn, {timeout: 1000}) : setTimeout(fn, 50));
+// run a function once the page is idle (a slot's value given to Gradio after it is drawn; the text view's too, ui.py)
+X.idle = X.idle || (fn => (window.requestIdleCallback ? requestIdleCallback(fn, {timeout: 1000}) : setTimeout(fn, 50)));
 watch('value', () => redraw(props.value));
 X.bus.addEventListener('views', ev => {               // a click's views (pick): this slot's, if it has one
   const value = ev.detail.tab === tab ? ev.detail.views[role] : null;
@@ -600,6 +601,6 @@ X.bus.addEventListener('views', ev => {               // a click's views (pick):
   // The slot holds what it shows, as after Gradio's updates (a later update equal to it is then no change), once
   // the page is idle: Gradio compares and copies every prop of a slot given a value, 70-90 ms for a 2,048-token
   // click's three views, which their drawing need not wait for.
-  X.queue.then(() => idle(() => { if (latest === value) props.value = value; }));
+  X.queue.then(() => X.idle(() => { if (latest === value) props.value = value; }));
 });
 redraw(props.value);

@@ -174,8 +174,7 @@ X.bus.addEventListener('views', ev => {                      // a click's views 
   // Drawn at once, and given to Gradio (which keeps the slot's value) once the page is idle: Gradio morphs a value
   // into the page attribute by attribute, 40-60 ms for 2,048 tokens, which the click need not wait for.
   element.innerHTML = shown = text;
-  const idle = window.requestIdleCallback || (fn => setTimeout(fn, 50));
-  idle(() => { if (shown === text) props.value = text; }, {timeout: 1000});
+  X.idle(() => { if (shown === text) props.value = text; });      // X.idle: app/heatmap.js, which sent the views
 });
 """
 

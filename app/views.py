@@ -54,14 +54,21 @@ class Screen:
     def of(cls, value: Any) -> Screen:
         """From the page's {"head": px, "strip": px} (or its JSON), each kept within heatmap.ZOOM_PIXELS; the
         defaults for anything else."""
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                value = None
-        if not isinstance(value, dict) or not all(k in value for k in ("head", "strip")):
+        value = page_json(value)
+        if not all(k in value for k in ("head", "strip")):
             return cls()
         return cls(heatmap.zoom_pixels(value["head"]), heatmap.zoom_pixels(value["strip"]))
+
+
+def page_json(value: Any) -> dict:
+    """What the page's screen component sends (JSON: `Screen`, and `run_views`' "drawn"), or a click's pixels, as
+    a dict; {} for anything else."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass
@@ -352,17 +359,16 @@ def explore_page(session: Session | None, model: str, text: str, stage: str, lay
 
 def drawn_of(screen: Any) -> str | None:
     """The `ran_key` a page request's screen carries where the page has drawn its views already (`run_views`)."""
-    try:
-        value = json.loads(screen) if isinstance(screen, str) else screen
-    except ValueError:
-        return None
-    return value.get("drawn") if isinstance(value, dict) else None
+    return page_json(screen).get("drawn")
 
 
 def ran_key(model: str, text: str, *controls: Any) -> str:
     """What a page request asks for (model, text, stage, layer, head, query, filter, the text view's switch), as a
     key: `run_views` answers with it, and the request that follows sends it back in its screen."""
     return heatmap.key_of("ran", model, text, *(float(c) if isinstance(c, (int, float)) else c for c in controls))
+
+
+RUN_FIELDS = ("model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged")
 
 
 def run_views(data: Any) -> dict:
@@ -372,23 +378,22 @@ def run_views(data: Any) -> dict:
     "averaged", "screen"}. The page draws them, then sends the Run's own request with "drawn" in its screen, which
     brings the predictions and summary. {} for a model of the session's own (a server function has no gr.State: the
     request does everything, with its progress), a refusal (the request says why) or no free slot."""
-    names = ("model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged")
-    if (not isinstance(data, dict) or not all(k in data for k in names)
-            or data["model"] not in models.bundled_names() or not FOCUS_SLOTS.acquire(blocking=False)):
+    if (not isinstance(data, dict) or not all(k in data for k in RUN_FIELDS)
+            or data["model"] not in models.bundled_names()):        # a session's own model is not reachable here
         return {}
+    return in_slot(run_answer, data)
+
+
+def run_answer(data: dict) -> dict:
+    """run_views' answer, within a slot."""
+    model, text, stage, layer, head, query, threshold, hide_sink, averaged = (data[k] for k in RUN_FIELDS)
     try:
-        with AHEAD.serving():
-            model, text, stage, layer, head, query, threshold, hide_sink, averaged = (data[k] for k in names)
-            figures = explored(None, model, text, stage, layer, head, query, page=True,
-                               view_filter=filter_of(threshold, hide_sink), screen=Screen.of(data.get("screen")))
-            text_view = explore_text(None, model, text, layer, head, query, averaged, threshold, hide_sink)[0]
+        figures = explored(None, model, text, stage, layer, head, query, page=True,
+                           view_filter=filter_of(threshold, hide_sink), screen=Screen.of(data.get("screen")))
+        text_view = explore_text(None, model, text, layer, head, query, averaged, threshold, hide_sink)[0]
     except (gr.Error, ValueError, KeyError, TypeError):
         return {}
-    finally:
-        FOCUS_SLOTS.release()
-    sent = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else figure
-            for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
-    return {"views": {**sent, "text": text_view}, "drawn": ran_key(*(data[k] for k in names))}
+    return {"views": {**slot_views(figures), "text": text_view}, "drawn": ran_key(*(data[k] for k in RUN_FIELDS))}
 
 
 @friendly
@@ -614,13 +619,29 @@ def focus_views(data: Any) -> dict:
     own request (explore_click with "drawn"), which brings the sliders, predictions and summary; it also asks
     while the pointer rests on a tile, before the click. {} when the run is no longer kept, the click is refused or
     FOCUS_SLOTS are all taken: the page then sends that request alone, which redraws or says why."""
-    if not isinstance(data, dict) or not isinstance(data.get("run"), str) or not FOCUS_SLOTS.acquire(blocking=False):
+    if not isinstance(data, dict) or not isinstance(data.get("run"), str):
+        return {}
+    return in_slot(focus_answer, data)
+
+
+def in_slot(answer: Callable[[dict], dict], data: dict) -> dict:
+    """A server function's `answer(data)`, within one of FOCUS_SLOTS and marked served (work ahead waits); {} when
+    every slot is taken."""
+    if not FOCUS_SLOTS.acquire(blocking=False):
         return {}
     try:
         with AHEAD.serving():
-            return focus_answer(data)
+            return answer(data)
     finally:
         FOCUS_SLOTS.release()
+
+
+def slot_views(figures: tuple[Any, ...]) -> dict[str, Any]:
+    """A page answer's grid, head, strip and row: each figure as its slot sends it, a kept head's views
+    (head_views) as they are, None where the view shows the same (gr.update())."""
+    return {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else
+            figure if heatmap.is_plot_value(figure) else None
+            for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
 
 
 def focus_answer(data: dict) -> dict:
@@ -639,10 +660,8 @@ def focus_answer(data: dict) -> dict:
         text = shaded_text(run, layer, head, query, averaged, view_filter)
     except (ValueError, KeyError, TypeError):
         return {}
-    views = {role: heatmap.plot_value(fitted(figure)) if isinstance(figure, Figure) else
-             figure if heatmap.is_plot_value(figure) else None       # a kept head's views (head_views), or gr.update()
-             for role, figure in zip(("grid", "head", "strip", "row"), figures, strict=False)}
-    return {"views": {**views, "text": text}, "head": view_keys(run, stage, layer, head, view_filter)["head"]}
+    return {"views": {**slot_views(figures), "text": text},
+            "head": view_keys(run, stage, layer, head, view_filter)["head"]}
 
 
 def grid_cells(run: Run) -> int:
