@@ -65,24 +65,36 @@ def page_plotly_js() -> Path:
 
 
 PLOTLY_JS = page_plotly_js()
-# Relative to the page, so the app also works under a path prefix.
-PLOTLY_URL = f"gradio_api/file={PLOTLY_JS.as_posix()}"
-HEAD = f'<script src="{PLOTLY_URL}"></script>'
-# The page's own response names plotly.js for preloading (app/main.py): the browser fetches it while Gradio's scripts
-# load, instead of once the views are mounted and add HEAD (about a second later).
-PRELOAD = f"<{quote(PLOTLY_URL, safe='/=')}>; rel=preload; as=script"
+# The views' own code, loaded once for the page (it defines xattnView); each view's js_on_load only calls it (JS)
+VIEW_JS = Path(__file__).resolve().parent / "heatmap.js"
+EVENTS = ("pick", "zoom")          # what a view sends Python (heatmap.js `trigger`; gr.HTML finds them quoted in JS)
+JS = f"xattnView(element, trigger, props, server, upload, watch);   // sends {', '.join(repr(e) for e in EVENTS)}"
+
+
+def page_url(path: Path) -> str:
+    """Where the page gets one of its scripts: relative to the page (so the app also works under a path prefix),
+    named by its content, so a browser never runs a cached copy of an older one."""
+    version = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+    return f"gradio_api/file={path.as_posix()}?v={version}"
+
+
+PAGE_SCRIPTS = (PLOTLY_JS, VIEW_JS)
+PAGE_URLS = [page_url(path) for path in PAGE_SCRIPTS]
+HEAD = "".join(f'<script src="{url}"></script>' for url in PAGE_URLS)
+# The page's own response names its scripts for preloading (app/main.py): the browser fetches them while Gradio's
+# scripts load, instead of once the views are mounted and add HEAD (about a second later).
+PRELOAD = ", ".join(f"<{quote(url, safe='/=?')}>; rel=preload; as=script" for url in PAGE_URLS)
 ZOOM_PIXELS = (64, 1024)           # a zoom request's cells per side, whatever width the browser claims
 
 TEMPLATE = '<div class="xattn-view"><div class="xattn-plot"></div><div class="xattn-tip"></div></div>'
 CSS = """
 .xattn-view { position: relative; width: 100%; }
 .xattn-plot { width: 100%; }
+.xattn-view.xattn-running { opacity: 0.55; transition: opacity 0.15s 0.2s; }
 .xattn-tip { position: absolute; display: none; pointer-events: none; z-index: 20; padding: 4px 7px;
   background: rgba(255, 255, 255, 0.96); border: 1px solid #888; border-radius: 3px; color: #222;
   font: 12px/1.35 Inter, "Helvetica Neue", Arial, sans-serif; white-space: nowrap; box-shadow: 0 1px 4px #0003; }
 """
-
-JS = (Path(__file__).parent / "heatmap.js").read_text(encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -180,8 +192,8 @@ def plotly_view(label: str, *, role: str = "plot", elem_id: str | None = None,
 
 
 def static_paths() -> list[str]:
-    """The one file outside Gradio's own that the app serves: plotly.js, for plotly_view."""
-    return [str(PLOTLY_JS)]
+    """The files outside Gradio's own that the app serves: plotly.js and the views' code, for plotly_view."""
+    return [str(path) for path in PAGE_SCRIPTS]
 
 
 # Figure tags: what each drawn view is, for clicks, hover and marks in the page

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import secrets
 import threading
 import unicodedata
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +53,8 @@ class Loaded:
     tokenizer: CharTokenizer
     example: str
     card: dict[str, Any] = field(default_factory=dict)
+    # a name of its own, unguessable, by which its session's page asks for it outside a request (share)
+    key: str = field(init=False, repr=False, compare=False, default_factory=lambda: secrets.token_urlsafe(16))
 
     @property
     def encdec(self) -> bool:
@@ -87,6 +91,26 @@ class Loaded:
 
 # Custom models of one browser session, by name.
 Session = dict[str, Loaded]
+# The same models by their `key`, for what answers a session's page outside its requests (a Gradio server function
+# gets no gr.State: views.run_views); the page knows its own models' keys (ui.added). Held weakly: a model is found
+# here while its session's state keeps it, and no longer.
+SHARED: weakref.WeakValueDictionary[str, Loaded] = weakref.WeakValueDictionary()
+
+
+def share(loaded: Loaded) -> str:
+    """Make `loaded`, a model of one browser session, reachable by its key (`shared`), which only that session's
+    page is told."""
+    SHARED[loaded.key] = loaded
+    return loaded.key
+
+
+def shared(key: Any, name: str) -> Loaded | None:
+    """The model `name` as a page that knows `key` finds it (as `resolve` finds it in the session's state): the
+    session's own model of that key and name, else a bundled one; None for neither."""
+    own = SHARED.get(key) if isinstance(key, str) else None
+    if own is not None and own.name == name:
+        return own
+    return bundled(name) if name in bundled_names() else None
 
 
 def bundled_names() -> list[str]:

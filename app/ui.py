@@ -29,7 +29,7 @@ PAIR_WIDTH = 480      # the least width of a plot in a row of two: a narrower wi
 # it drops min_height while a request is on its way, so the text view's is too (the views below would jump).
 CSS = (f".pair {{ min-width: min({PAIR_WIDTH}px, 100%) !important; }}\n"
        f"#token-text .html-container {{ min-height: {TEXT_ROW_PX}px !important; }}\n"
-       "#screen { display: none !important; }")
+       "#screen, #model-keys { display: none !important; }")
 # How the views show a request on its way: its time and progress bar (gr.Progress) over each, without Gradio's
 # spinner, whose animation runs script every frame for each view: at 512 tokens the page and the server share two
 # cores, and with it a Run's views took 0.2 s longer to make (bench/bench_browser.py).
@@ -154,6 +154,21 @@ tell();
 def screen_component() -> gr.HTML:
     """Hidden: its value is what `SCREEN` measures ("" until the views are drawn: the server's defaults)."""
     return gr.HTML("", elem_id="screen", js_on_load=SCREEN, container=False, padding=False)
+
+
+# The keys of the session's own models (models.share), kept where the Run's page code finds them (app/heatmap.js)
+MODEL_KEYS = """
+const X = window.xattnViews || (window.xattnViews = {});
+const keep = () => { X.modelKeys = JSON.parse(props.value || '{}'); };
+watch('value', keep);
+keep();
+"""
+
+
+def model_keys_component() -> gr.HTML:
+    """Hidden: its value is JSON {name: key} of the session's own models (`MODEL_KEYS`)."""
+    return gr.HTML("", elem_id="model-keys", html_template="<div></div>", js_on_load=MODEL_KEYS, container=False,
+                   padding=False)
 
 
 TOKEN_CLICKS = """
@@ -297,6 +312,7 @@ def build() -> gr.Blocks:
                 strip = view("stage strip", "strip", value=first_views[2], server=[views.hover_cell, views.focus_views])
                 query_row = view("where the query looks", "row", value=first_views[3])
                 screen = screen_component()
+                keys = model_keys_component()
                 with gr.Accordion("What the stages mean", open=False):
                     gr.Markdown(texts.STAGES)
             with gr.Tab("RealFormer") as real_tab:
@@ -459,7 +475,8 @@ def build() -> gr.Blocks:
 
         def added(session: Session, loaded: Loaded) -> list[Any]:
             """`session` with `loaded` added (a new dict: the old state is never half-changed), keeping the
-            newest MAX_SESSION_MODELS models and saying which one was dropped."""
+            newest MAX_SESSION_MODELS models and saying which one was dropped; the page is told their keys
+            (models.share), by which its Run finds them outside a request."""
             session = {k: v for k, v in (session or {}).items() if k != loaded.name}
             while len(session) >= limits.MAX_SESSION_MODELS:
                 dropped = next(iter(session))
@@ -468,7 +485,8 @@ def build() -> gr.Blocks:
                            f"{dropped} was let go to make room.")
             session[loaded.name] = loaded
             names = models.bundled_names() + list(session)
-            return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names)]
+            keys = json.dumps({name: models.share(own) for name, own in session.items()})
+            return [session, gr.update(choices=names, value=loaded.name), gr.update(choices=names), keys]
 
         # A click on the Explore views gets its views and text view straight from the server (views.focus_views,
         # called by app/heatmap.js), then this request moves the sliders and brings the predictions (or, where
@@ -541,7 +559,7 @@ def build() -> gr.Blocks:
         text.submit(fit_text, [session, model, text], controls.queries(), api_visibility="private").then(
             None, js="() => { const run = [...document.querySelectorAll('button.run')]"
                      ".find(b => b.offsetParent !== null); if (run) run.click(); }")
-        load_outputs = [session, model, model_b]
+        load_outputs = [session, model, model_b, keys]
         fresh_inputs = [session, depth, heads, dim, options, seed, max_len, *counts, encoder_decoder]
         for loading in (gr.on([fresh_button.click] + [n.submit for n in (depth, heads, dim, max_len, seed, *counts)],
                               fresh, fresh_inputs, load_outputs, api_name="fresh_model"),

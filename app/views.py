@@ -369,28 +369,39 @@ def ran_key(model: str, text: str, *controls: Any) -> str:
 
 
 RUN_FIELDS = ("model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged")
+# A Run run_views answers shows no progress (no request is running): it takes Runs of at most this many score cells
+# (layers × heads × tokens²; 512 tokens × 6 layers × 8 heads, about half a second here), and a larger one goes
+# through its request, which shows its progress.
+RUN_VIEWS_CELLS = 16 * 1024 * 1024
 
 
 def run_views(data: Any) -> dict:
-    """A Run of a bundled model on the page, answered straight (a Gradio server function, as `focus_views`): {"views":
-    {"grid" | "head" | "strip" | "row": the figure as its slot sends it, "text": the text view}, "drawn": `ran_key`}
-    for the page's Explore inputs {"model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink",
-    "averaged", "screen"}. The page draws them, then sends the Run's own request with "drawn" in its screen, which
-    brings the predictions and summary. {} for a model of the session's own (a server function has no gr.State: the
-    request does everything, with its progress), a refusal (the request says why) or no free slot."""
-    if (not isinstance(data, dict) or not all(k in data for k in RUN_FIELDS)
-            or data["model"] not in models.bundled_names()):        # a session's own model is not reachable here
+    """A Run on the page, answered straight (a Gradio server function, as `focus_views`): {"views": {"grid" | "head"
+    | "strip" | "row": the figure as its slot sends it, "text": the text view}, "drawn": `ran_key`} for the page's
+    Explore inputs {"model", "text", "stage", "layer", "head", "query", "threshold", "hide_sink", "averaged",
+    "screen"}, and the model's "key" where it is one of the session's own (models.shared). The page draws the
+    views, then sends the Run's own request with "drawn" in its screen, which brings the predictions and summary.
+    {} for a Run over RUN_VIEWS_CELLS (the request shows its progress), a refusal (the request says why) or no free
+    slot: the request then does everything."""
+    if not isinstance(data, dict) or not all(k in data for k in RUN_FIELDS) or not isinstance(data["model"], str):
         return {}
-    return in_slot(run_answer, data)
+    loaded = models.shared(data.get("key"), data["model"])
+    if loaded is None or loaded.encdec:
+        return {}
+    session = {loaded.name: loaded}
+    tokens = token_count(session, loaded.name, data["text"]) if isinstance(data["text"], str) else None
+    if tokens is None or loaded.depth * loaded.heads * tokens ** 2 > RUN_VIEWS_CELLS:
+        return {}
+    return in_slot(functools.partial(run_answer, session), data)
 
 
-def run_answer(data: dict) -> dict:
+def run_answer(session: Session, data: dict) -> dict:
     """run_views' answer, within a slot."""
     model, text, stage, layer, head, query, threshold, hide_sink, averaged = (data[k] for k in RUN_FIELDS)
     try:
-        figures = explored(None, model, text, stage, layer, head, query, page=True,
+        figures = explored(session, model, text, stage, layer, head, query, page=True,
                            view_filter=filter_of(threshold, hide_sink), screen=Screen.of(data.get("screen")))
-        text_view = explore_text(None, model, text, layer, head, query, averaged, threshold, hide_sink)[0]
+        text_view = explore_text(session, model, text, layer, head, query, averaged, threshold, hide_sink)[0]
     except (gr.Error, ValueError, KeyError, TypeError):
         return {}
     return {"views": {**slot_views(figures), "text": text_view}, "drawn": ran_key(*(data[k] for k in RUN_FIELDS))}

@@ -303,6 +303,19 @@ def test_no_view_config_carries_an_event_listener() -> None:
     assert not odd
 
 
+def test_the_views_code_ships_once_and_each_view_names_its_events() -> None:
+    """A view's js_on_load is a call of the page's one copy of app/heatmap.js (a head script): the config carries
+    no view's code, and the events gr.HTML finds in js_on_load are the ones heatmap.js sends."""
+    from app import ui
+    demo = ui.build()
+    scripts = [c["props"]["js_on_load"] for c in demo.config["components"] if c.get("type") == "html"
+               and c["props"].get("head") == heatmap.HEAD]
+    assert scripts and all(len(script) < 200 for script in scripts)
+    sent = set(re.findall(r"trigger\('(\w+)'", heatmap.VIEW_JS.read_text(encoding="utf-8")))
+    assert sent == set(heatmap.EVENTS) == set(re.findall(r"'(\w+)'", heatmap.JS))
+    assert heatmap.VIEW_JS.as_posix() in heatmap.HEAD and str(heatmap.VIEW_JS) in heatmap.static_paths()
+
+
 def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() -> None:
     """The page's plotly.js is the cartesian bundle when it is the installed plotly's own version (else the
     package's full bundle), and it has every trace type the app's figures use (heatmap.TRACES) — which are all the

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from app import models
+from app import heatmap, models
 from xattn import viz
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -210,9 +210,9 @@ def test_the_page_opens_drawn_and_the_tab_redraws_after_a_change(server: str, tm
     notable = default.card["notable_heads"][0]
     with opened_page(server) as page:
         shown = drawn_heatmap(page, "focused-head", tmp_path)
-        fetched = page.evaluate("() => performance.getEntriesByType('resource').filter(e => "
-                                "e.name.endsWith('.min.js') && e.name.includes('plotly')).length")
-        assert fetched == 1, "plotly.js was fetched again after its preload"
+        fetched = page.evaluate("(urls) => urls.map(url => performance.getEntriesByType('resource').filter(e => "
+                                "e.name.endsWith(url)).length)", heatmap.PAGE_URLS)
+        assert fetched == [1] * len(heatmap.PAGE_SCRIPTS), "plotly.js or the views' code was fetched again"
         assert f"layer {notable['layer']} · head {notable['head']}" in shown["title"]
         values = trace.drawable("attn")[notable["layer"], 0, notable["head"]].numpy()
         scale = viz.Scale(shown["lo"], shown["hi"])

@@ -159,7 +159,8 @@ def test_clicks_focus_a_head_and_pick_a_query(browser_page: tuple[Any, list[str]
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "explore-clicks.png"), full_page=True)
     assert local_only(requests, server) == [], "the page reached beyond the app's own host"
-    assert any(u.endswith(heatmap.PLOTLY_JS.name) for u in requests), "plotly.js did not come from the app"
+    assert all(any(u.endswith(url) for u in requests) for url in heatmap.PAGE_URLS), \
+        "plotly.js and the views' code did not come from the app"
 
 
 def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list[str]], server: str,
@@ -175,8 +176,11 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
     page.get_by_text("fresh 1×2 dim 16 seed 0").first.wait_for(timeout=DRAW_TIMEOUT_MS)
     text = ("the quick brown fox jumps over the lazy dog; " * 16)[:699]
     page.get_by_label("text", exact=True).fill(text)
-    page.get_by_role("button", name="Run").first.click()
-    title_has(page, "focused-head", "max-pooled 2×2")
+    with page.expect_response(lambda r: r.url.rstrip("/").endswith("component_server")
+                              and '"run_views"' in (r.request.post_data or "")) as ran:
+        page.get_by_role("button", name="Run").first.click()
+    assert set(ran.value.json()["views"]) == {"grid", "head", "strip", "row", "text"}   # the session's own model,
+    title_has(page, "focused-head", "max-pooled 2×2")                    # found by run_views through the page's session
     first = page.evaluate(HEATMAPS, "focused-head")["traces"]
     assert len(first) == 1 and (first[0]["rows"], first[0]["dx"]) == (350, 2)
     # the strip's first view has a cell per pixel at most: the page sent how wide its panels are (views.Screen)

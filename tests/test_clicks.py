@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -138,12 +139,45 @@ def test_a_run_of_a_bundled_model_gets_its_views_straight_from_the_server(defaul
     assert all(v.get("__type__") == "update" for v in drawn[:5]) and drawn[5:] == expected[5:]
     moved = views.explore_page(None, *inputs[:5], 8, *inputs[6:], screen)     # another query than drawn: all
     assert heatmap.meta_of(moved[1])["focus"]["query"] == 8 and isinstance(moved[4], str)
-    fresh = models.fresh(1, 2, 16, ["causal"], 0, 64)                     # a session's model: not reachable here
+    fresh = models.fresh(1, 2, 16, ["causal"], 0, 64)          # a model of no session the request names: unknown
     assert views.run_views({**asked, "model": fresh.name}) == {}
     assert views.run_views({**asked, "query": 99}) == {} and views.run_views({**asked, "text": ""}) == {}
     assert views.run_views(None) == {} and views.run_views({"model": default.name}) == {}
     with no_free_slot():
         assert views.run_views(asked) == {}
+
+
+def test_a_run_of_a_session_model_gets_its_views_by_the_key_only_its_page_knows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_views finds a session's own model by its key (models.share: the page is told the keys of its session's
+    models): the views are its request's. Without the key, with another model's key or another name, or a Run over
+    RUN_VIEWS_CELLS (which shows its progress in its request): {}. Held weakly there: once let go, it is gone."""
+    fresh, other = models.fresh(1, 2, 16, ["causal"], 0, 64), models.fresh(1, 2, 16, ["causal"], 1, 64)
+    key = models.share(fresh)
+    assert models.share(other) != key and len(key) >= 20          # each model a key of its own, not guessable
+    text = "a=1;b=2;?a"
+    inputs = [fresh.name, text, "attn", 0, 1, 5, 0.0, False, False]
+    asked = dict(zip(views.RUN_FIELDS, inputs, strict=True), screen='{"head": 300, "strip": 120}', key=key)
+    answer = views.run_views(asked)
+    expected = views.explore_page({fresh.name: fresh}, *inputs, asked["screen"])
+    sent = [json.loads(PlotlyView("figure", render=False).postprocess(figure).plot) for figure in expected[:4]]
+    for role, plot in zip(("grid", "head", "strip", "row"), sent, strict=True):
+        assert json.loads(answer["views"][role]["plot"]) == plot, role
+    assert answer["views"]["text"] == expected[4]
+    for wrong in ({"key": None}, {"key": other.key}, {"key": 7}, {"model": other.name + "!"}):
+        assert views.run_views({**asked, **wrong}) == {}, wrong
+    cells = fresh.depth * fresh.heads * len(fresh.tokenizer.encode(text)) ** 2          # 1 × 2 × 11²
+    monkeypatch.setattr(views, "RUN_VIEWS_CELLS", cells - 1)
+    assert views.run_views(asked) == {}
+    monkeypatch.setattr(views, "RUN_VIEWS_CELLS", cells)
+    assert views.run_views(asked)["drawn"] == answer["drawn"]
+    gone = models.fresh(1, 1, 8, [], 5, 32)
+    name, key = gone.name, models.share(gone)
+    assert models.shared(key, name) is gone
+    del gone                                                  # let go of, as a session's state lets go of a model
+    gc.collect()
+    assert models.shared(key, name) is None
+    assert models.shared(key, models.default_name()) is models.bundled(models.default_name())
 
 
 def test_the_page_asks_the_server_for_exact_hover_values(default: models.Loaded) -> None:
