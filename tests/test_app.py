@@ -3,13 +3,17 @@ the figures carry the trace's numbers (the same model traced directly with `run_
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+import brotli
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -282,13 +286,34 @@ def test_long_text_is_cut_with_a_warning(client: Client, default: models.Loaded)
     assert exact(traces(heatmap)[0]).shape == (default.max_seq_len, default.max_seq_len)
 
 
-def test_the_page_names_plotly_js_for_preloading(server: str) -> None:
-    """The page's answer names plotly.js in a preload header, at a URL that serves the installed plotly's file."""
-    with urllib.request.urlopen(server) as page:
-        link = page.headers["link"]
-    assert link.endswith(">; rel=preload; as=script")
-    with urllib.request.urlopen(urljoin(server, link[1:link.index(">")])) as script:
-        assert script.read() == heatmap.PLOTLY_JS.read_bytes()
+def fetched(url: str, encoding: str = "identity", **headers: str) -> tuple[int, Any, bytes]:
+    """A GET of `url` accepting `encoding`: (status, headers, body as sent)."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": encoding, **headers})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status, answer.headers, answer.read()
+    except urllib.error.HTTPError as answer:
+        return answer.code, answer.headers, b""
+
+
+def test_the_page_preloads_its_scripts_and_its_files_come_compressed_from_memory(server: str) -> None:
+    """The page's answer names its scripts (plotly.js, the views' code) in preload headers, each at a URL that
+    serves the file; those and Gradio's front-end files come from memory, compressed once (main.KeptFiles): the
+    same bytes every time, which decode to the file on disk. A conditional request still goes through to Gradio."""
+    status, headers, page = fetched(server)
+    urls = [part.split(">")[0].lstrip("<") for part in headers["link"].split(", ")]
+    assert headers["link"].endswith(">; rel=preload; as=script") and len(urls) == len(heatmap.PAGE_SCRIPTS)
+    asset = re.search(r"assets/index-[\w-]+\.js", page.decode()).group(0)
+    files = [*heatmap.PAGE_SCRIPTS, Path(gr.__file__).parent / "templates" / "frontend" / asset]
+    for url, path in zip([*urls, asset], files, strict=True):
+        want = path.read_bytes()
+        assert fetched(urljoin(server, url))[2] == want
+        first, again = fetched(urljoin(server, url), "gzip, deflate, br"), fetched(urljoin(server, url), "br")
+        assert first[1]["content-encoding"] == "br" and first[2] == again[2] and brotli.decompress(first[2]) == want
+        zipped = fetched(urljoin(server, url), "gzip")
+        assert zipped[1]["content-encoding"] == "gzip" and gzip.decompress(zipped[2]) == want
+    etag = fetched(urljoin(server, asset))[1]["etag"]
+    assert fetched(urljoin(server, asset), "br", **{"If-None-Match": etag})[0] == 304
 
 
 def test_no_view_config_carries_an_event_listener() -> None:
