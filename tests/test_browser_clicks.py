@@ -198,7 +198,7 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
     values = trace.drawable("attn")[layer, 0, head].numpy()
 
     # the query row of 700 keys is drawn as steps whose hover names the key (labels sent once: heatmap.lean)
-    labels = viz.position_labels(fresh.tokenizer.labels(ids))               # as the page shows them (␠ for a space)
+    labels = viz.position_labels(fresh.tokenizer.labels(ids))               # as the page shows them (␣ for a space)
     title_has(page, "where-the-query-looks", f"·{query} look?")          # drawn for this text (views draw in turn)
     key = int(np.nanargmax(values[query]))
     x, y = page.evaluate("""([key, value]) => {
@@ -227,7 +227,7 @@ def test_zoom_brings_the_region_at_full_resolution(browser_page: tuple[Any, list
                                values[i0:i0 + detail["rows"], j0:j0 + detail["cols"]], rtol=1e-5, atol=1e-6)
     # few tokens visible: token labels on the axes
     ticks = page.evaluate("() => document.querySelector('#focused-head .js-plotly-plot')._fullLayout.xaxis.ticktext")
-    assert fresh.tokenizer.labels(ids)[100] == " " and ticks and ticks[0] == "␠·100"   # a space, shown visibly
+    assert fresh.tokenizer.labels(ids)[100] == " " and ticks and ticks[0] == "␣·100"   # a space, shown visibly
     page.wait_for_timeout(300)
     page.locator("#focused-head").screenshot(path=str(shots / "explore-zoom.png"))
 

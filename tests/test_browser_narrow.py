@@ -193,10 +193,12 @@ def test_a_thousand_tokens_and_a_long_model_name_fit(narrow: Any, shots: Path) -
     assert len(name) > 60                                                      # a long name, all its options
     page.get_by_role("tab", name="Explore").click()
     box = page.get_by_label("text", exact=True).first
-    box.fill(("the quick brown fox jumps over the lazy dog; " * 23)[:999])
-    box.press("Enter")
+    box.fill(("the quick brown fox jumps over the lazy dog; " * 12 + "a=1;b=2;c=3;" * 40)[:999])   # a long run
+    box.press("Enter")                                                                   # with no space in it
     page.locator("p", has_text="1000 tokens").first.wait_for(timeout=DRAW_TIMEOUT_MS)
     drawn(page, TABS["Explore"])
+    assert page.evaluate("() => { const text = document.querySelector('#token-text .xattn-tokens');"
+                         " return text.scrollWidth <= text.clientWidth; }"), "the text view runs past its width"
     page.screenshot(path=str(shots / "narrow-explore-1000.png"), full_page=True)
     problems = {elem_id: found for elem_id in TABS["Explore"] if (found := page.evaluate(OVERLAPS, elem_id))}
     page.get_by_role("tab", name="Compare").click()

@@ -166,7 +166,7 @@ def test_token_text_shades_by_the_query_row(selective) -> None:
     layer, query, head = 1, 7, 2
     drawn = spans(viz.token_html(trace, layer, query, head=head))
     row = trace["attn"][layer, 0, head, query].numpy()
-    assert [s["text"] for s in drawn] == ["<bos>", "a", "␠", "<", "b", ">", "&", "␠", "a", "|", "`", "b"]
+    assert [s["text"] for s in drawn] == ["<bos>", "a", "␣", "<", "b", ">", "&", "␣", "a", "|", "`", "b"]
     assert [s["q"] for s in drawn] == list(range(12))
     top = row[: query + 1].max()
     for j, s in enumerate(drawn):
@@ -206,7 +206,7 @@ def test_next_tokens_are_the_softmax_computed_by_hand() -> None:
     assert [label for label, _ in pairs] == TOKENIZER.labels(order)
     np.testing.assert_allclose([p for _, p in pairs], [by_hand[i] / total for i in order], rtol=1e-9)
     table = viz.predictions_table([(" ", 0.5), ("|", 0.25), ("`", 0.125)])
-    assert "| `␠` | 50.0% |" in table and "| `\\|` | 25.0% |" in table and "| `` ` `` | 12.5% |" in table
+    assert "| `␣` | 50.0% |" in table and "| `\\|` | 25.0% |" in table and "| `` ` `` | 12.5% |" in table
 
 
 def test_a_model_without_logits_says_so() -> None:

@@ -484,10 +484,10 @@ def test_one_layer_similarity_says_so_instead_of_an_empty_axis():
 
 
 def test_a_space_is_labelled_visibly():
-    assert viz.visible_token(" ") == "␠" and viz.visible_token("\n") == "␊" and viz.visible_token("a") == "a"
+    assert viz.visible_token(" ") == "␣" and viz.visible_token("\n") == "↵" and viz.visible_token("a") == "a"
     model = make_model(0)
     trace = model.run_with_trace(torch.arange(3)[None], labels=[["a", " ", "\t"]])[1]
-    assert viz.token_labels(trace) == ["a·0", "␠·1", "␉·2"]
+    assert viz.token_labels(trace) == ["a·0", "␣·1", "⇥·2"]
 
 
 def test_heatmap_title_carries_the_model_name(trace):

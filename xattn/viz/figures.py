@@ -56,8 +56,10 @@ TITLE_NAME_CHARS = 40          # a name in a title is cut to this many character
 TITLE_NOTE_CHARS = 64        # a title's small-type lines wrap at this many characters …
 TITLE_NOTE_LINES = 2         # … and stop after this many
 OWN_RANGE = frozenset({"scores"})   # stages a stage strip gives a colour range of their own
-# Unicode control pictures for characters a label would otherwise show as nothing: U+2400 + code, ␠ for a space.
-PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␠", "\x7f": "␡"}
+# What a label shows for a character it would otherwise show as nothing: a Unicode control picture (U+2400 + code),
+# but for the three a text is full of, signs common fonts have (the control pictures are missing from DejaVu, all a
+# plain Linux desktop may have, which draws ␠ as an empty box): ␣ for a space, ↵ for a newline, ⇥ for a tab.
+PICTURES = {**{chr(c): chr(0x2400 + c) for c in range(32)}, " ": "␣", "\n": "↵", "\t": "⇥", "\x7f": "␡"}
 
 
 # validation and data access
@@ -101,8 +103,8 @@ def _head(trace: Trace, stage: str, layer: int, head: int, batch: int) -> np.nda
 
 
 def visible_token(token: str) -> str:
-    """A token as a label people can see: a space becomes ␠, other whitespace and control characters their
-    Unicode control pictures (newline ␊, tab ␉); anything else is left as it is. Every token label uses it."""
+    """A token as a label people can see: a space becomes ␣, a newline ↵, a tab ⇥, other control characters their
+    Unicode control pictures; anything else is left as it is. Every token label uses it."""
     return "".join(PICTURES.get(c, c) for c in token)
 
 

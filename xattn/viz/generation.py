@@ -136,7 +136,7 @@ def generation_text(gen: Generation, step: int, layer: int, *, vocab: Sequence[s
                     batch: int = 0) -> str:
     """HTML: the text step `step`'s query read (prompt, then generated tokens), the tokens layer `layer` had
     pruned from its context struck through, then the token it picked. Every token is a chip, as `display_label`
-    shows it (a space as ␠), with `data-position`, `data-role` (prompt, generated, new) and, when struck,
+    shows it (a space as ␣), with `data-position`, `data-role` (prompt, generated, new) and, when struck,
     `data-pruned`."""
     _check(gen, step, batch, layer)
     tokens, dropped = _names(gen, vocab, batch), gen.dropped[step][layer, batch].tolist()

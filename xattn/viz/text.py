@@ -20,13 +20,14 @@ from .figures import _check_index, _layer_position, token_labels, visible_token
 
 SHADE = (37, 99, 235)          # the colour of attention: a token at the row's largest weight is this, opaque
 QUERY_OUTLINE = "#ff2d95"      # the query's outline: the app's focus colour
-# What every token shares, once for the text rather than in each span's style (a third of a long text's bytes)
-TOKEN_CSS = ("<style>.xattn-token{padding:1px 2px;margin:1px;border-radius:3px}"
+# What every token shares, once for the text rather than in each span's style (a third of a long text's bytes).
+# Inline blocks: a line breaks between any two tokens, never inside one (a text with no spaces ran past its view).
+TOKEN_CSS = ("<style>.xattn-token{display:inline-block;padding:1px 2px;margin:1px;border-radius:3px}"
              ".xattn-token[data-q]{cursor:pointer}</style>")
 
 
 def display_label(label: str) -> str:
-    """A token as it reads on screen: `visible_token` (a space as ␠, a newline as ␊), an empty label as ∅."""
+    """A token as it reads on screen: `visible_token` (a space as ␣, a newline as ↵), an empty label as ∅."""
     return visible_token(label) if label else "∅"
 
 
