@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import logging
+import re
 import socket
+import threading
+import time
+import urllib.request
 from collections.abc import Sequence
-from urllib.parse import unquote
+from functools import partial
+from urllib.parse import unquote, urljoin
 
 import anyio
 import brotli
@@ -17,6 +23,8 @@ from xattn.memory import reuse_freed_memory
 
 from . import heatmap, limits, views
 from .ui import CSS, build
+
+log = logging.getLogger(__name__)
 
 
 def create_app() -> gr.Blocks:
@@ -121,6 +129,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def warm_up(url: str, timeout_s: float = 60.0) -> None:
+    """Visit the page at `url` once as the server starts, as a browser would (brotli accepted): the page rendered
+    once, its first scripts and styles and the views' scripts compressed and kept (KeptFiles), so that the first
+    person to open it finds the server as every later one does. Best effort: a failure only leaves that undone."""
+    deadline = time.monotonic() + timeout_s
+    get = partial(urllib.request.Request, headers={"Accept-Encoding": "br"})
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(get(url), timeout=10) as answer:
+                    page = brotli.decompress(answer.read()).decode() if answer.headers["content-encoding"] == "br" \
+                        else answer.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+        for path in [*re.findall(r'(?:src|href)="\./(assets/[^"?]+)"', page), *heatmap.PAGE_URLS]:
+            with urllib.request.urlopen(get(urljoin(url, path)), timeout=10) as answer:
+                answer.read()
+    except (OSError, ValueError, brotli.error) as err:
+        log.info("warm-up of %s left undone: %s", url, err)
+
+
 def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, block: bool = True,
            concurrency: int = limits.CONCURRENCY, queue_size: int = limits.QUEUE_SIZE) -> tuple[gr.Blocks, str]:
     """Serve the app on `port` (None: any free one); with block=False return at once with the URL while
@@ -134,6 +166,8 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
               f"limits: {limits.MAX_UPLOAD_BYTES // limits.MIB} MiB uploads, {concurrency} requests at once, "
               f"{queue_size} queued.")
     views.AHEAD.start()        # served: each head's views are made while the server is idle (app/ahead.py)
+    local = "[::1]" if ":" in host else "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    threading.Thread(target=warm_up, args=(f"http://{local}:{port}/",), daemon=True, name="xattn-warm-up").start()
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
                             allowed_paths=heatmap.static_paths(), show_error=True, css=CSS,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.server
 import json
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -354,6 +357,41 @@ def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() ->
     made = {name.lower() for path in [*root.glob("xattn/**/*.py"), *root.glob("app/*.py")]
             for name in re.findall(r"go\.([A-Z]\w+)\(", path.read_text(encoding="utf-8")) if name != "Figure"}
     assert made and made <= set(heatmap.TRACES), f"figures use {made - set(heatmap.TRACES)}: add them to TRACES"
+
+
+def test_the_server_visits_its_page_once_as_it_starts() -> None:
+    """main.warm_up asks for the page, the scripts and styles it names first and the views' scripts, accepting
+    brotli as a browser does (so KeptFiles keeps what the first visitor is sent); a server not up yet is waited
+    for, and one that never answers leaves it undone without an error."""
+    asked: list[tuple[str, str]] = []
+    page = b'<link href="./assets/index-A1.css"><script type="module" src="./assets/index-B2.js"></script>'
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 -- http.server's name
+            asked.append((self.path, self.headers["Accept-Encoding"]))
+            body = brotli.compress(page) if self.path == "/" else b"x"
+            self.send_response(200)
+            self.send_header("Content-Encoding", "br" if self.path == "/" else "identity")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = app_main.free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+    threading.Timer(0.5, server.serve_forever).start()                   # not up at first: waited for
+    try:
+        app_main.warm_up(f"http://127.0.0.1:{port}/", timeout_s=20)
+    finally:
+        server.shutdown()
+    scripts = ["/" + url for url in heatmap.PAGE_URLS]
+    assert [path for path, _ in asked] == ["/", "/assets/index-A1.css", "/assets/index-B2.js", *scripts]
+    assert {encoding for _, encoding in asked} == {"br"}
+    started = time.monotonic()
+    app_main.warm_up(f"http://127.0.0.1:{app_main.free_port()}/", timeout_s=1)   # nothing there: given up
+    assert time.monotonic() - started < 5
 
 
 def test_cli_defaults_are_private() -> None:
