@@ -56,12 +56,13 @@ class KeptFiles:
     """The static files a page loads, answered from memory, each compressed once: Gradio's front end (/assets/) and
     the views' scripts (heatmap.PAGE_URLS). Gradio reads each from disk and brotli-compresses it on every request
     (plotly.js alone takes 30 ms of the server's time a page), time a 2-core machine takes from the browser as it
-    starts the page. A browser asking whether its copy is current (If-None-Match) is told so (304). A ranged
+    starts the page. A browser asking whether its copy is current (If-None-Match) is told so (304). One copy a file
+    and encoding, whatever the query: the files are Gradio's and the app's own, a set no client can grow. A ranged
     request, or any answer but 200, goes through as before."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.kept: dict[tuple[str, bytes, str], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+        self.kept: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], bytes]] = {}   # (path, encoding)
         self.scripts = {"/" + url.split("?")[0] for url in heatmap.PAGE_URLS}
 
     def keeps(self, scope: Scope) -> bool:
@@ -76,7 +77,8 @@ class KeptFiles:
         asked = dict(scope["headers"])
         accepted = asked.get(b"accept-encoding", b"").decode("latin-1")
         encoding = "br" if "br" in accepted else "gzip" if "gzip" in accepted else ""
-        key = (scope["path"], scope["query_string"], encoding)
+        key = (scope["path"], encoding)          # not the query: Gradio sends the same file whatever it says, and
+        # a cache keyed by it would grow with every query a client makes up
         if key not in self.kept:
             answer: list[Message] = []
 

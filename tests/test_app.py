@@ -2,6 +2,7 @@
 the figures carry the trace's numbers (the same model traced directly with `run_with_trace`)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import http.server
@@ -357,6 +358,43 @@ def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() ->
     made = {name.lower() for path in [*root.glob("xattn/**/*.py"), *root.glob("app/*.py")]
             for name in re.findall(r"go\.([A-Z]\w+)\(", path.read_text(encoding="utf-8")) if name != "Figure"}
     assert made and made <= set(heatmap.TRACES), f"figures use {made - set(heatmap.TRACES)}: add them to TRACES"
+
+
+def test_kept_files_are_one_copy_a_file_and_encoding_and_refusals_are_not_kept() -> None:
+    """main.KeptFiles asks Gradio once per file and encoding, whatever the query says (a client making up queries
+    cannot grow it); a 404 goes through each time, and so does a ranged request."""
+    asked: list[str] = []
+
+    async def gradio(scope: dict, receive: Any, send: Any) -> None:
+        asked.append(scope["path"])
+        found = scope["path"].endswith(".js")
+        await send({"type": "http.response.start", "status": 200 if found else 404,
+                    "headers": [(b"content-type", b"text/javascript"), (b"etag", b'"e1"')]})
+        await send({"type": "http.response.body", "body": b"let x = 1;" * 50 if found else b"no"})
+
+    kept = app_main.KeptFiles(gradio)
+
+    def get(path: str, query: bytes = b"", **headers: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+                 "headers": [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+        asyncio.run(kept(scope, None, send))
+        return sent
+
+    first = get("/assets/a.js", accept_encoding="br")
+    for query in (b"v=1", b"v=2", b"x"):
+        assert get("/assets/a.js", query, accept_encoding="gzip, br") == first
+    assert asked == ["/assets/a.js"] and brotli.decompress(first[1]["body"]) == b"let x = 1;" * 50
+    assert get("/assets/a.js", accept_encoding="br", if_none_match='"e1"')[0]["status"] == 304
+    assert get("/assets/a.js")[1]["body"] == b"let x = 1;" * 50 and asked == ["/assets/a.js"] * 2   # plain: its own
+    for _ in range(2):
+        assert get("/assets/gone.js.map")[0]["status"] == 404
+    get("/assets/a.js", accept_encoding="br", range="bytes=0-3")
+    assert asked == ["/assets/a.js"] * 2 + ["/assets/gone.js.map"] * 2 + ["/assets/a.js"]
 
 
 def test_the_server_visits_its_page_once_as_it_starts() -> None:
