@@ -2,8 +2,9 @@
 
 `gr.Plot` sends no click or zoom events. `plotly_view` draws the same value a `gr.Plot` gets (`{"type":
 "plotly", "plot": <figure JSON>}`, so API clients see no difference) with plotly.js (its cartesian bundle, shipped
-in app/static, when it is the installed plotly package's version, else the package's own full bundle), served by
-this app's own file route (no CDN: the page works offline), and sends back:
+in app/static, when it is the installed plotly package's version, else the package's own full bundle) and the
+views' own code (app/heatmap.js, one script for the page: each view's js_on_load only calls it), both served by this
+app's own file route (no CDN: the page works offline), and sends back:
 
 - `pick`: a click on a heatmap cell or a grid tile, as {"query", "key"} (+ {"layer", "head"} for a tile of
   the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows; on

@@ -32,9 +32,10 @@ def create_app() -> gr.Blocks:
     return build()
 
 
-class PreloadPlotly:
-    """The page's HTML answer carries a `Link: rel=preload` header for plotly.js (heatmap.PRELOAD): the browser
-    fetches it as the page starts instead of when the plot views mount; the script still runs when they add it."""
+class PreloadScripts:
+    """The page's HTML answer carries `Link: rel=preload` headers for its scripts, plotly.js and the views' code
+    (heatmap.PRELOAD): the browser fetches them as the page starts instead of when the plot views mount; they still
+    run when the views add them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -173,7 +174,7 @@ def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False
     _, url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                             quiet=not block, footer_links=["api", "settings"], max_file_size=limits.MAX_UPLOAD_BYTES,
                             allowed_paths=heatmap.static_paths(), show_error=True, css=CSS,
-                            app_kwargs={"middleware": [Middleware(PreloadPlotly), Middleware(KeptFiles)]})
+                            app_kwargs={"middleware": [Middleware(PreloadScripts), Middleware(KeptFiles)]})
     return demo, url
 
 
