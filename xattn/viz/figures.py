@@ -196,12 +196,13 @@ def _category_axis(colors: dict[str, str]) -> dict:
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
              factor: int = 1, exact: bool = False, name: str = "value", where: str = "",
              keys: list[str] | None = None, hidden: np.ndarray | None = None,
-             categories: list[str] | None = None) -> go.Heatmap:
+             categories: list[str] | None = None, checked: bool = True) -> go.Heatmap:
     """A heatmap sent as uint8 codes: values encoded on `scale` (kept in `meta` for decoding), HIDDEN_CODE
     where `hidden` (a display filter's), or category codes when there is no scale. Token labels on the axes at
     full resolution (`keys` along x when they are not the queries), positions when pooled; with `exact` the
     float32 values ride along as customdata for hover. The trace's `name` names the value, `meta` the
-    `categories` of category codes, for the app's hover (app/heatmap.js)."""
+    `categories` of category codes, for the app's hover (app/heatmap.js). Unless `checked`, plotly takes its
+    properties, then and later, without checking them one by one (for the many tiles of a grid)."""
     if labels is not None and factor == 1:
         axes = dict(x=labels if keys is None else keys, y=labels)
     else:
@@ -213,7 +214,7 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
                       meta=dict(lo=scale.lo, hi=scale.hi) if scale is not None
                       else None if categories is None else dict(categories=categories), name=name,
                       customdata=z.astype(np.float32) if exact else None,
-                      hovertemplate=f"{where}{position}{value}<extra></extra>", **axes)
+                      hovertemplate=f"{where}{position}{value}<extra></extra>", _validate=checked, **axes)
 
 
 def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str = "y", legend: bool = True) -> None:
@@ -351,12 +352,12 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     tiles = []
     for r, c in itertools.product(range(len(layers)), range(len(heads))):
         tile = _heatmap(pooled[r, c], "coloraxis", scale=scale, factor=factor, name=style.name,
-                        hidden=None if hidden is None else hidden[r, c])
+                        hidden=None if hidden is None else hidden[r, c], checked=False)
         tile.update(x0=tile.x0 + xs[c], y0=tile.y0 + ys[r], meta={**tile.meta, "origin": [ys[r], xs[c]]},
                     hovertemplate=f"layer {layers[r]} · head {heads[c]}<extra></extra>")   # the axes are shared
         tiles.append(tile)
-    # the figure is built without plotly's property-by-property checks (its own `_validate` switch): a third of a
-    # 48-tile grid's build time, checking tiles already checked; tests/test_viz.py checks a grid's figure in full
+    # the tiles and the figure are built without plotly's property-by-property checks (its own `_validate` switch):
+    # most of a 48-tile grid's build time; tests/test_viz.py checks that plotly, checking all, makes the same figure
     fig = go.Figure(data=tiles, _validate=False)
     axis = dict(HEATMAP_AXIS, ticks="", tickmode="array")
     fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
