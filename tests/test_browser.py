@@ -213,6 +213,13 @@ def test_the_page_opens_drawn_and_the_tab_redraws_after_a_change(server: str, tm
         fetched = page.evaluate("(urls) => urls.map(url => performance.getEntriesByType('resource').filter(e => "
                                 "e.name.endsWith(url)).length)", heatmap.PAGE_URLS)
         assert fetched == [1] * len(heatmap.PAGE_SCRIPTS), "plotly.js or the views' code was fetched again"
+        # each view's colour bars fit the room its figure leaves (viz COLORBAR_ROOM): plotly drew it once, without
+        # widening a margin and drawing it all again
+        widened = page.evaluate("""() => [...document.querySelectorAll('.xattn-view .js-plotly-plot')].map(gd =>
+          [gd.closest('[id]').id, gd._fullLayout._size.r - gd._fullLayout.margin.r,
+           Object.keys(gd._fullLayout._pushmargin || {}).filter(k => k.startsWith('cb')).length])""")
+        assert len(widened) >= 4 and all(extra == 0 for _, extra, _ in widened), widened
+        assert sum(bars for *_, bars in widened) >= 5, widened       # grid, head: one bar each; strip: three
         assert f"layer {notable['layer']} · head {notable['head']}" in shown["title"]
         values = trace.drawable("attn")[notable["layer"], 0, notable["head"]].numpy()
         scale = viz.Scale(shown["lo"], shown["hi"])

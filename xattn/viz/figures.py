@@ -26,6 +26,7 @@ from ..trace import Trace
 from .cells import Shown, pool_shown, pruned, why
 from .payload import HIDDEN_CODE, LEVELS, MASKED_CODE, SAFE_CODES, Scale, max_pool, pool_factor
 from .style import (
+    CHART_TEMPLATE,
     DIFF_STYLE,
     DIVERGENCE_STYLE,
     FLAG_COLOR,
@@ -601,7 +602,7 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
               for (h, name), (start, stop) in zip(enumerate(names), spans, strict=True)]
     xaxis = dict(type="linear", range=[-0.5, len(keys) - 0.5]) if steps else dict(type="category")
     return go.Figure(traces, layout=dict(
-        template=TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
+        template=CHART_TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
         xaxis=dict(title=axis_titles(trace)[0], **xaxis), yaxis=dict(title=style.name),
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
             shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",

@@ -17,7 +17,7 @@ from ..generate import Generation
 from ..stages import MASKED_STAGES
 from ..trace import carries_fill
 from .figures import _check_index, _title, position_labels
-from .style import HEAD_COLORS, MASKED_COLOR, PRUNE_COLORS, STAGE_STYLE, TEMPLATE, stage_style
+from .style import CHART_TEMPLATE, HEAD_COLORS, MASKED_COLOR, PRUNE_COLORS, STAGE_STYLE, stage_style
 from .text import display_label
 
 PROMPT_COLOR, GENERATED_COLOR, NEW_COLOR = "#eef1f6", "#e2f0dd", "#4477aa"
@@ -81,7 +81,7 @@ def generation_row(gen: Generation, step: int, layer: int, head: int, stage: str
                                  mode="markers", name=f"pruned by layer {layer}", hoverinfo="x+name",
                                  marker=dict(symbol="x", size=9, color=PRUNE_COLORS["pruned by F"])))
     masked = int((np.isnan(values) & ~pruned).sum())
-    fig.update_layout(template=TEMPLATE, width=900, height=420, bargap=0.15,
+    fig.update_layout(template=CHART_TEMPLATE, width=900, height=420, bargap=0.15,
                       xaxis=dict(title="key", type="category"), yaxis=dict(title=style.name),
                       title=_title(f"Step {step}: {query}·{gen.prompt_length + step - 1} looks, picks {picked} · "
                                    f"{style.name} · layer {layer} · head {head}", [
@@ -103,7 +103,7 @@ def generation_candidates(gen: Generation, step: int, *, vocab: Sequence[str] | 
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
     outside = "" if chosen in ids else \
         f"picked {name(chosen)} ({float(gen.probs[batch, step]):.1%}, sampled outside the top {len(ids)})"
-    fig.update_layout(template=TEMPLATE, width=420, height=420, bargap=0.25,
+    fig.update_layout(template=CHART_TEMPLATE, width=420, height=420, bargap=0.25,
                       xaxis=dict(title="probability", range=[0, 1]), yaxis=dict(autorange="reversed", type="category"),
                       title=_title(f"Step {step}: top {len(ids)} next tokens", ["blue: the token picked", outside]))
     return fig
@@ -126,7 +126,7 @@ def generation_memory(gen: Generation, step: int | None = None, *, batch: int = 
         _check_index("step", step, gen.steps, "steps")
         fig.add_vline(x=step, line=dict(color="#222", dash="dot"))
         notes.append(f"step {step}: {int(held[step])} of {int(unpruned[step])}")
-    fig.update_layout(template=TEMPLATE, width=900, height=320,
+    fig.update_layout(template=CHART_TEMPLATE, width=900, height=320,
                       xaxis=dict(title="step"), yaxis=dict(title="key/value pairs (all layers)", rangemode="tozero"),
                       title=_title("KV memory held per step", notes))
     return fig

@@ -64,15 +64,21 @@ PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_CO
 FLAG_COLOR = "#d73027"    # outline of fully masked query rows
 HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
 
+# Room right of the plot for colour bars (a bar with its tick labels and title is about 90–110 px). Plotly widens a
+# margin that is too narrow for what it holds by drawing the whole figure twice; this one is wide enough as it is.
+COLORBAR_ROOM = 120
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
-    paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=30, t=80, b=90),
+    paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=COLORBAR_ROOM, t=80, b=90),
     hoverlabel=dict(font_size=12), showlegend=True,
     legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=1, xanchor="right"),
     # plotly's default hides tick labels past the figure's edge by measuring every label, a forced page
     # layout each: most of a redraw's time on a page as large as the app's. The margins keep labels inside.
     xaxis=dict(ticklabeloverflow="allow"), yaxis=dict(ticklabeloverflow="allow"),
 ))
+
+# Charts without colour bars (bars, lines) need no room for one
+CHART_TEMPLATE = go.layout.Template(TEMPLATE).update(layout_margin_r=30)
 
 # A heatmap's axes: no grid or zero lines, which the cells would cover anyway (each is an element drawn per tick)
 HEATMAP_AXIS = dict(showgrid=False, zeroline=False)
