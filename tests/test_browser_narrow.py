@@ -26,10 +26,17 @@ OVERLAPS = r"""(id) => {
   if (!gd) return ['no plot in #' + id];
   const box = e => e.getBoundingClientRect();
   const named = [];
-  const add = (what, el) => { const r = box(el); if (r.width > 0 && r.height > 0) named.push([what, r]); };
+  const union = els => els.map(box).filter(r => r.width > 0 && r.height > 0).reduce((u, r) => ({
+    left: Math.min(u.left, r.left), right: Math.max(u.right, r.right), top: Math.min(u.top, r.top),
+    bottom: Math.max(u.bottom, r.bottom), width: 1, height: 1}), {left: 1e9, right: -1e9, top: 1e9, bottom: -1e9,
+                                                                 width: 0, height: 0});
+  const add = (what, el) => { const r = Array.isArray(el) ? union(el) : box(el);
+                              if (r.width > 0 && r.height > 0) named.push([what, r]); };
   gd.querySelectorAll('.g-gtitle .gtitle').forEach(e => add('title', e));
   gd.querySelectorAll('.infolayer .annotation').forEach(e => add('annotation "' + e.textContent.slice(0, 30) + '"', e));
-  gd.querySelectorAll('.infolayer .colorbar').forEach((e, k) => add('colour bar ' + k, e));
+  // a colour bar as drawn: its bar, ticks and title (its background box is transparent)
+  gd.querySelectorAll('.infolayer .colorbar').forEach((e, k) => add('colour bar ' + k, e.querySelector('.cbfills')
+    ? [...e.children].filter(c => !c.classList.contains('cbbg')) : e));
   gd.querySelectorAll('.infolayer .legend').forEach(e => add('legend', e));
   document.querySelectorAll('#' + id + ' [data-testid="block-label"]').forEach(e => add('slot label', e));
   const hit = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1

@@ -40,6 +40,7 @@ from .style import (
     STAGE_STYLE,
     TEMPLATE,
     StageStyle,
+    colorbar,
     stage_style,
 )
 
@@ -181,9 +182,8 @@ def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | No
     if hidden:
         stops.append([1.0, HIDDEN_COLOR])
     ticks = np.linspace(scale.lo, scale.hi, 5)
-    return dict(colorscale=stops, cmin=0, cmax=top, colorbar=dict(
-        title=dict(text=title or style.name), tickvals=[scale.code(t) for t in ticks],
-        ticktext=[f"{t:.3g}" for t in ticks], thickness=14))
+    return dict(colorscale=stops, cmin=0, cmax=top, colorbar=colorbar(
+        title or style.name, tickvals=[scale.code(t) for t in ticks], ticktext=[f"{t:.3g}" for t in ticks]))
 
 
 def _category_axis(colors: dict[str, str]) -> dict:
@@ -191,7 +191,7 @@ def _category_axis(colors: dict[str, str]) -> dict:
     k = len(colors)
     stops = [[(code + edge) / k, color] for code, color in enumerate(colors.values()) for edge in (0, 1)]
     return dict(colorscale=stops, cmin=-0.5, cmax=k - 0.5,
-                colorbar=dict(tickvals=list(range(k)), ticktext=list(colors), thickness=14))
+                colorbar=colorbar(tickvals=list(range(k)), ticktext=list(colors)))
 
 
 def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: list[str] | None = None,
@@ -232,9 +232,7 @@ def _side_colorbars(axes: list[dict]) -> None:
     the right of the panels: side by side they would overlap once the figure is drawn narrower than designed."""
     gap, size = 0.06, 1 / len(axes)
     for k, axis in enumerate(axes):
-        axis["colorbar"].update(x=1.01, xanchor="left", len=size - gap, lenmode="fraction", y=1 - k * size,
-                                yanchor="top")
-        axis["colorbar"].setdefault("title", {})["side"] = "right"
+        axis["colorbar"].update(len=size - gap, lenmode="fraction", y=1 - k * size, yanchor="top")
 
 
 def _legend_masked(fig: go.Figure, values: np.ndarray) -> None:
@@ -672,7 +670,7 @@ def layer_similarity(trace: Trace, *, batch: int = 0, share: Trace | None = None
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(template=TEMPLATE, width=1000, height=220 + 45 * max(len(trace.layers), 2), margin=dict(t=150),
                       coloraxis=dict(colorscale=DIVERGENCE_STYLE.colorscale, cmin=0, cmax=scale_top,
-                                     colorbar=dict(title=dict(text=DIVERGENCE_STYLE.name), thickness=14)),
+                                     colorbar=colorbar(DIVERGENCE_STYLE.name)),
                       title=_title("Attention similarity (Jensen–Shannon divergence, lower = more alike)", [
                           f"residual attention {'on' if residual else 'off'}",
                           f"mean across consecutive layers {across.mean():.3f} bits" if across.size

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..stats import STATS, HeadStats
-from .figures import TEMPLATE, _title
+from .figures import _title
+from .style import TEMPLATE, colorbar
 
 # Per statistic: display name, colour scale, fixed range (None: 0 to the largest value drawn).
 STAT_STYLE: dict[str, tuple[str, str, tuple[float, float] | None]] = {
@@ -46,9 +47,10 @@ def head_stats_figure(stats: HeadStats | Mapping[str, HeadStats], names: Sequenc
         drawn = [h.values[stat].numpy() for h in models.values() if stat in h.values]
         lo, hi = fixed or (0.0, max(float(np.max(v)) for v in drawn) or 1.0)
         domain = fig.get_subplot(r, 1).yaxis.domain
-        fig.update_layout({f"coloraxis{r}": dict(colorscale=colorscale, cmin=lo, cmax=hi, colorbar=dict(
-            y=(domain[0] + domain[1]) / 2, len=domain[1] - domain[0], thickness=10, tickfont=dict(size=9),
-            title=dict(text=label, side="right", font=dict(size=10))))})
+        bar = colorbar(label, y=(domain[0] + domain[1]) / 2, len=domain[1] - domain[0], thickness=10,
+                       tickfont=dict(size=9))
+        bar["title"]["font"] = dict(size=10)
+        fig.update_layout({f"coloraxis{r}": dict(colorscale=colorscale, cmin=lo, cmax=hi, colorbar=bar)})
         for c, h in enumerate(models.values(), start=1):
             if stat not in h.values:      # in paper coordinates: plotly.js drops an axis that holds no trace
                 axes = fig.get_subplot(r, c)

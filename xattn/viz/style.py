@@ -6,6 +6,7 @@ selective penalty F is non-negative. Masked cells always take MASKED_COLOR.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -64,9 +65,11 @@ PRUNE_COLORS = {"kept": "#4575b4", "pruned by F": "#f46d43", "masked": MASKED_CO
 FLAG_COLOR = "#d73027"    # outline of fully masked query rows
 HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
 
-# Room right of the plot for colour bars (a bar with its tick labels and title is about 90–110 px). Plotly widens a
-# margin that is too narrow for what it holds by drawing the whole figure twice; this one is wide enough as it is.
-COLORBAR_ROOM = 120
+# Colour bars: a fixed gap right of the plot (plotly's default is a fraction of the plot's width), so that the room
+# they take beside it is the same at every width, and COLORBAR_ROOM holds it: plotly widens a margin too narrow for
+# what it holds by drawing the whole figure a second time.
+COLORBAR_GAP = 16
+COLORBAR_ROOM = 110
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
     paper_bgcolor="white", plot_bgcolor="white", margin=dict(l=70, r=COLORBAR_ROOM, t=80, b=90),
@@ -82,6 +85,13 @@ CHART_TEMPLATE = go.layout.Template(TEMPLATE).update(layout_margin_r=30)
 
 # A heatmap's axes: no grid or zero lines, which the cells would cover anyway (each is an element drawn per tick)
 HEATMAP_AXIS = dict(showgrid=False, zeroline=False)
+
+
+def colorbar(title: str | None = None, **more: Any) -> dict:
+    """A colour bar as every figure draws one: COLORBAR_GAP right of the plot, its title along its side (a title
+    on top is as wide as its text), `more` plotly colorbar properties."""
+    titled = {"title": {"text": title, "side": "right"}} if title else {}
+    return {"x": 1, "xanchor": "left", "xpad": COLORBAR_GAP, "thickness": 14, **titled, **more}
 
 
 def stage_style(stage: str) -> StageStyle:
