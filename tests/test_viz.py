@@ -137,12 +137,16 @@ def test_mask_figure_states(trace):
 
 # grid and pooling
 
-def test_grid_figure_is_what_plotly_checks(trace):
-    """viz.grid builds its figure unchecked (for speed): plotly, checking every property, makes the same figure."""
-    fig = viz.grid(trace, "attn", max_cells=4 * 64)
+@pytest.mark.parametrize("build, panels", [
+    (lambda trace: viz.grid(trace, "attn", max_cells=4 * 64), lambda trace: trace.shape[0] * trace.shape[2]),
+    (lambda trace: viz.stages(trace, 1, 2, max_cells=64), lambda trace: len(viz.figures.DEFAULT_STAGES))])
+def test_figures_built_unchecked_are_what_plotly_checks(trace, build, panels):
+    """viz.grid and viz.stages build their figures unchecked (for speed): plotly, checking every property, makes
+    the same figures."""
+    fig = build(trace)
     sent = json.loads(fig.to_json())
     assert json.loads(go.Figure(sent).to_json()) == sent
-    assert len(heatmaps(fig)) == trace.shape[0] * trace.shape[2]
+    assert len(heatmaps(fig)) == panels(trace)
 
 
 def test_grid_full_resolution_panels(trace):

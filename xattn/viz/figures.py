@@ -171,12 +171,18 @@ def _flags(trace: Trace) -> tuple[bool, bool]:
 
 # building blocks
 
+@functools.cache
+def _colorscale(name: str) -> tuple[tuple[float, str], ...]:
+    """plotly's colour scale `name` as (position, colour) stops: plotly rebuilds its list of names each call."""
+    return tuple((float(p), str(color)) for p, color in get_colorscale(name))
+
+
 def _coloraxis(style: StageStyle, scale: Scale, *, masked: bool, title: str | None = None,
                hidden: bool = False) -> dict:
     """A colour axis over the codes of `scale`: the stage's colours, grey for the masked code, white for the
     hidden one (a display filter's), colour-bar ticks labelled in real values."""
     top = HIDDEN_CODE if hidden else MASKED_CODE if masked else int(SAFE_CODES[LEVELS - 1])
-    stops = [[int(SAFE_CODES[round(p * (LEVELS - 1))]) / top, color] for p, color in get_colorscale(style.colorscale)]
+    stops = [[int(SAFE_CODES[round(p * (LEVELS - 1))]) / top, color] for p, color in _colorscale(style.colorscale)]
     if masked or hidden:
         stops.append([MASKED_CODE / top, MASKED_COLOR])
     if hidden:
@@ -271,9 +277,9 @@ def _hover_meta(fig: go.Figure, trace: Trace, batch: int, layers: list[int] | No
     pruned (cells.why over `layers`, pooled by `factor`); `more` adds fields (the layer of a one-layer figure)."""
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     old = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
-    fig.update_layout(meta={**old, "xattn": {**old.get("xattn", {}), "labels": labels, "keys": keys,
-                                             "n": len(labels), "n_keys": len(keys), **more,
-                                             "why": why(trace, layers, factor=factor, batch=batch)}})
+    fig.layout.meta = {**old, "xattn": {**old.get("xattn", {}), "labels": labels, "keys": keys, "n": len(labels),
+                                        "n_keys": len(keys), **more, "why": why(trace, layers, factor=factor,
+                                                                                  batch=batch)}}
 
 
 def _focused(values: np.ndarray, style: StageStyle, labels: list[str], fully_masked: np.ndarray,
@@ -358,18 +364,18 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
     # the tiles and the figure are built without plotly's property-by-property checks (its own `_validate` switch):
     # about a third of a 48-tile grid's build time; tests/test_viz.py checks that plotly, checking all, makes the same
     # figure
-    fig = go.Figure(data=tiles, _validate=False)
     axis = dict(HEATMAP_AXIS, ticks="", tickmode="array")
-    fig.update_layout(template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
-                      margin=dict(t=110),
-                      xaxis=dict(axis, tickvals=[x + (width - 1) / 2 for x in xs], ticktext=columns, side="top",
-                                 range=[-0.5, xs[-1] + width - 0.5], constrain="domain"),
-                      yaxis=dict(axis, tickvals=[y + (height - 1) / 2 for y in ys], ticktext=rows,
-                                 range=[ys[-1] + height - 0.5, -0.5], scaleanchor="x", constrain="domain"),
-                      coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
-                      title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
-                                   [shown.note(), _pool_note(factor), DESCRIPTIONS[stage]]),  # description last
-                      meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
+    fig = go.Figure(data=tiles, _validate=False, layout=dict(
+        template=TEMPLATE, width=min(1600, 120 * len(heads) + 200), height=120 * len(layers) + 200,
+        margin=dict(t=110),
+        xaxis=dict(axis, tickvals=[x + (width - 1) / 2 for x in xs], ticktext=columns, side="top",
+                   range=[-0.5, xs[-1] + width - 0.5], constrain="domain"),
+        yaxis=dict(axis, tickvals=[y + (height - 1) / 2 for y in ys], ticktext=rows,
+                   range=[ys[-1] + height - 0.5, -0.5], scaleanchor="x", constrain="domain"),
+        coloraxis=_coloraxis(style, scale, masked=_any_masked(pooled, hidden), hidden=hidden is not None),
+        title=_title(f"{style.name} · {plural(len(layers), kind)} × {plural(len(heads), 'head')}",
+                     [shown.note(), _pool_note(factor), DESCRIPTIONS[stage]]),  # description last
+        meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold))))
     _hover_meta(fig, trace, batch, layers, factor, tiles=[[layer, head] for layer in layers for head in heads])
     _legend_masked(fig, pooled)
     return fig
@@ -443,8 +449,8 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
                                   title="logits" if style.diverging and len(members) > 1 else style.bar or None)
         axes.append(axis)
         for column, stage in zip(columns, members, strict=True):
-            panel = _heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact,
-                             name=STAGE_STYLE[stage].name, keys=keys, factor=factor, hidden=hidden[stage])
+            panel = _heatmap(values[stage], axis, scale=scale, labels=labels, exact=exact, name=STAGE_STYLE[stage].name,
+                             keys=keys, factor=factor, hidden=hidden[stage], checked=False)
             suffix = column if column > 1 else ""          # make_subplots' names: x, x2, x3 …
             panels.append(panel.update(xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
             flagged += [column] if stage in MASKED_STAGES else []
@@ -454,7 +460,7 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     layout.update(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
                   margin=dict(t=80 + 14 * lines), title=_title(f"Stages · layer {layer} · head {head}", notes),
                   meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
-    fig = go.Figure(data=panels, layout=layout)
+    fig = go.Figure(data=panels, layout=layout, _validate=False)        # unchecked, as grid's
     for column in flagged:
         _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     _legend_masked(fig, np.stack(list(values.values())))
