@@ -318,10 +318,10 @@ def on_demand(fig: go.Figure, key: str) -> tuple[go.Figure, Kept]:
         values = trace.customdata if trace.type == "heatmap" else None
         exact.append(None if values is None else np.asarray(values, dtype=np.float32))
         if values is not None:
-            trace.customdata = None
+            trace.customdata = None          # sent as null (viz's traces are unchecked: they keep a None)
     meta = dict(fig.layout.meta["xattn"]) if isinstance(fig.layout.meta, dict) else {}
     why = meta.pop("why", None)
-    fig.update_layout(meta={**fig.layout.meta, "xattn": {**meta, "hover": key}})
+    fig.layout.meta = {**fig.layout.meta, "xattn": {**meta, "hover": key}}
     return fig, Kept(exact, None if why is None else {**why, "codes": np.asarray(why["codes"])})
 
 

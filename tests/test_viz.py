@@ -139,10 +139,13 @@ def test_mask_figure_states(trace):
 
 @pytest.mark.parametrize("build, panels", [
     (lambda trace: viz.grid(trace, "attn", max_cells=4 * 64), lambda trace: trace.shape[0] * trace.shape[2]),
-    (lambda trace: viz.stages(trace, 1, 2, max_cells=64), lambda trace: len(viz.figures.DEFAULT_STAGES))])
+    (lambda trace: viz.stages(trace, 1, 2, max_cells=64), lambda trace: len(viz.figures.DEFAULT_STAGES)),
+    (lambda trace: viz.heatmap_region(trace, 1, 2), lambda trace: 1),
+    (lambda trace: viz.heatmap_region(trace, 1, 2, region=(1, 6, 0, 5)), lambda trace: 1),
+    (lambda trace: viz.query_row(trace, 1, 5, shown=viz.Shown(0.1, True)), lambda trace: 0)])
 def test_figures_built_unchecked_are_what_plotly_checks(trace, build, panels):
-    """viz.grid and viz.stages build their figures unchecked (for speed): plotly, checking every property, makes
-    the same figures."""
+    """The Explore views' figures are built unchecked (for speed): plotly, checking every property, makes the same
+    figures."""
     fig = build(trace)
     sent = json.loads(fig.to_json())
     assert json.loads(go.Figure(sent).to_json()) == sent

@@ -217,11 +217,12 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
     position = ("query %{y}<br>key %{x}" if factor == 1
                 else f"query ≈%{{y:.0f}}<br>key ≈%{{x:.0f}} ({factor}×{factor} block)")
     value = f"<br>{name}: %{{customdata:.4g}}" if exact else ""
-    return go.Heatmap(z=z if scale is None else scale.encode(z, hidden), coloraxis=axis,
-                      meta=dict(lo=scale.lo, hi=scale.hi) if scale is not None
-                      else None if categories is None else dict(categories=categories), name=name,
-                      customdata=z.astype(np.float32) if exact else None,
-                      hovertemplate=f"{where}{position}{value}<extra></extra>", _validate=checked, **axes)
+    meta = dict(lo=scale.lo, hi=scale.hi) if scale is not None else None if categories is None else \
+        dict(categories=categories)
+    optional = {k: v for k, v in (("meta", meta), ("customdata", z.astype(np.float32) if exact else None))
+                if v is not None}                   # left out, not null: an unchecked trace keeps what it is given
+    return go.Heatmap(z=z if scale is None else scale.encode(z, hidden), coloraxis=axis, name=name,
+                      hovertemplate=f"{where}{position}{value}<extra></extra>", _validate=checked, **axes, **optional)
 
 
 def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str = "y", legend: bool = True) -> None:
@@ -599,15 +600,16 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
     spans = [_shown_span(row[h]) for h in range(len(names))]
     traces = [go.Scatter(x0=start, dx=1, y=row[h, start:stop], text=x[start:stop], name=name, mode="lines",
                          line=dict(color=HEAD_COLORS[h % len(HEAD_COLORS)], width=1.2, shape="hvh"),
-                         hovertemplate=f"{name}<br>key %{{text}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                         hovertemplate=f"{name}<br>key %{{text}}<br>{style.name}: %{{y:.4g}}<extra></extra>",
+                         _validate=False)
               if steps else
               go.Bar(x=x, y=row[h], name=name, marker_color=HEAD_COLORS[h % len(HEAD_COLORS)],
-                     hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>")
+                     hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>", _validate=False)
               for (h, name), (start, stop) in zip(enumerate(names), spans, strict=True)]
     xaxis = dict(type="linear", range=[-0.5, len(keys) - 0.5]) if steps else dict(type="category")
-    return go.Figure(traces, layout=dict(
+    return go.Figure(traces, _validate=False, layout=dict(                      # unchecked, as grid's
         template=CHART_TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
-        xaxis=dict(title=axis_titles(trace)[0], **xaxis), yaxis=dict(title=style.name),
+        xaxis=dict(title=dict(text=axis_titles(trace)[0]), **xaxis), yaxis=dict(title=dict(text=style.name)),
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
             shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
             "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))

@@ -137,24 +137,27 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     style = STAGE_STYLE[stage]
     labels, keys = token_labels(trace, batch), key_labels(trace, batch)
     n, n_keys = len(labels), len(keys)
-    heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden)
+    heat = _heatmap(drawn, "coloraxis", scale=scale, factor=factor, exact=True, name=style.name, hidden=hidden,
+                    checked=False)
     heat.update(x0=heat.x0 + box.j0, y0=heat.y0 + box.i0)
     notes = [shown.note(), _pool_note(factor)]
     whole = box.whole(n, n_keys)
     if not whole:
         notes.append(f"queries {box.i0}–{box.i1 - 1} × keys {box.j0}–{box.j1 - 1} of {n} × {n_keys}")
     notes.append(DESCRIPTIONS[stage])                   # the description last: a title too long cuts it first
-    ranges = {} if whole else dict(x=[box.j0 - 0.5, box.j1 - 0.5], y=[box.i1 - 0.5, box.i0 - 0.5])
+    ranges = {} if whole else dict(x=dict(range=[box.j0 - 0.5, box.j1 - 0.5]),     # else the whole head, rows down
+                                   y=dict(range=[box.i1 - 0.5, box.i0 - 0.5]))
     cut_to = None if whole else (box.i0, box.i1, box.j0, box.j1)          # why: a whole head's is kept per layer
     x_title, y_title = axis_titles(trace)
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    fig = go.Figure(heat, layout=dict(       # the layout at once: update_layout checks it leaf by leaf, far slower
+    fig = go.Figure(heat, _validate=False, layout=dict(  # at once and unchecked, as viz.grid's: update_layout checks
+        # it leaf by leaf, far slower
         template=TEMPLATE, width=760, height=720, title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
         coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
-        xaxis=dict(HEATMAP_AXIS, title=x_title, constrain="domain", range=ranges.get("x"),
+        xaxis=dict(HEATMAP_AXIS, title=dict(text=x_title), constrain="domain", **ranges.get("x", {}),
                    **_ticks(keys, box.j0, box.j1)),
-        yaxis=dict(HEATMAP_AXIS, title=y_title, scaleanchor="x", constrain="domain", range=ranges.get("y"),
-                   autorange=None if ranges else "reversed", **_ticks(labels, box.i0, box.i1)),
+        yaxis=dict(HEATMAP_AXIS, title=dict(text=y_title), scaleanchor="x", constrain="domain",
+                   **ranges.get("y", {"autorange": "reversed"}), **_ticks(labels, box.i0, box.i1)),
         meta=dict(xattn=dict(n=n, n_keys=n_keys, region=[box.i0, box.i1, box.j0, box.j1], factor=factor, labels=labels,
                              keys=keys, stage=stage, layer=layer, head=head, hidden_keys=shown.sink_columns(trace),
                              threshold=shown.threshold,
