@@ -150,8 +150,7 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
     cut_to = None if whole else (box.i0, box.i1, box.j0, box.j1)          # why: a whole head's is kept per layer
     x_title, y_title = axis_titles(trace)
     kind = "cross-attention layer" if trace.is_cross else "layer"
-    fig = go.Figure(heat, _validate=False, layout=dict(  # at once and unchecked, as viz.grid's: update_layout checks
-        # it leaf by leaf, far slower
+    fig = go.Figure(heat, _validate=False, layout=dict(       # the layout at once and unchecked, as viz.grid's
         template=TEMPLATE, width=760, height=720, title=_title(f"{style.name} · {kind} {layer} · head {head}", notes),
         coloraxis=_coloraxis(style, scale, masked=_any_masked(drawn, hidden), hidden=hidden is not None),
         xaxis=dict(HEATMAP_AXIS, title=dict(text=x_title), constrain="domain", **ranges.get("x", {}),
