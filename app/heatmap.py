@@ -318,7 +318,7 @@ def on_demand(fig: go.Figure, key: str) -> tuple[go.Figure, Kept]:
         values = trace.customdata if trace.type == "heatmap" else None
         exact.append(None if values is None else np.asarray(values, dtype=np.float32))
         if values is not None:
-            trace.customdata = None          # sent as null (viz's traces are unchecked: they keep a None)
+            trace.customdata = None
     meta = dict(fig.layout.meta["xattn"]) if isinstance(fig.layout.meta, dict) else {}
     why = meta.pop("why", None)
     fig.layout.meta = {**fig.layout.meta, "xattn": {**meta, "hover": key}}

@@ -145,11 +145,16 @@ def test_mask_figure_states(trace):
     (lambda trace: viz.query_row(trace, 1, 5, shown=viz.Shown(0.1, True)), lambda trace: 0)])
 def test_figures_built_unchecked_are_what_plotly_checks(trace, build, panels):
     """The Explore views' figures are built unchecked (for speed): plotly, checking every property, makes the same
-    figures."""
+    figures; and they check what is changed later, as any plotly figure does."""
     fig = build(trace)
     sent = json.loads(fig.to_json())
     assert json.loads(go.Figure(sent).to_json()) == sent
     assert len(heatmaps(fig)) == panels(trace)
+    with pytest.raises(ValueError):
+        fig.update_layout(titel="a misspelt property")
+    for part in fig.data:
+        part.name = None                                              # unset, not sent as null
+    assert all("name" not in part for part in json.loads(fig.to_json())["data"])
 
 
 def test_grid_full_resolution_panels(trace):

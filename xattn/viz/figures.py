@@ -209,7 +209,8 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
     full resolution (`keys` along x when they are not the queries), positions when pooled; with `exact` the
     float32 values ride along as customdata for hover. The trace's `name` names the value, `meta` the
     `categories` of category codes, for the app's hover (app/heatmap.js). Unless `checked`, plotly takes its
-    properties, then and later, without checking them one by one (for the many tiles of a grid)."""
+    properties without checking them one by one (for figures built at every click: their builders turn checking
+    back on once built, `_checked_from_now`)."""
     if labels is not None and factor == 1:
         axes = dict(x=labels if keys is None else keys, y=labels)
     else:
@@ -223,6 +224,14 @@ def _heatmap(z: np.ndarray, axis: str, *, scale: Scale | None = None, labels: li
                 if v is not None}                   # left out, not null: an unchecked trace keeps what it is given
     return go.Heatmap(z=z if scale is None else scale.encode(z, hidden), coloraxis=axis, name=name,
                       hovertemplate=f"{where}{position}{value}<extra></extra>", _validate=checked, **axes, **optional)
+
+
+def _checked_from_now(fig: go.Figure) -> go.Figure:
+    """`fig`, built without plotly's per-property checks for speed (its `_validate` switch), checking every later
+    change as a figure built checked does: a misspelt property is an error, a property set to None is unset."""
+    for part in (fig, fig.layout, *fig.data):
+        part._validate = True
+    return fig
 
 
 def _flag_rows(fig: go.Figure, rows: np.ndarray, *, xref: str = "x", yref: str = "y", legend: bool = True) -> None:
@@ -379,7 +388,7 @@ def grid(trace: Trace, stage: str = "attn", *, layers: list[int] | None = None, 
         meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold))))
     _hover_meta(fig, trace, batch, layers, factor, tiles=[[layer, head] for layer in layers for head in heads])
     _legend_masked(fig, pooled)
-    return fig
+    return _checked_from_now(fig)
 
 
 def _tile_origins(rows: int, cols: int, cells: tuple[int, int], factor: int) -> tuple[list[int], list[int],
@@ -461,12 +470,12 @@ def stages(trace: Trace, layer: int, head: int, *, stages: list[str] | None = No
     layout.update(template=TEMPLATE, width=280 * len(chosen) + 150, height=400 + 14 * lines,
                   margin=dict(t=80 + 14 * lines), title=_title(f"Stages · layer {layer} · head {head}", notes),
                   meta=dict(xattn=dict(hidden_keys=shown.sink_columns(trace), threshold=shown.threshold)))
-    fig = go.Figure(data=panels, layout=layout, _validate=False)        # unchecked, as grid's
+    fig = go.Figure(data=panels, layout=layout, _validate=False)        # built unchecked, as grid's
     for column in flagged:
         _flag_rows(fig, fully_masked, xref=f"x{column}", yref=f"y{column}", legend=column == len(chosen))
     _legend_masked(fig, np.stack(list(values.values())))
     _hover_meta(fig, trace, batch, [layer], factor, layer=layer)
-    return fig
+    return _checked_from_now(fig)
 
 
 @functools.lru_cache(maxsize=32)
@@ -607,12 +616,12 @@ def query_row(trace: Trace, layer: int, query: int, *, stage: str = "attn", batc
                      hovertemplate=f"{name}<br>key %{{x}}<br>{style.name}: %{{y:.4g}}<extra></extra>", _validate=False)
               for (h, name), (start, stop) in zip(enumerate(names), spans, strict=True)]
     xaxis = dict(type="linear", range=[-0.5, len(keys) - 0.5]) if steps else dict(type="category")
-    return go.Figure(traces, _validate=False, layout=dict(                      # unchecked, as grid's
+    return _checked_from_now(go.Figure(traces, _validate=False, layout=dict(   # built unchecked, as grid's
         template=CHART_TEMPLATE, barmode="group", width=900, height=460, bargap=0.2,
         xaxis=dict(title=dict(text=axis_titles(trace)[0]), **xaxis), yaxis=dict(title=dict(text=style.name)),
         title=_title(f"Where does {labels[query]} look? · {style.name} · layer {layer}", [
             shown.note(), DESCRIPTIONS[stage], f"{masked} masked keys have no bar" if masked else "",
-            "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""])))
+            "no visible key: this query's output is zeroed" if trace.fully_masked[batch, query] else ""]))))
 
 
 def _shown_span(values: np.ndarray) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from ..trace import Trace
 from .cells import Shown, pool_shown, why
 from .figures import (
     _any_masked,
+    _checked_from_now,
     _coloraxis,
     _flag_rows,
     _head,
@@ -163,7 +164,7 @@ def heatmap_region(trace: Trace, layer: int, head: int, stage: str = "attn", *,
                              why=why(trace, [layer], factor=factor, batch=batch, region=cut_to)))))
     _legend_masked(fig, drawn)
     _flag_rows(fig, trace.fully_masked[batch].cpu().numpy())
-    return fig
+    return _checked_from_now(fig)
 
 
 def pool_figure(fig: go.Figure, max_cells: int) -> go.Figure:
