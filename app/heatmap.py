@@ -1,10 +1,10 @@
 """A figure slot of our own: Plotly.js in a `gr.HTML` custom component, with clicks, zooms and hover.
 
 `gr.Plot` sends no click or zoom events. `plotly_view` draws the same value a `gr.Plot` gets (`{"type":
-"plotly", "plot": <figure JSON>}`, so API clients see no difference) with plotly.js (its cartesian bundle, shipped
-in app/static, when it is the installed plotly package's version, else the package's own full bundle) and the
-views' own code (app/heatmap.js, one script for the page: each view's js_on_load only calls it), both served by this
-app's own file route (no CDN: the page works offline), and sends back:
+"plotly", "plot": <figure JSON>}`, so API clients see no difference) with plotly.js (its cartesian bundle trimmed to
+the traces the app draws, app/bundle.py, when it is the installed plotly package's version, else the package's own
+full bundle) and the views' own code (app/heatmap.js, one script for the page: each view's js_on_load only calls
+it), both served by this app's own file route (no CDN: the page works offline), and sends back:
 
 - `pick`: a click on a heatmap cell or a grid tile, as {"query", "key"} (+ {"layer", "head"} for a tile of
   the layers × heads grid), with "shown": {"grid", "head"}, the keys (`key_of`) of what the page shows; on
@@ -42,27 +42,26 @@ from gradio.components.plot import PlotData
 from xattn import viz
 from xattn.masks import REASONS
 
+from . import bundle
+
 FULL_PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
-# plotly.js's own cartesian bundle (npm plotly.js-cartesian-dist-min, MIT: static/plotly.js-LICENSE): heatmaps, bars
-# and lines, every trace the app draws, in a third of the full bundle's size and start-up time on the page.
-CARTESIAN_JS = Path(__file__).resolve().parent / "static" / "plotly-cartesian.min.js"
-TRACES = ("heatmap", "scatter", "bar")        # the trace types the app's figures use (a test checks both facts)
 
 
 def js_version(path: Path) -> str | None:
     """The version a plotly.js bundle names in its header comment ('plotly.js … v4.1.1'), if any."""
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8", errors="replace") as bundle:      # the header only, not megabytes of script
-        found = re.search(r"plotly\.js[^\n]*? v(\d+\.\d+\.\d+)", bundle.read(300))
+    with path.open(encoding="utf-8", errors="replace") as script:      # the header only, not megabytes of script
+        found = re.search(r"plotly\.js[^\n]*? v(\d+\.\d+\.\d+)", script.read(300))
     return found.group(1) if found else None
 
 
 def page_plotly_js() -> Path:
-    """The plotly.js the page loads: the cartesian bundle when it is the installed plotly's own version (the
-    figures' JSON is written for that one), else the installed package's full bundle."""
-    cartesian = js_version(CARTESIAN_JS)
-    return CARTESIAN_JS if cartesian is not None and cartesian == js_version(FULL_PLOTLY_JS) else FULL_PLOTLY_JS
+    """The plotly.js the page loads: the app's own bundle (app/bundle.py: the cartesian bundle registering only the
+    traces the app draws) when it is the installed plotly's own version (the figures' JSON is written for that one),
+    else the installed package's full bundle."""
+    own = js_version(bundle.BUNDLE)
+    return bundle.BUNDLE if own is not None and own == js_version(FULL_PLOTLY_JS) else FULL_PLOTLY_JS
 
 
 PLOTLY_JS = page_plotly_js()

@@ -8,7 +8,7 @@ TRAINED_TWIN = "the bundled model trained the other way"
 
 INTRO = """# xattn — see every stage of attention
 Pick a model, type text, and look at what each layer and head computes, from the raw scores
-$QK^\\top/\\sqrt{d}$ to the softmax. Every view is also an API endpoint (see *Use via API* at the bottom)."""
+*QK*ᵀ/√*d* to the softmax. Every view is also an API endpoint (see *Use via API* at the bottom)."""
 
 EXPLORE = ("*Click* a tile of the grid to focus that layer and head, a cell of the focused head (or of the stage "
            "strip) to pick that query and key, a bar to mark a key; *drag or scroll* on the focused head to zoom — a "

@@ -256,7 +256,7 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="xattn — attention visualizer", analytics_enabled=False,
                    delete_cache=limits.CACHE_CLEANUP) as demo:
         session = gr.State({}, time_to_live=limits.SESSION_TTL_S)
-        markdown(texts.INTRO)
+        gr.Markdown(texts.INTRO, latex_delimiters=[])       # no maths on the opening page: KaTeX loads with a tab
         with gr.Row():
             model = model_dropdown("model", default.name)
             text = gr.Textbox(default.example, label="text", scale=3)

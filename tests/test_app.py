@@ -27,7 +27,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import xattn  # noqa: E402
-from app import heatmap, models, texts, views  # noqa: E402
+from app import bundle, heatmap, models, texts, views  # noqa: E402
 from app import main as app_main  # noqa: E402
 from xattn import viz  # noqa: E402
 
@@ -345,19 +345,19 @@ def test_the_views_code_ships_once_and_each_view_names_its_events() -> None:
     assert heatmap.VIEW_JS.as_posix() in heatmap.HEAD and str(heatmap.VIEW_JS) in heatmap.static_paths()
 
 
-def test_the_page_loads_plotly_js_cartesian_bundle_of_the_installed_version() -> None:
-    """The page's plotly.js is the cartesian bundle when it is the installed plotly's own version (else the
-    package's full bundle), and it has every trace type the app's figures use (heatmap.TRACES) — which are all the
-    plotly trace classes the library and the app make."""
-    full, cartesian = heatmap.js_version(heatmap.FULL_PLOTLY_JS), heatmap.js_version(heatmap.CARTESIAN_JS)
-    assert full is not None and cartesian is not None
-    assert heatmap.PLOTLY_JS == (heatmap.CARTESIAN_JS if cartesian == full else heatmap.FULL_PLOTLY_JS)
-    registered = set(re.findall(r'moduleType:"trace",name:"(\w+)"', heatmap.PLOTLY_JS.read_text(encoding="utf-8")))
-    assert set(heatmap.TRACES) <= registered
+def test_the_page_loads_the_apps_plotly_js_bundle_of_the_installed_version() -> None:
+    """The page's plotly.js is the app's bundle (app/bundle.py) when it is the installed plotly's own version (else
+    the package's full bundle), and it has the code of every trace type the app's figures use (bundle.TRACES) —
+    which are all the plotly trace classes the library and the app make."""
+    full, own = heatmap.js_version(heatmap.FULL_PLOTLY_JS), heatmap.js_version(bundle.BUNDLE)
+    assert full is not None and own is not None
+    assert heatmap.PLOTLY_JS == (bundle.BUNDLE if own == full else heatmap.FULL_PLOTLY_JS)
+    defined = set(re.findall(r'moduleType:"trace",name:"(\w+)"', heatmap.PLOTLY_JS.read_text(encoding="utf-8")))
+    assert set(bundle.TRACES) <= defined
     root = Path(heatmap.__file__).resolve().parent.parent
     made = {name.lower() for path in [*root.glob("xattn/**/*.py"), *root.glob("app/*.py")]
             for name in re.findall(r"go\.([A-Z]\w+)\(", path.read_text(encoding="utf-8")) if name != "Figure"}
-    assert made and made <= set(heatmap.TRACES), f"figures use {made - set(heatmap.TRACES)}: add them to TRACES"
+    assert made and made <= set(bundle.TRACES), f"figures use {made - set(bundle.TRACES)}: add them to TRACES"
 
 
 def test_kept_files_are_one_copy_a_file_and_encoding_and_refusals_are_not_kept() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from app import heatmap, models
+from app import bundle, heatmap, models
 from xattn import viz
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -213,6 +213,9 @@ def test_the_page_opens_drawn_and_the_tab_redraws_after_a_change(server: str, tm
         fetched = page.evaluate("(urls) => urls.map(url => performance.getEntriesByType('resource').filter(e => "
                                 "e.name.endsWith(url)).length)", heatmap.PAGE_URLS)
         assert fetched == [1] * len(heatmap.PAGE_SCRIPTS), "plotly.js or the views' code was fetched again"
+        # plotly.js's own registry: the app's bundle registers the trace types the app draws, and no others
+        traces = page.evaluate("() => Object.keys(Plotly.PlotSchema.get().traces)")
+        assert sorted(traces) == sorted(bundle.TRACES), traces
         # each view's colour bars fit the room its figure leaves (viz COLORBAR_ROOM): plotly drew it once, without
         # widening a margin and drawing it all again
         widened = page.evaluate("""() => [...document.querySelectorAll('.xattn-view .js-plotly-plot')].map(gd =>
