@@ -70,6 +70,9 @@ OVERLAPS = r"""(id) => {
 }"""
 PAINTED = "(id) => !!document.querySelector('#' + id + ' .js-plotly-plot .heatmaplayer image')"
 TITLE = "(id) => document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout.title.text"
+# how far plotly widened a plot's right margin for what it holds (its colour bars): a second draw of the figure
+WIDENED = "(id) => { const fl = document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout; " \
+          "return fl._size.r - fl.margin.r; }"
 # tab → the plots it draws (element ids)
 TABS = {
     "Explore": ["layers-heads", "focused-head", "stage-strip", "where-the-query-looks"],
@@ -122,6 +125,8 @@ def test_every_tab_at_820_px_overlaps_nothing(narrow: Any, shots: Path) -> None:
         page.screenshot(path=str(shots / f"narrow-{tab.split()[0].lower()}.png"), full_page=True)
         problems.update({f"{tab} / {elem_id}": found for elem_id in ids
                          if (found := page.evaluate(OVERLAPS, elem_id))})
+        problems.update({f"{tab} / {elem_id}": f"right margin widened by {extra} px" for elem_id in ids
+                         if (extra := page.evaluate(WIDENED, elem_id)) > 0})
     assert not problems, problems
     assert both.name in page.evaluate(TITLE, "model-A")                       # Compare names its models
 

@@ -41,6 +41,7 @@ from .style import (
     TEMPLATE,
     StageStyle,
     colorbar,
+    colorbar_room,
     stage_style,
 )
 
@@ -576,7 +577,7 @@ def selection(trace: Trace, layer: int, *, batch: int = 0) -> go.Figure:
     fig.update_yaxes(title_text="query", col=1)
     per_query = cut.sum(-1)
     worst = int(per_query.argmax())
-    fig.update_layout(template=TEMPLATE, width=1250, height=560, margin=dict(t=150),
+    fig.update_layout(template=TEMPLATE, width=1250, height=560, margin=dict(t=150, r=colorbar_room(PRUNE_COLORS)),
                       title=_title(f"Selective attention · layer {layer}", [
                           "" if selective else "selective attention is off in this model: F is zero",
                           f"{int(cut.sum())} (query, key) pairs pruned",
@@ -708,6 +709,7 @@ def mask_figure(trace: Trace, *, batch: int = 0) -> go.Figure:
     fig = go.Figure(_heatmap(state, "coloraxis", labels=labels, keys=key_labels(trace, batch),
                              categories=list(MASK_COLORS)))
     fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(MASK_COLORS),
+                      margin=dict(r=colorbar_room(MASK_COLORS)),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title(f"Effective mask · batch row {batch}", [
@@ -729,8 +731,9 @@ def mask_breakdown(parts: dict[str, Tensor], labels: list[str] | None = None, *,
     labels = labels or [str(i) for i in range(code.shape[0])]
     removed = ", ".join(f"{name} {int((~parts[name][batch]).sum())}" for name in MASKS)
     fig = go.Figure(_heatmap(code, "coloraxis", labels=labels, categories=["visible", *MASKS]))
-    fig.update_layout(template=TEMPLATE, width=720, height=700,
-                      coloraxis=_category_axis({"visible": MASK_COLORS["visible"], **REMOVER_COLORS}),
+    colors = {"visible": MASK_COLORS["visible"], **REMOVER_COLORS}
+    fig.update_layout(template=TEMPLATE, width=720, height=700, coloraxis=_category_axis(colors),
+                      margin=dict(r=colorbar_room(colors)),
                       xaxis=dict(title="key", constrain="domain"),
                       yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain"),
                       title=_title("What each mask removes", [

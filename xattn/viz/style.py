@@ -5,6 +5,7 @@ selective penalty F is non-negative. Masked cells always take MASKED_COLOR.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,7 @@ HEAD_COLORS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377",
 # they take beside it is the same at every width, and COLORBAR_ROOM holds it: plotly widens a margin too narrow for
 # what it holds by drawing the whole figure a second time.
 COLORBAR_GAP = 16
+COLORBAR_THICKNESS = 14
 COLORBAR_ROOM = 110
 TEMPLATE = go.layout.Template(layout=dict(
     font=dict(family="Inter, Helvetica Neue, Arial, sans-serif", size=12, color="#222"),
@@ -91,7 +93,14 @@ def colorbar(title: str | None = None, **more: Any) -> dict:
     """A colour bar as every figure draws one: COLORBAR_GAP right of the plot, its title along its side (a title
     on top is as wide as its text), `more` plotly colorbar properties."""
     titled = {"title": {"text": title, "side": "right"}} if title else {}
-    return {"x": 1, "xanchor": "left", "xpad": COLORBAR_GAP, "thickness": 14, **titled, **more}
+    return {"x": 1, "xanchor": "left", "xpad": COLORBAR_GAP, "thickness": COLORBAR_THICKNESS, **titled, **more}
+
+
+def colorbar_room(ticktext: Iterable[str]) -> int:
+    """The right margin a colour bar labelled with `ticktext` needs, at least COLORBAR_ROOM: a category bar's
+    names ("fully masked query") are wider than numbers. Counted generously, 6 px a character of the template's
+    12 px font (drawn: 5.1), since too little room costs a second draw and too much only a little space."""
+    return max(COLORBAR_ROOM, COLORBAR_GAP + COLORBAR_THICKNESS + 40 + 6 * max(map(len, ticktext), default=0))
 
 
 def stage_style(stage: str) -> StageStyle:
