@@ -24,7 +24,7 @@ _INDEX = re.compile(r"var ([\w$]+)=[\w$]+\(\([\w$]+,([\w$]+)\)=>\{var ([\w$]+)=[
 _KIND = re.compile(r'moduleType:"(\w+)",name:"(\w+)"')
 
 
-def _module(source: str, name: str) -> tuple[str, str]:
+def module_kind(source: str, name: str) -> tuple[str, str]:
     """The (moduleType, name) a registered module of the bundle declares, found through the wrapper esbuild
     writes around it (`var A=z((e,r)=>{"use strict";r.exports=B()})`)."""
     wrapper = re.search(r"var " + re.escape(name) + r"=([\w$]+)\(\([\w$]+,([\w$]+)\)=>\{\"use strict\";\2\.exports="
@@ -48,7 +48,7 @@ def trimmed(source: str, traces: tuple[str, ...] = TRACES) -> str:
         raise ValueError("no index module registering plotly.js's modules in this bundle")
     call = index[0]
     names = re.findall(r"([\w$]+)\(\)", call.group(4))
-    kept = [name for name in names if (kind := _module(source, name))[0] != "trace" or kind[1] in traces]
+    kept = [name for name in names if (kind := module_kind(source, name))[0] != "trace" or kind[1] in traces]
     start, end = call.span(4)
     version_line = re.search(r"\* plotly\.js[^\n]*\n", source)
     if version_line is None:

@@ -55,6 +55,6 @@ def test_the_shipped_bundle_registers_only_the_apps_trace_types() -> None:
     source = bundle.BUNDLE.read_text(encoding="utf-8")
     assert bundle.trimmed(source) == source
     names = re.findall(r"([\w$]+)\(\)", registered(source))
-    kinds = [bundle._module(source, name) for name in names]
+    kinds = [bundle.module_kind(source, name) for name in names]
     assert {name for kind, name in kinds if kind == "trace"} == set(bundle.TRACES) - {"scatter"}
     assert len(set(re.findall(r'moduleType:"trace",name:"(\w+)"', source))) > len(bundle.TRACES)  # others: code only
